@@ -1,0 +1,134 @@
+"""Command line: parse, call, exit code. Nothing else lives here.
+
+Exit codes: 0 all gates pass, 1 a gate failed, 2 bad usage/config/input,
+3 runtime failure (the traceback goes to ``<run folder>/error.log``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from audit.errors import UsageError
+
+EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3
+DEMO_CACHE = Path("reports/.cache/demo")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    run_dir = None
+    try:
+        if args.command == "render":
+            from audit.report.render import render
+
+            if not (Path(args.run_dir) / "summary.json").is_file():
+                raise UsageError(f"{args.run_dir}: not a finished run folder (no summary.json)")
+            print(render(Path(args.run_dir)))
+            return EXIT_OK
+        from audit import pipeline
+        from audit.config import resolve
+
+        if args.command == "demo":
+            from audit import demo
+
+            assets = demo.prepare(Path(args.cache), seed=args.seed, log=log)
+            config = resolve(args.config, args.set, {
+                "model.path": str(assets.model_path), "data.path": str(assets.manifest),
+                "data.classes": str(assets.classes), "out": args.out, "run_id": "demo", "seed": args.seed})
+        else:
+            config = resolve(args.config, args.set, {
+                "model.path": args.model, "data.path": args.data, "data.classes": args.classes,
+                "out": args.out, "dask.scheduler": args.scheduler, "select.pair": args.pair})
+        run_dir = config.run_dir
+        summary = pipeline.run(config, log=log)
+        if args.command == "demo":
+            _demo_epilogue(run_dir, log)
+        _print_result(run_dir, summary)
+        return EXIT_OK if summary["status"] == "pass" else EXIT_GATE
+    except UsageError as exc:
+        print(f"audit: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("audit: interrupted", file=sys.stderr)
+        return EXIT_RUNTIME
+    except Exception as exc:
+        where = _write_error_log(run_dir)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"audit: runtime failure: {type(exc).__name__}: {first}"
+              + (f" (traceback in {where})" if where else ""), file=sys.stderr)
+        if where is None:
+            traceback.print_exc()
+        return EXIT_RUNTIME
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="audit", description="Audit an image classifier for spurious cues.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="audit a model on a labeled data set")
+    run.add_argument("config", nargs="?", help="pipeline YAML (see pipelines/)")
+    run.add_argument("--model", help=".keras or .h5 classifier")
+    run.add_argument("--data", help="folder with one subfolder per class, or CSV/parquet manifest (path,label)")
+    run.add_argument("--classes", help="text file, one class name per line, in the model's output order")
+    run.add_argument("--out", help="run folder (default reports/<run_id>)")
+    run.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786 (default: local)")
+    run.add_argument("--pair", help="audit one confusion pair only, as TRUE:PREDICTED")
+
+    demo = sub.add_parser("demo", help="build the synthetic hotel demo (cached) and audit it")
+    demo.add_argument("config", nargs="?", help="optional pipeline YAML with extra settings")
+    demo.add_argument("--out", default="reports/demo", help="run folder (default reports/demo)")
+    demo.add_argument("--cache", default=str(DEMO_CACHE), help=f"demo data and model cache (default {DEMO_CACHE})")
+    demo.add_argument("--seed", type=int, default=0)
+
+    for p in (run, demo):
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config key, e.g. --set select.margin=0.1 (repeatable)")
+        p.add_argument("--quiet", action="store_true", help="print only the result")
+
+    render = sub.add_parser("render", help="re-render the report of a run folder (no TensorFlow needed)")
+    render.add_argument("run_dir")
+    render.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _demo_epilogue(run_dir: Path, log) -> None:
+    """Record how strongly the demo model learned the rails (reads the ``cue`` ground truth)."""
+    from audit import artifacts, demo
+
+    bias = demo.bias_table(artifacts.read_table(run_dir / artifacts.PREDICTIONS))
+    artifacts.write_json(run_dir / "demo.json", {"bias": bias})
+    for name, row in bias.items():
+        log(f"  demo bias: {name}: {row['predicted_bathroom']}/{row['n']} predicted bathroom ({row['rate']:.0%})")
+
+
+def _print_result(run_dir: Path, summary: dict) -> None:
+    m = summary["metrics"]
+    print(f"status {summary['status']}: {m['n_images']} images, accuracy {m['accuracy']:.1%}, "
+          f"{m['n_unreadable']} unreadable, {m['n_selected']} selected, {len(summary['findings'])} finding(s)")
+    for f in summary["findings"][:3]:
+        print(f"  #{f['rank']} {f['id']}: {f['true_label']} -> {f['predicted_label']}, "
+              f"{f['size']} images, score {f['score']:.3f}")
+    for gate in summary["gates"]:
+        if not gate["passed"]:
+            print(f"  gate failed: {gate['name']} = {gate['value']} (threshold {gate['threshold']})")
+    print(f"report: {run_dir / 'index.html'}")
+
+
+def _write_error_log(run_dir: Path | None) -> Path | None:
+    if run_dir is None or not Path(run_dir).is_dir():
+        return None
+    path = Path(run_dir) / "error.log"
+    try:
+        path.write_text(traceback.format_exc())
+    except OSError:
+        return None
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""One frozen configuration object, resolved once: defaults < YAML < ``--set`` < flags.
+
+Every key is declared in ``DEFAULTS`` and checked by one rule in ``RULES``; an
+unknown key or a bad value stops the run before any work (exit 2) with one line
+such as "`select.margin` must be a float in [0, 1] (got 3)".
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable
+
+import yaml
+
+from audit.errors import UsageError
+
+PREPROCESS = ("none", "unit", "symmetric", "imagenet")
+
+DEFAULTS: dict[str, Any] = {
+    "run_id": None,            # default: UTC timestamp
+    "out": None,               # run folder; default reports/<run_id>
+    "seed": 0,
+    "model": {
+        "path": None,
+        "target_layer": None,  # default: last layer with a spatial 4-D output
+    },
+    "data": {
+        "path": None,          # folder of class subfolders, or CSV/parquet manifest
+        "classes": None,       # text file, one class per line, model output order
+        "preprocess": "none",  # none: RGB 0..255 | unit: 0..1 | symmetric: -1..1 | imagenet: mean/std
+    },
+    "predict": {
+        "batch_size": 64,
+        "partition_size": 512,  # images per Dask task
+    },
+    "select": {
+        "margin": 0.15,             # correct but top-1 minus top-2 probability below this: low confidence
+        "max_per_pair": 200,        # cap of selected images per confusion pair
+        "contrast_per_class": 30,   # correctly classified images of each predicted class, for contrast
+        "pair": None,               # "true:predicted" restricts the audit to one confusion pair
+    },
+    "attribution": {
+        "methods": ["gradcam"],
+        "batch_size": 32,
+        "partition_size": 256,
+    },
+    "discovery": {
+        "grid": 8,                 # spatial features: positive map pooled to grid x grid
+        "pca_components": 16,      # semantic features: PCA of attention-pooled activations
+        "neighbors": 10,           # kNN graph for spectral clustering
+        "max_clusters": 6,
+        "min_cluster_size": 4,
+        "min_pair_size": 4,        # pairs with fewer selected images are not clustered
+    },
+    "gates": {
+        "max_error_rate": None,     # fail when 1 - accuracy exceeds this
+        "max_finding_score": None,  # fail when any finding scores above this
+    },
+    "dask": {
+        "scheduler": None,          # None: local threads; "tcp://host:8786": a distributed cluster
+        "workers": 2,
+    },
+    "report": {
+        "exemplars": 6,
+    },
+}
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _nonneg_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _fraction(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+def _str(v: Any) -> bool:
+    return isinstance(v, str) and v != ""
+
+
+def _pair(v: Any) -> bool:
+    return isinstance(v, str) and v.count(":") == 1 and all(part.strip() for part in v.split(":"))
+
+
+def _methods(v: Any) -> bool:
+    from audit.explainers import available
+
+    return isinstance(v, list) and len(v) > 0 and all(m in available() for m in v)
+
+
+def _methods_text() -> str:
+    from audit.explainers import available
+
+    return "a non-empty list of: " + ", ".join(available())
+
+
+RULES: dict[str, tuple[Callable[[Any], bool], str | Callable[[], str]]] = {
+    "run_id": (_optional(lambda v: isinstance(v, str) and v.replace("-", "").replace("_", "").isalnum()),
+               "letters, digits, - and _ only"),
+    "out": (_optional(_str), "a folder path"),
+    "seed": (_nonneg_int, "a non-negative int"),
+    "model.path": (_optional(_str), "a model file or folder path"),
+    "model.target_layer": (_optional(_str), "a layer name"),
+    "data.path": (_optional(_str), "a folder or manifest path"),
+    "data.classes": (_optional(_str), "a text file path"),
+    "data.preprocess": (lambda v: v in PREPROCESS, "one of " + ", ".join(PREPROCESS)),
+    "predict.batch_size": (_positive_int, "a positive int"),
+    "predict.partition_size": (_positive_int, "a positive int"),
+    "select.margin": (_fraction, "a float in [0, 1]"),
+    "select.max_per_pair": (_positive_int, "a positive int"),
+    "select.contrast_per_class": (_nonneg_int, "a non-negative int"),
+    "select.pair": (_optional(_pair), "\"true:predicted\", two class names"),
+    "attribution.methods": (_methods, _methods_text),
+    "attribution.batch_size": (_positive_int, "a positive int"),
+    "attribution.partition_size": (_positive_int, "a positive int"),
+    "discovery.grid": (lambda v: _positive_int(v) and v <= 64, "an int in [1, 64]"),
+    "discovery.pca_components": (_positive_int, "a positive int"),
+    "discovery.neighbors": (lambda v: _positive_int(v) and v >= 2, "an int >= 2"),
+    "discovery.max_clusters": (_positive_int, "a positive int"),
+    "discovery.min_cluster_size": (lambda v: _positive_int(v) and v >= 2, "an int >= 2"),
+    "discovery.min_pair_size": (lambda v: _positive_int(v) and v >= 2, "an int >= 2"),
+    "gates.max_error_rate": (_optional(_fraction), "a float in [0, 1] or null"),
+    "gates.max_finding_score": (_optional(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+                                "a number or null"),
+    "dask.scheduler": (_optional(_str), "null (local) or a scheduler address such as tcp://host:8786"),
+    "dask.workers": (_positive_int, "a positive int"),
+    "report.exemplars": (_positive_int, "a positive int"),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The resolved configuration: read it as ``config["select.margin"]`` or ``config.section("select")``."""
+
+    values: MappingProxyType
+    source: str | None = None
+
+    def __getitem__(self, dotted: str) -> Any:
+        node: Any = self.values
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+    def section(self, name: str) -> MappingProxyType:
+        return self.values[name]
+
+    def to_dict(self) -> dict:
+        return _thaw(self.values)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self["out"])
+
+    def __reduce__(self):  # picklable for Dask workers (MappingProxyType is not)
+        return (_rebuild, (self.to_dict(), self.source))
+
+
+def _rebuild(values: dict, source: str | None) -> Config:
+    return Config(_freeze(values), source)
+
+
+def resolve(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = (),
+            flags: dict[str, Any] | None = None) -> Config:
+    """Build the config: defaults, then the YAML file, then ``--set key=value``, then flags.
+
+    ``flags`` maps dotted keys to values; ``None`` values are ignored. Relative
+    paths in the YAML file are taken relative to the YAML file's folder.
+    """
+    values = copy.deepcopy(DEFAULTS)
+    source = None
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"{path}: no such config file")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f"{path}: the config must be a mapping of keys")
+        for key, value in _flatten(loaded):
+            if key in ("model.path", "data.path", "data.classes", "out") and isinstance(value, str):
+                value = str((path.parent / value)) if not Path(value).is_absolute() else value
+            _assign(values, key, value, where=str(path))
+        source = str(path)
+    for item in sets:
+        if "=" not in item:
+            raise UsageError(f"--set {item}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        _assign(values, key.strip(), value, where="--set")
+    for key, value in (flags or {}).items():
+        if value is not None:
+            _assign(values, key, value, where="flag")
+    for key, (check, text) in RULES.items():
+        value = _get(values, key)
+        if not check(value):
+            text = text() if callable(text) else text
+            raise UsageError(f"`{key}` must be {text} (got {value!r})")
+    if values["run_id"] is None:
+        values["run_id"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    if values["out"] is None:
+        values["out"] = str(Path("reports") / values["run_id"])
+    return Config(_freeze(values), source)
+
+
+def _flatten(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(_get(DEFAULTS, dotted, None), dict):
+            yield from _flatten(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def _assign(values: dict, dotted: str, value: Any, where: str) -> None:
+    if dotted not in RULES:
+        raise UsageError(f"{where}: unknown key `{dotted}`")
+    *parents, leaf = dotted.split(".")
+    node = values
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+
+
+def _get(values: dict, dotted: str, default: Any = KeyError) -> Any:
+    node: Any = values
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            if default is KeyError:
+                raise KeyError(dotted)
+            return default
+        node = node[part]
+    return node
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, MappingProxyType):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value

@@ -1,0 +1,1 @@
+"""The audit's stages: pure functions ``(config, inputs) -> artifacts``, no Dask inside."""

@@ -1,0 +1,68 @@
+"""Attribute: explain one partition of the selection with every configured method.
+
+Each selected image is explained for its ``pair_label`` (the predicted class for
+an error, the runner-up for a low-confidence image, its own class for contrast).
+Maps are written to the run folder as float16 chunks; the partition returns only
+its semantic features, which are small: the target layer's activations pooled
+with the first method's positive map as weights (``[n, channels]``), so that a
+cue is described by what the model sees where it looks, wherever it sits.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from audit.artifacts import write_map_chunk
+from audit.config import Config
+from audit.data import load_images, preprocess
+from audit.explainers import get
+from audit.model_io import cached_classifier
+
+
+def attribute_partition(config: Config, root: Path, classes: list[str], part: pd.DataFrame,
+                        chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Write the maps of ``part`` (chunk number ``chunk``); return ``(rows [n], features [n, C])``."""
+    classifier = cached_classifier(config["model.path"], config["model.target_layer"])
+    images, _ = load_images(root, part["path"].tolist(), classifier.input_size)
+    images = preprocess(images, config["data.preprocess"])
+    lookup = {name: i for i, name in enumerate(classes)}
+    targets = part["pair_label"].map(lookup).to_numpy(np.int32)
+    rows = part["row"].to_numpy(np.int64)
+    batch = config["attribution.batch_size"]
+    first = None
+    for method in config["attribution.methods"]:
+        maps = get(method)(batch_size=batch).explain(classifier, images, targets)
+        write_map_chunk(config.run_dir, method, chunk, rows, maps)
+        first = maps if first is None else first
+    features = np.concatenate([
+        attention_pooled(classifier.logits_and_activations(images[i:i + batch])[1], first[i:i + batch])
+        for i in range(0, len(images), batch)
+    ]) if len(images) else np.zeros((0, 0), np.float32)
+    return rows, features
+
+
+def attention_pooled(activations: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """Activations ``[n, h, w, c]`` averaged over space with weights from ``maps`` ``[n, H, W]``.
+
+    The positive part of each map is area-averaged to ``h x w`` and normalised to
+    sum 1 (uniform where the map is all zero). Returns ``[n, c]`` float32.
+    """
+    n, h, w, _ = activations.shape
+    weights = np.stack([area_pool(np.maximum(m, 0.0), h, w) for m in maps]) if n else np.zeros((0, h, w))
+    total = weights.sum(axis=(1, 2), keepdims=True)
+    weights = np.where(total > 0, weights / np.where(total > 0, total, 1.0), 1.0 / (h * w))
+    return np.einsum("nhw,nhwc->nc", weights, activations).astype(np.float32)
+
+
+def area_pool(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Mean of ``image`` ``[H, W]`` over an ``h x w`` grid of (nearly) equal cells."""
+    ys = np.linspace(0, image.shape[0], h + 1).astype(int)
+    xs = np.linspace(0, image.shape[1], w + 1).astype(int)
+    out = np.empty((h, w), np.float64)
+    for i in range(h):
+        for j in range(w):
+            cell = image[ys[i]:max(ys[i + 1], ys[i] + 1), xs[j]:max(xs[j + 1], xs[j] + 1)]
+            out[i, j] = cell.mean()
+    return out

@@ -1,0 +1,44 @@
+import pytest
+
+from audit.config import DEFAULTS, resolve
+from audit.errors import UsageError
+
+
+def test_precedence_defaults_yaml_set_flags(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("select:\n  margin: 0.3\n  max_per_pair: 7\nmodel:\n  path: m.keras\n")
+    config = resolve(cfg_file, ["select.margin=0.4"], {"select.max_per_pair": 9, "out": "x"})
+    assert config["select.margin"] == 0.4          # --set beats YAML
+    assert config["select.max_per_pair"] == 9      # flag beats YAML
+    assert config["predict.batch_size"] == DEFAULTS["predict"]["batch_size"]
+    assert config["model.path"] == str(tmp_path / "m.keras")  # relative to the YAML file
+
+
+def test_config_is_frozen_and_picklable():
+    import pickle
+
+    config = resolve(flags={"out": "x"})
+    with pytest.raises(TypeError):
+        config.values["seed"] = 3
+    again = pickle.loads(pickle.dumps(config))
+    assert again.to_dict() == config.to_dict()
+
+
+@pytest.mark.parametrize("item, message", [
+    ("select.margin=3", "`select.margin` must be a float in [0, 1] (got 3)"),
+    ("predict.batch_size=0", "`predict.batch_size` must be a positive int (got 0)"),
+    ("attribution.methods=[nope]", "`attribution.methods` must be a non-empty list of: gradcam"),
+    ("select.nonsense=1", "--set: unknown key `select.nonsense`"),
+    ("select.pair=pool", "`select.pair` must be \"true:predicted\""),
+])
+def test_bad_values_name_the_key(item, message):
+    with pytest.raises(UsageError) as err:
+        resolve(sets=[item])
+    assert str(err.value).startswith(message)
+
+
+def test_unknown_yaml_key_names_file_and_key(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("report:\n  colour: red\n")
+    with pytest.raises(UsageError, match=r"c.yaml: unknown key `report.colour`"):
+        resolve(cfg_file)
