@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"{args.run_dir}: not a finished run folder (no summary.json)")
             print(render(Path(args.run_dir)))
             return EXIT_OK
+        _import_tensorflow_quietly()
         from audit import pipeline
         from audit.config import resolve
 
@@ -64,6 +65,20 @@ def main(argv: list[str] | None = None) -> int:
         if where is None:
             traceback.print_exc()
         return EXIT_RUNTIME
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with file descriptor 2 muted: its C++ start-up banner ignores
+    TF_CPP_MIN_LOG_LEVEL. An import error is still raised, with its message."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _parser() -> argparse.ArgumentParser:

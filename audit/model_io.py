@@ -33,6 +33,14 @@ def load_model(path: str | Path):
     """Load a ``.keras`` or ``.h5`` model without compiling it (Keras safe mode on)."""
     import keras
 
+    path = _checked_path(path)
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:
+        raise UsageError(f"--model {path}: cannot load the model ({_one_line(exc)})") from None
+
+
+def _checked_path(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise UsageError(f"--model {path}: no such file")
@@ -41,15 +49,12 @@ def load_model(path: str | Path):
                          "save the model with model.save('model.keras')")
     if path.suffix.lower() not in MODEL_SUFFIXES:
         raise UsageError(f"--model {path}: expected a .keras or .h5 file")
-    try:
-        return keras.models.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:
-        raise UsageError(f"--model {path}: cannot load the model ({_one_line(exc)})") from None
+    return path
 
 
 def cached_classifier(path: str | Path, target_layer: str | None = None) -> "Classifier":
     """The ``Classifier`` of a model file, loaded once per process and reused by every task."""
-    path = Path(path).resolve()
+    path = _checked_path(path).resolve()
     stat = path.stat()
     key = (str(path), stat.st_mtime_ns, stat.st_size, target_layer)
     with _CACHE_LOCK:

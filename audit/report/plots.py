@@ -1,0 +1,238 @@
+"""Pictures of the report: heat-map overlays, cue montages and matplotlib plots.
+
+Everything here writes PNG files and keeps no global state: figures are
+``matplotlib.figure.Figure`` objects drawn on an explicit Agg canvas (pyplot is
+never imported), image composition is numpy + Pillow.
+
+Geometry: attribution maps live at the model's input resolution ``(H, W)``.
+Originals are decoded at their own size; a box in map coordinates is mapped
+onto the original by scaling each axis (the model input is the original
+resized without keeping the aspect ratio), so crops come from the full-
+resolution original but cover exactly what the model saw.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from PIL import Image, ImageDraw
+
+TILE = 128            # px, side of a montage tile and the box a thumbnail fits in
+GAP = 2               # px between montage tiles
+MONTAGE_COLS = 8      # tiles per montage row (fewer when there are fewer members)
+CUE_FRACTION = 1 / 3  # side of the cue patch relative to the shorter map side
+OVERLAY_ALPHA = 0.45
+CMAP = "jet"
+BACKGROUND = (255, 255, 255)
+
+_PNG_META = {"Software": None}  # keep re-renders byte-identical
+
+
+# ---------------------------------------------------------------- geometry
+
+def normalise(cam: np.ndarray) -> np.ndarray:
+    """Min-max scale a map to [0, 1] for display; a flat or non-finite map gives zeros."""
+    cam = np.nan_to_num(np.asarray(cam, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    if cam.size == 0:
+        return cam
+    lo, hi = float(cam.min()), float(cam.max())
+    if not hi > lo:
+        return np.zeros_like(cam)
+    return (cam - lo) / (hi - lo)
+
+
+def peak_box(cam: np.ndarray, fraction: float = CUE_FRACTION) -> tuple[int, int, int, int]:
+    """Square box ``(top, left, bottom, right)`` (map pixels, end exclusive) around the map's maximum.
+
+    The side is ``fraction`` of the shorter map side; the box is shifted to stay
+    inside the map. A flat map (no maximum) gives the centred box.
+    """
+    cam = np.asarray(cam, dtype=np.float32)
+    h, w = cam.shape
+    side = int(max(1, min(min(h, w), round(min(h, w) * fraction))))
+    values = np.where(np.isfinite(cam), cam, -np.inf)
+    finite = values[np.isfinite(values)]
+    if finite.size and finite.max() > finite.min():
+        cy, cx = np.unravel_index(int(np.argmax(values)), cam.shape)
+    else:
+        cy, cx = h // 2, w // 2
+    top = int(np.clip(cy - side // 2, 0, h - side))
+    left = int(np.clip(cx - side // 2, 0, w - side))
+    return top, left, top + side, left + side
+
+
+def fit_size(hw: Sequence[int], box: int = TILE) -> tuple[int, int]:
+    """(width, height) of a ``hw`` = (H, W) picture scaled to fit a ``box`` x ``box`` square."""
+    h, w = int(hw[0]), int(hw[1])
+    if h >= w:
+        return max(1, round(box * w / h)), box
+    return box, max(1, round(box * h / w))
+
+
+# ---------------------------------------------------------------- tiles
+
+def crop_tile(image: np.ndarray, map_hw: Sequence[int], box: tuple[int, int, int, int],
+              tile: int = TILE) -> np.ndarray:
+    """Cut the region ``box`` (map coordinates) out of the full-size ``image``, upscaled to ``tile`` x ``tile``."""
+    mh, mw = int(map_hw[0]), int(map_hw[1])
+    ih, iw = image.shape[:2]
+    top, left, bottom, right = box
+    sy, sx = ih / mh, iw / mw
+    region = (left * sx, top * sy, right * sx, bottom * sy)
+    out = Image.fromarray(image).resize((tile, tile), Image.Resampling.BICUBIC, box=region)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def thumbnail(image: np.ndarray, map_hw: Sequence[int], box: int = TILE) -> np.ndarray:
+    """The image as the model sees it (squashed to the ``map_hw`` aspect), fitted into ``box`` px."""
+    w, h = fit_size(map_hw, box)
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def colorize(cam01: np.ndarray, cmap: str = CMAP) -> np.ndarray:
+    """A [0, 1] map to uint8 RGB through a matplotlib colormap."""
+    rgba = matplotlib.colormaps[cmap](np.clip(cam01, 0.0, 1.0))
+    return (rgba[..., :3] * 255.0 + 0.5).astype(np.uint8)
+
+
+def overlay(thumb: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALPHA, cmap: str = CMAP,
+            box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """Blend the (per-image min-max normalised) map over ``thumb``; optionally outline ``box`` (map coords)."""
+    th, tw = thumb.shape[:2]
+    cam01 = normalise(cam)
+    resized = np.asarray(Image.fromarray(cam01.astype(np.float32)).resize((tw, th), Image.Resampling.BILINEAR))
+    heat = colorize(resized, cmap).astype(np.float32)
+    out = ((1.0 - alpha) * thumb.astype(np.float32) + alpha * heat + 0.5).clip(0, 255).astype(np.uint8)
+    if box is not None:
+        mh, mw = cam.shape
+        top, left, bottom, right = box
+        sy, sx = th / mh, tw / mw
+        im = Image.fromarray(out)
+        draw = ImageDraw.Draw(im)
+        rect = (round(left * sx), round(top * sy), max(round(left * sx), round(right * sx) - 1),
+                max(round(top * sy), round(bottom * sy) - 1))
+        draw.rectangle(rect, outline=(255, 255, 255), width=1)
+        out = np.asarray(im)
+    return out
+
+
+def montage_shape(n: int, cols: int = MONTAGE_COLS, tile: int = TILE, gap: int = GAP) -> tuple[int, int]:
+    """(width, height) in px of the montage of ``n`` tiles."""
+    if n <= 0:
+        return 0, 0
+    c = min(n, cols)
+    r = -(-n // c)
+    return c * tile + (c - 1) * gap, r * tile + (r - 1) * gap
+
+
+def montage(tiles: Sequence[np.ndarray], cols: int = MONTAGE_COLS, gap: int = GAP) -> np.ndarray:
+    """Tile equally sized uint8 RGB tiles row by row into one picture (white gaps)."""
+    if not tiles:
+        raise ValueError("montage of no tiles")
+    th, tw = tiles[0].shape[:2]
+    c = min(len(tiles), cols)
+    r = -(-len(tiles) // c)
+    out = np.empty((r * th + (r - 1) * gap, c * tw + (c - 1) * gap, 3), np.uint8)
+    out[...] = BACKGROUND
+    for i, t in enumerate(tiles):
+        y, x = divmod(i, c)
+        out[y * (th + gap): y * (th + gap) + th, x * (tw + gap): x * (tw + gap) + tw] = t
+    return out
+
+
+def save_png(image: np.ndarray, path: Path) -> Path:
+    path = Path(path)
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(path, format="PNG")
+    return path
+
+
+# ---------------------------------------------------------------- figures
+
+def _new_figure(width_in: float, height_in: float) -> Figure:
+    fig = Figure(figsize=(width_in, height_in), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_figure(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    fig.savefig(path, format="png", dpi=100, metadata=_PNG_META, facecolor="white")
+    return path
+
+
+def mean_map(mean01: np.ndarray, path: Path, n: int, cmap: str = CMAP) -> Path:
+    """The mean (per-image normalised) map of a finding's members, with a colour bar."""
+    fig = _new_figure(2.6, 2.2)
+    ax = fig.add_subplot()
+    im = ax.imshow(mean01, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="bilinear")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"mean of {n} map{'s' if n != 1 else ''}", fontsize=8)
+    cbar = fig.colorbar(im, ax=ax, shrink=0.85)
+    cbar.ax.tick_params(labelsize=7)
+    return _save_figure(fig, path)
+
+
+def confidence_histogram(correct: np.ndarray, wrong: np.ndarray, path: Path, bins: int = 20) -> Path:
+    """Histogram of top-1 confidence, correct vs. wrong predictions."""
+    fig = _new_figure(6.4, 2.6)
+    ax = fig.add_subplot()
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for values, colour, label in ((correct, "#2f7d4f", "correct"), (wrong, "#c0392b", "wrong")):
+        values = np.asarray(values, dtype=float)
+        values = values[np.isfinite(values)]
+        ax.hist(values, bins=edges, color=colour, alpha=0.55, label=f"{label} ({len(values)})",
+                edgecolor=colour, linewidth=0.8)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("top-1 confidence", fontsize=8)
+    ax.set_ylabel("images", fontsize=8)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.tick_params(labelsize=7)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(fontsize=8, frameon=False)
+    return _save_figure(fig, path)
+
+
+def embedding_scatter(x: np.ndarray, y: np.ndarray, cluster: np.ndarray, is_contrast: np.ndarray,
+                      labels: dict[int, str], path: Path) -> Path:
+    """2-D embedding of the clustered images: colour = cluster, grey = unclustered, hollow = contrast.
+
+    ``labels`` maps a cluster id to the text written at its centroid (the finding id).
+    """
+    fig = _new_figure(5.6, 4.0)
+    ax = fig.add_subplot()
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    cluster = np.asarray(cluster, int)
+    is_contrast = np.asarray(is_contrast, bool)
+    ok = np.isfinite(x) & np.isfinite(y)
+    palette = matplotlib.colormaps["tab10"]
+    ids = sorted(c for c in set(cluster[ok].tolist()) if c >= 0)
+    colours = {c: palette(i % 10) for i, c in enumerate(ids)}
+    for c in [-1] + ids:
+        for contrast in (False, True):
+            m = ok & (cluster == c) & (is_contrast == contrast)
+            if not m.any():
+                continue
+            col = (0.6, 0.6, 0.6, 1.0) if c < 0 else colours[c]
+            if contrast:
+                ax.scatter(x[m], y[m], s=18, facecolors="none", edgecolors=[col], linewidths=0.9)
+            else:
+                ax.scatter(x[m], y[m], s=14, color=[col], alpha=0.85, linewidths=0)
+    for c in ids:
+        m = ok & (cluster == c)
+        text = labels.get(c)
+        if text:
+            ax.annotate(text, (float(np.median(x[m])), float(np.max(y[m]))), fontsize=7,
+                        ha="center", va="bottom", xytext=(0, 7), textcoords="offset points",
+                        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": colours[c], "lw": 0.8})
+    ax.margins(0.12)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ("top", "right", "left", "bottom"):
+        ax.spines[side].set_color("#cccccc")
+    return _save_figure(fig, path)
