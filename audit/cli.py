@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             config = resolve(args.config, args.set, {
                 "model.path": args.model, "data.path": args.data, "data.classes": args.classes,
-                "out": args.out, "dask.scheduler": args.scheduler, "select.pair": args.pair})
+                "out": args.out, "dask.scheduler": args.scheduler, "select.pair": args.pair,
+                "model.trust": args.trust_model or None})
         run_dir = config.run_dir
         summary = pipeline.run(config, log=log)
         if args.command == "demo":
@@ -93,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run folder (default reports/<run_id>)")
     run.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786 (default: local)")
     run.add_argument("--pair", help="audit one confusion pair only, as TRUE:PREDICTED")
+    run.add_argument("--trust-model", action="store_true",
+                     help="allow Lambda layers (they run arbitrary code; Keras safe mode refuses them)")
 
     demo = sub.add_parser("demo", help="build the synthetic hotel demo (cached) and audit it")
     demo.add_argument("config", nargs="?", help="optional pipeline YAML with extra settings")

@@ -26,11 +26,13 @@ DEFAULTS: dict[str, Any] = {
     "model": {
         "path": None,
         "target_layer": None,  # default: last layer with a spatial 4-D output
+        "trust": False,        # allow Lambda layers (arbitrary code): --trust-model
     },
     "data": {
         "path": None,          # folder of class subfolders, or CSV/parquet manifest
         "classes": None,       # text file, one class per line, model output order
         "preprocess": "none",  # none: RGB 0..255 | unit: 0..1 | symmetric: -1..1 | imagenet: mean/std
+        "max_pixels": 89_478_485,  # larger images are refused (decompression-bomb guard)
     },
     "predict": {
         "batch_size": 64,
@@ -112,9 +114,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str | Callable[[], str]]] = {
     "seed": (_nonneg_int, "a non-negative int"),
     "model.path": (_optional(_str), "a model file or folder path"),
     "model.target_layer": (_optional(_str), "a layer name"),
+    "model.trust": (lambda v: isinstance(v, bool), "true or false"),
     "data.path": (_optional(_str), "a folder or manifest path"),
     "data.classes": (_optional(_str), "a text file path"),
     "data.preprocess": (lambda v: v in PREPROCESS, "one of " + ", ".join(PREPROCESS)),
+    "data.max_pixels": (_positive_int, "a positive int"),
     "predict.batch_size": (_positive_int, "a positive int"),
     "predict.partition_size": (_positive_int, "a positive int"),
     "select.margin": (_fraction, "a float in [0, 1]"),

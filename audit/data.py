@@ -102,13 +102,16 @@ def resolve(root: Path, path: str) -> Path:
     return p if p.is_absolute() else Path(root) / p
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, max_pixels: int | None = None) -> np.ndarray:
     """Decode one image file to uint8 RGB ``[H, W, 3]`` at its own size.
 
     Raises ``OSError``/``ValueError`` with a readable message when the file is
-    not a decodable image.
+    not a decodable image or has more than ``max_pixels`` pixels (checked from
+    the header, before decoding).
     """
     with Image.open(path) as im:
+        if max_pixels is not None and im.width * im.height > max_pixels:
+            raise ValueError(f"{im.width}x{im.height} pixels exceed data.max_pixels={max_pixels}")
         im.load()
         im = ImageOps.exif_transpose(im)
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -122,7 +125,8 @@ def read_image(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def load_images(root: Path, paths: list[str], size: tuple[int, int]) -> tuple[np.ndarray, list[str | None]]:
+def load_images(root: Path, paths: list[str], size: tuple[int, int],
+                max_pixels: int | None = None) -> tuple[np.ndarray, list[str | None]]:
     """Decode and resize a batch of images for the model.
 
     Parameters
@@ -130,6 +134,7 @@ def load_images(root: Path, paths: list[str], size: tuple[int, int]) -> tuple[np
     root : folder the manifest paths are relative to.
     paths : manifest path strings.
     size : (height, width) of the model input.
+    max_pixels : larger images are recorded as errors without being decoded.
 
     Returns
     -------
@@ -141,7 +146,7 @@ def load_images(root: Path, paths: list[str], size: tuple[int, int]) -> tuple[np
     errors: list[str | None] = []
     for i, path in enumerate(paths):
         try:
-            out[i] = resize(read_image(resolve(root, path)), size)
+            out[i] = resize(read_image(resolve(root, path), max_pixels), size)
             errors.append(None)
         except Exception as exc:  # any decode failure is recorded, never fatal
             errors.append(f"{type(exc).__name__}: {exc}".splitlines()[0])

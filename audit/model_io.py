@@ -29,14 +29,21 @@ _CACHE: dict[tuple, "Classifier"] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_model(path: str | Path):
-    """Load a ``.keras`` or ``.h5`` model without compiling it (Keras safe mode on)."""
+def load_model(path: str | Path, trust: bool = False):
+    """Load a ``.keras`` or ``.h5`` model without compiling it.
+
+    Keras safe mode stays on (a ``Lambda`` layer, which can run arbitrary code, is
+    refused) unless ``trust`` is set (``--trust-model``).
+    """
     import keras
 
     path = _checked_path(path)
     try:
-        return keras.models.load_model(path, compile=False, safe_mode=True)
+        return keras.models.load_model(path, compile=False, safe_mode=not trust)
     except Exception as exc:
+        if not trust and "safe_mode" in str(exc):
+            raise UsageError(f"--model {path}: the model holds a Lambda layer, which can run arbitrary code; "
+                             "pass --trust-model if you trust its source") from None
         raise UsageError(f"--model {path}: cannot load the model ({_one_line(exc)})") from None
 
 
@@ -52,15 +59,20 @@ def _checked_path(path: str | Path) -> Path:
     return path
 
 
-def cached_classifier(path: str | Path, target_layer: str | None = None) -> "Classifier":
+def cached_classifier(path: str | Path, target_layer: str | None = None, trust: bool = False) -> "Classifier":
     """The ``Classifier`` of a model file, loaded once per process and reused by every task."""
     path = _checked_path(path).resolve()
     stat = path.stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size, target_layer)
+    key = (str(path), stat.st_mtime_ns, stat.st_size, target_layer, trust)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = Classifier(load_model(path), target_layer)
+            _CACHE[key] = Classifier(load_model(path, trust), target_layer)
         return _CACHE[key]
+
+
+def classifier_for(config) -> "Classifier":
+    """The cached ``Classifier`` of ``config``'s ``model.*`` settings."""
+    return cached_classifier(config["model.path"], config["model.target_layer"], config["model.trust"])
 
 
 def file_sha256(path: str | Path) -> str:

@@ -37,9 +37,23 @@ Log = Callable[[str], None]
 
 def run(config: Config, log: Log = print) -> dict:
     """Run the whole audit; return the summary (also written to ``summary.json``)."""
+    from audit.model_io import classifier_for
+
+    for key, flag in (("model.path", "--model"), ("data.path", "--data")):
+        if config[key] is None:
+            raise UsageError(f"`{key}` is required ({flag} or {key} in the config)")
+    frame, root = load_manifest(Path(config["data.path"]))
+    classes = load_classes(config["data.classes"], frame, Path(config["data.path"]))
+    classifier = classifier_for(config)
+    _check_inputs(config, frame, classes, classifier.n_classes)
+    with _run_folder(config.run_dir):
+        return _run_stages(config, frame, root, classes, classifier, log)
+
+
+def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[str], classifier, log: Log) -> dict:
     import dask
 
-    from audit.model_io import cached_classifier, file_sha256
+    from audit.model_io import file_sha256
     from audit.report.render import render
     from audit.stages.attribute import attribute_partition
     from audit.stages.discover import discover
@@ -47,18 +61,7 @@ def run(config: Config, log: Log = print) -> dict:
     from audit.stages.predict import predict_partition
     from audit.stages.select import select
 
-    for key, flag in (("model.path", "--model"), ("data.path", "--data")):
-        if config[key] is None:
-            raise UsageError(f"`{key}` is required ({flag} or {key} in the config)")
-    frame, root = load_manifest(Path(config["data.path"]))
-    classes = load_classes(config["data.classes"], frame, Path(config["data.path"]))
-    classifier = cached_classifier(config["model.path"], config["model.target_layer"])
-    _check_inputs(config, frame, classes, classifier.n_classes)
     run_dir = config.run_dir
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out {run_dir}: cannot create the run folder ({exc.strerror})") from None
     frame.insert(0, "row", np.arange(len(frame)))
     record = {
         "run_id": config["run_id"],
@@ -111,6 +114,28 @@ def run(config: Config, log: Log = print) -> dict:
         render(run_dir)
     artifacts.write_json(run_dir / artifacts.RUN_JSON, record)
     return summary
+
+
+@contextlib.contextmanager
+def _run_folder(run_dir: Path) -> Iterator[None]:
+    """Create the run folder, check it is writable, and hold its lock for the run.
+
+    A second audit into the same folder at the same time stops (exit 2) rather than
+    mixing its artifacts with the first one's.
+    """
+    import fcntl
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(run_dir / ".lock", "w")
+    except OSError as exc:
+        raise UsageError(f"--out {run_dir}: cannot write the run folder ({exc.strerror})") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"--out {run_dir}: another audit is writing to this run folder") from None
+        yield
 
 
 def _check_inputs(config: Config, frame: pd.DataFrame, classes: list[str], n_outputs: int) -> None:

@@ -41,3 +41,10 @@ def test_decode_modes_and_errors(tmp_path):
     images, errors = load_images(tmp_path, ["gray.png", "bad.png", "missing.png"], (6, 8))
     assert images.shape == (3, 6, 8, 3) and images.dtype == np.float32
     assert errors[0] is None and "UnidentifiedImageError" in errors[1] and "missing.png" in errors[2]
+
+
+def test_oversized_image_refused_before_decoding(tmp_path):
+    _png(tmp_path / "big.png", (0, 0, 0), size=(300, 200))
+    images, errors = load_images(tmp_path, ["big.png"], (4, 4), max_pixels=50_000)
+    assert "300x200 pixels exceed data.max_pixels=50000" in errors[0]
+    assert read_image(tmp_path / "big.png", max_pixels=60_000).shape == (200, 300, 3)

@@ -34,3 +34,16 @@ def test_missing_and_corrupt_model_files(tmp_path):
     (tmp_path / "bad.keras").write_bytes(b"garbage")
     with pytest.raises(UsageError, match="cannot load the model"):
         load_model(tmp_path / "bad.keras")
+
+
+def test_lambda_layer_refused_unless_trusted(tmp_path):
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Lambda(lambda t: t * 2.0)(inputs)
+    x = keras.layers.Conv2D(2, 3)(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    model.save(tmp_path / "lambda.keras")
+    with pytest.raises(UsageError, match="Lambda layer.*--trust-model"):
+        load_model(tmp_path / "lambda.keras")
+    assert load_model(tmp_path / "lambda.keras", trust=True).name == model.name

@@ -18,14 +18,15 @@ from audit.artifacts import write_map_chunk
 from audit.config import Config
 from audit.data import load_images, preprocess
 from audit.explainers import get
-from audit.model_io import cached_classifier
+from audit.model_io import classifier_for
 
 
 def attribute_partition(config: Config, root: Path, classes: list[str], part: pd.DataFrame,
                         chunk: int) -> tuple[np.ndarray, np.ndarray]:
     """Write the maps of ``part`` (chunk number ``chunk``); return ``(rows [n], features [n, C])``."""
-    classifier = cached_classifier(config["model.path"], config["model.target_layer"])
-    images, _ = load_images(root, part["path"].tolist(), classifier.input_size)
+    classifier = classifier_for(config)
+    images, _ = load_images(root, part["path"].tolist(), classifier.input_size,
+                                 config["data.max_pixels"])
     images = preprocess(images, config["data.preprocess"])
     lookup = {name: i for i, name in enumerate(classes)}
     targets = part["pair_label"].map(lookup).to_numpy(np.int32)

@@ -13,7 +13,7 @@ import pandas as pd
 
 from audit.config import Config
 from audit.data import load_images, preprocess
-from audit.model_io import cached_classifier
+from audit.model_io import classifier_for
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -29,8 +29,9 @@ def predict_partition(config: Config, root: Path, classes: list[str], part: pd.D
     ``confidence`` (top-1 probability), ``margin`` (top-1 minus top-2),
     ``runner_up``, ``probs`` (per class, softmax of the logits) and ``error``.
     """
-    classifier = cached_classifier(config["model.path"], config["model.target_layer"])
-    images, errors = load_images(root, part["path"].tolist(), classifier.input_size)
+    classifier = classifier_for(config)
+    images, errors = load_images(root, part["path"].tolist(), classifier.input_size,
+                                 config["data.max_pixels"])
     ok = np.array([e is None for e in errors])
     logits = np.full((len(part), classifier.n_classes), np.nan, np.float32)
     batch = config["predict.batch_size"]
