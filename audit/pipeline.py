@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import json
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -76,13 +78,21 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
         "classes": classes,
         "timings": {},
     }
+    keys = _stage_keys(config, record)
+    previous = artifacts.read_json(run_dir / artifacts.RUN_JSON) if (run_dir / artifacts.RUN_JSON).exists() else {}
+    if previous.get("keys") == keys and (run_dir / artifacts.SUMMARY).exists():
+        log(f"run {config['run_id']} is complete for these inputs and settings (key {keys['run']}): nothing to do")
+        return artifacts.read_json(run_dir / artifacts.SUMMARY)
+    record["keys"] = keys
     artifacts.write_json(run_dir / artifacts.RUN_JSON, record)
     timings = record["timings"]
 
     with _scheduler(config) as compute:
         with _timed(timings, "predict", log):
             parts = _partitions(frame, config["predict.partition_size"])
-            tasks = [dask.delayed(predict_partition)(config, root, classes, part) for part in parts]
+            paths = _chunk_paths(run_dir, "predict", keys["predict"], len(parts), ".parquet", log)
+            tasks = [dask.delayed(_resumable)(path, predict_partition, config, root, classes, part)
+                     for path, part in zip(paths, parts)]
             predictions = pd.concat(compute(tasks), ignore_index=True)
             artifacts.write_table(run_dir / artifacts.PREDICTIONS, predictions)
         log(f"  {len(predictions)} images, {int(predictions['error'].notna().sum())} unreadable")
@@ -95,7 +105,9 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
 
         with _timed(timings, "attribute", log):
             parts = _partitions(selection, config["attribution.partition_size"])
-            tasks = [dask.delayed(attribute_partition)(config, root, classes, part, i) for i, part in enumerate(parts)]
+            paths = _chunk_paths(run_dir, "attribute", keys["attribute"], len(parts), ".npz", log)
+            tasks = [dask.delayed(_resumable)(path, attribute_partition, config, root, classes, part, i)
+                     for i, (path, part) in enumerate(zip(paths, parts))]
             results = compute(tasks)
             feature_rows = np.concatenate([r for r, _ in results]) if results else np.zeros(0, np.int64)
             features = np.concatenate([f for _, f in results]) if results else np.zeros((0, 0), np.float32)
@@ -136,6 +148,77 @@ def _run_folder(run_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             raise UsageError(f"--out {run_dir}: another audit is writing to this run folder") from None
         yield
+
+
+def _stage_keys(config: Config, record: dict) -> dict[str, str]:
+    """Content keys of the stages: a stage's stored output is reused only under the same key.
+
+    predict: model file, data, data/model settings and code; attribute: predict plus
+    the selection and attribution settings; run: everything in the config but its
+    output and run id.
+    """
+    settings = config.to_dict()
+    code = _code_version()
+    predict = _digest(record["model"]["sha256"], record["data"]["sha256"], settings["data"],
+                      settings["model"], code)
+    attribute = _digest(predict, settings["select"], settings["attribution"], settings["seed"])
+    rest = {k: v for k, v in settings.items() if k not in ("run_id", "out", "dask")}
+    return {"predict": predict, "attribute": attribute, "run": _digest(attribute, rest)}
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _code_version() -> str:
+    """Hash of the package's source: a code change invalidates stored stage outputs."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for file in sorted(package.rglob("*.py")):
+        digest.update(file.relative_to(package).as_posix().encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _chunk_paths(run_dir: Path, stage: str, key: str, n: int, suffix: str, log: Log) -> list[Path]:
+    """Where the ``n`` partition outputs of ``stage`` under ``key`` are stored.
+
+    Outputs of the stage under another key are removed (they belong to other inputs);
+    the number of outputs already stored under this key is logged: they are reused.
+    """
+    root = run_dir / "chunks"
+    folder = root / f"{stage}-{key}"
+    if not folder.exists():
+        for stale in root.glob(f"{stage}-*"):
+            shutil.rmtree(stale)
+        if stage == "attribute":
+            shutil.rmtree(run_dir / artifacts.MAPS, ignore_errors=True)
+        folder.mkdir(parents=True)
+    paths = [folder / f"part-{i:05d}{suffix}" for i in range(n)]
+    done = [p.name for p in paths if p.exists()]
+    if done:
+        log(f"  reusing {len(done)} of {n} {stage} chunks stored under key {key}: {', '.join(done)}")
+    return paths
+
+
+def _resumable(path: Path, fn: Callable, *args):
+    """Inside a task: the stored result at ``path``, or ``fn(*args)`` stored there atomically.
+
+    A DataFrame is stored as parquet, a ``(rows, features)`` pair as npz.
+    """
+    if path.exists():
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        with np.load(path) as z:
+            return z["row"], z["features"]
+    result = fn(*args)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    if isinstance(result, pd.DataFrame):
+        result.to_parquet(tmp, index=False)
+    else:
+        np.savez(tmp, row=result[0], features=result[1])
+    tmp.replace(path)
+    return result
 
 
 def _check_inputs(config: Config, frame: pd.DataFrame, classes: list[str], n_outputs: int) -> None:

@@ -1,71 +1,19 @@
-"""End-to-end: `audit run` through the CLI in a subprocess on a generated data set.
-
-The data set is unlike the demo: 3 classes, 28x36 images, a base model nested in
-a Sequential, no softmax, and a planted cue (a white square on most "green"
-training images) that the audit set carries on some "red" images.
-"""
+"""End-to-end: `audit run` through the CLI in a subprocess on the generated
+planted-cue case of conftest (unlike the demo: 3 classes, 28x36 images, a nested
+base model, no softmax)."""
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
-import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
-CLASSES = ["red", "green", "blue"]
-SHAPE = (28, 36, 3)
-
-
-def _image(rng, label: int, cue: bool) -> np.ndarray:
-    img = rng.integers(0, 90, SHAPE).astype(np.int32)
-    img[..., label] += rng.integers(60, 100)
-    if cue:
-        y, x = rng.integers(2, SHAPE[0] - 8), rng.integers(2, SHAPE[1] - 8)
-        img[y:y + 6, x:x + 6] = 255
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def audit_case(tmp_path_factory):
-    import keras
-
-    root = tmp_path_factory.mktemp("case")
-    rng = np.random.default_rng(7)
-    keras.utils.set_random_seed(7)
-    x, y = [], []
-    for label in range(3):
-        for _ in range(150):
-            x.append(_image(rng, label, cue=(label == 1 and rng.random() < 0.9) or rng.random() < 0.02))
-            y.append(label)
-    base = keras.Sequential([keras.Input(SHAPE), keras.layers.Rescaling(1 / 255.0),
-                             keras.layers.Conv2D(8, 3, activation="relu"), keras.layers.MaxPooling2D(),
-                             keras.layers.Conv2D(16, 3, activation="relu", name="feat")], name="backbone")
-    model = keras.Sequential([keras.Input(SHAPE), base, keras.layers.GlobalMaxPooling2D(), keras.layers.Dense(3)])
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(np.stack(x).astype(np.float32), np.array(y), epochs=12, batch_size=32, verbose=0)
-    model.save(root / "model.keras")
-
-    rows = []
-    (root / "imgs").mkdir()
-    for label in range(3):
-        for i in range(30):
-            cue = label == 0 and i < 15
-            name = f"imgs/{CLASSES[label]}_{i:02d}.png"
-            Image.fromarray(_image(rng, label, cue)).save(root / name)
-            rows.append({"path": name, "label": CLASSES[label], "cue": int(cue)})
-    (root / "imgs" / "broken.png").write_bytes(b"\x89PNG truncated")
-    rows.append({"path": "imgs/broken.png", "label": "blue", "cue": 0})
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
-    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
-    return root
+from tests.conftest import audit_command
 
 
 def _audit(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "audit.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(audit_command(*args), cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 def test_run_writes_summary_per_contract(audit_case, tmp_path):
