@@ -48,6 +48,11 @@ def run(config: Config, log: Log = print) -> dict:
     classes = load_classes(config["data.classes"], frame, Path(config["data.path"]))
     classifier = classifier_for(config)
     _check_inputs(config, frame, classes, classifier.n_classes)
+    duplicated = frame.duplicated(["path", "label"])
+    if duplicated.any():
+        log(f"warning: {config['data.path']}: {int(duplicated.sum())} duplicate row(s) ignored "
+            f"(first: {frame['path'][duplicated].iloc[0]})")
+        frame = frame[~duplicated].reset_index(drop=True)
     with _run_folder(config.run_dir):
         return _run_stages(config, frame, root, classes, classifier, log)
 
@@ -116,7 +121,12 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
     with _timed(timings, "discover", log):
         map_rows, maps = artifacts.read_maps(run_dir, config["attribution.methods"][0])
         table, findings = discover(config, predictions, selection, map_rows, maps, feature_rows, features)
-        artifacts.write_table(run_dir / artifacts.DISCOVERY, table)
+    with _timed(timings, "verify", log):
+        from audit.stages.discover import assign_findings
+        from audit.stages.verify import verify
+
+        findings = verify(config, root, classes, predictions, map_rows, maps, findings, classifier)
+        artifacts.write_table(run_dir / artifacts.DISCOVERY, assign_findings(table, findings))
         summary = summarize(config, predictions, selection, findings)
         artifacts.write_json(run_dir / artifacts.SUMMARY, summary)
     log(f"  {len(findings)} finding(s)")
@@ -230,6 +240,10 @@ def _check_inputs(config: Config, frame: pd.DataFrame, classes: list[str], n_out
         i = int(np.flatnonzero(unknown)[0])
         raise UsageError(f"{config['data.path']}: row {i} ({frame['path'][i]}) has label "
                          f"{frame['label'][i]!r}, not among the classes ({int(unknown.sum())} such rows)")
+    conflicting = frame.drop_duplicates(["path", "label"]).duplicated("path")
+    if conflicting.any():
+        path = frame["path"][conflicting].iloc[0]
+        raise UsageError(f"{config['data.path']}: {path} is listed with different labels")
     if config["select.pair"] is not None:
         for name in config["select.pair"].split(":"):
             if name.strip() not in classes:
