@@ -51,19 +51,22 @@ def attention_pooled(activations: np.ndarray, maps: np.ndarray) -> np.ndarray:
     sum 1 (uniform where the map is all zero). Returns ``[n, c]`` float32.
     """
     n, h, w, _ = activations.shape
-    weights = np.stack([area_pool(np.maximum(m, 0.0), h, w) for m in maps]) if n else np.zeros((0, h, w))
+    weights = area_pool(np.maximum(maps, 0.0), h, w) if n else np.zeros((0, h, w))
     total = weights.sum(axis=(1, 2), keepdims=True)
     weights = np.where(total > 0, weights / np.where(total > 0, total, 1.0), 1.0 / (h * w))
     return np.einsum("nhw,nhwc->nc", weights, activations).astype(np.float32)
 
 
-def area_pool(image: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Mean of ``image`` ``[H, W]`` over an ``h x w`` grid of (nearly) equal cells."""
-    ys = np.linspace(0, image.shape[0], h + 1).astype(int)
-    xs = np.linspace(0, image.shape[1], w + 1).astype(int)
-    out = np.empty((h, w), np.float64)
-    for i in range(h):
-        for j in range(w):
-            cell = image[ys[i]:max(ys[i + 1], ys[i] + 1), xs[j]:max(xs[j + 1], xs[j] + 1)]
-            out[i, j] = cell.mean()
-    return out
+def area_pool(maps: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Mean of each map ``[n, H, W]`` (or one ``[H, W]``) over an ``h x w`` grid of nearly
+    equal cells; when the grid is finer than the map, a cell is one map pixel."""
+    maps = np.asarray(maps, np.float64)
+    single = maps.ndim == 2
+    maps = maps[None] if single else maps
+    out = maps
+    for axis, cells in ((1, h), (2, w)):
+        size = maps.shape[axis]
+        bounds = np.linspace(0, size, cells + 1).astype(int)
+        counts = np.maximum(np.diff(bounds), 1)
+        out = np.add.reduceat(out, bounds[:-1], axis=axis) / np.expand_dims(counts, tuple(a for a in range(3) if a != axis))
+    return out[0] if single else out
