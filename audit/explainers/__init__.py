@@ -1,5 +1,18 @@
 """Attribution methods, one file each, registered by name (see ``base``)."""
-from audit.explainers import gradcam  # noqa: F401  (registers the method)
+from audit.explainers import (  # noqa: F401  (each import registers its method)
+    deconvnet,
+    expected_gradients,
+    gradcam,
+    gradcam_plus_plus,
+    gradient_x_input,
+    guided_backprop,
+    integrated_gradients,
+    occlusion,
+    saliency,
+    smoothgrad,
+)
 from audit.explainers.base import Explainer, available, explain, get, register
+from audit.explainers.integrated_gradients import IntegratedGradients
+from audit.explainers.occlusion import Occlusion
 
-__all__ = ["Explainer", "available", "explain", "get", "register"]
+__all__ = ["Explainer", "IntegratedGradients", "Occlusion", "available", "explain", "get", "register"]
