@@ -50,12 +50,24 @@ DEFAULTS: dict[str, Any] = {
         "partition_size": 256,
     },
     "discovery": {
-        "grid": 8,                 # spatial features: positive map pooled to grid x grid
+        "grid": 16,                # spatial features: positive map pooled to grid x grid
         "pca_components": 16,      # semantic features: PCA of attention-pooled activations
+        "semantic_weight": 0.5,    # share of the semantic block in the squared feature distance
         "neighbors": 10,           # kNN graph for spectral clustering
-        "max_clusters": 6,
+        "max_clusters": 6,         # largest k the eigengap may choose
         "min_cluster_size": 4,
         "min_pair_size": 4,        # pairs with fewer selected images are not clustered
+        "density": True,           # also cluster with HDBSCAN (small tight groups)
+        "max_overlap": 0.5,        # a density cluster overlapping a spectral one more (Jaccard) is dropped
+    },
+    "verify": {
+        "enabled": True,
+        "max_findings": 3,         # the best-scored findings are tested by intervention
+        "samples": 8,              # members occluded / clean images pasted onto, per round
+        "max_samples": 32,         # at most this many of each per finding
+        "max_se": 0.1,             # a test stops once its lift's standard error is this small (or conclusive)
+        "max_area": 0.2,           # largest top-attributed region, as a share of the image
+        "budget": 0.3,             # at most this many model passes per attributed image, in all
     },
     "gates": {
         "max_error_rate": None,     # fail when 1 - accuracy exceeds this
@@ -134,6 +146,16 @@ RULES: dict[str, tuple[Callable[[Any], bool], str | Callable[[], str]]] = {
     "discovery.max_clusters": (_positive_int, "a positive int"),
     "discovery.min_cluster_size": (lambda v: _positive_int(v) and v >= 2, "an int >= 2"),
     "discovery.min_pair_size": (lambda v: _positive_int(v) and v >= 2, "an int >= 2"),
+    "discovery.semantic_weight": (_fraction, "a float in [0, 1]"),
+    "discovery.density": (lambda v: isinstance(v, bool), "true or false"),
+    "discovery.max_overlap": (_fraction, "a float in [0, 1]"),
+    "verify.enabled": (lambda v: isinstance(v, bool), "true or false"),
+    "verify.max_findings": (_nonneg_int, "a non-negative int"),
+    "verify.samples": (lambda v: _positive_int(v) and v >= 2, "an int >= 2"),
+    "verify.max_samples": (lambda v: _positive_int(v) and v >= 2, "an int >= 2"),
+    "verify.max_se": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"),
+    "verify.max_area": (lambda v: _fraction(v) and v > 0, "a float in (0, 1]"),
+    "verify.budget": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"),
     "gates.max_error_rate": (_optional(_fraction), "a float in [0, 1] or null"),
     "gates.max_finding_score": (_optional(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
                                 "a number or null"),

@@ -19,7 +19,7 @@ import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 from PIL import Image, ImageDraw
 
 TILE = 128            # px, side of a montage tile and the box a thumbnail fits in
@@ -235,4 +235,47 @@ def embedding_scatter(x: np.ndarray, y: np.ndarray, cluster: np.ndarray, is_cont
     ax.set_yticks([])
     for side in ("top", "right", "left", "bottom"):
         ax.spines[side].set_color("#cccccc")
+    return _save_figure(fig, path)
+
+
+def eigenvalues(values: Sequence[float], k: int | None, path: Path) -> Path:
+    """The smallest eigenvalues of a pair's normalised graph Laplacian, with the eigengap
+    that chose ``k`` clusters marked between eigenvalues ``k - 1`` and ``k`` (0-based)."""
+    values = np.asarray(values, dtype=float)
+    fig = _new_figure(3.2, 2.2)
+    ax = fig.add_subplot()
+    index = np.arange(len(values))
+    ax.plot(index, values, "o-", color="#34495e", markersize=3.5, linewidth=1.0)
+    if k is not None and 0 < k < len(values):
+        ax.axvspan(k - 1, k, color="#e67e22", alpha=0.25, linewidth=0)
+        ax.annotate(f"gap: k = {k}", (k - 0.5, float(values[k - 1] + values[k]) / 2), fontsize=7,
+                    ha="left", va="center", xytext=(6, 0), textcoords="offset points")
+    ax.set_xlabel("index", fontsize=8)
+    ax.set_ylabel("eigenvalue", fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.tick_params(labelsize=7)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _save_figure(fig, path)
+
+
+def verification_bars(tests: Sequence[tuple[str, float | None, float | None]], path: Path) -> Path:
+    """Paired horizontal bars per intervention: the rate with the top-attributed region
+    against the rate with a random region of the same area (``tests``: (label, rate,
+    random_rate); a ``None`` rate is drawn as an empty row)."""
+    fig = _new_figure(3.6, 0.8 + 0.55 * len(tests))
+    ax = fig.add_subplot()
+    y = np.arange(len(tests))[::-1].astype(float)
+    top = [t[1] if t[1] is not None else 0.0 for t in tests]
+    rnd = [t[2] if t[2] is not None else 0.0 for t in tests]
+    ax.barh(y + 0.18, top, height=0.34, color="#c0392b", label="top region")
+    ax.barh(y - 0.18, rnd, height=0.34, color="#95a5a6", label="random region")
+    for yy, a, b in zip(y, top, rnd):
+        ax.text(a + 0.01, yy + 0.18, f"{a:.0%}", va="center", fontsize=7)
+        ax.text(b + 0.01, yy - 0.18, f"{b:.0%}", va="center", fontsize=7)
+    ax.set_yticks(y, [t[0] for t in tests], fontsize=8)
+    ax.set_xlim(0.0, 1.12)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.tick_params(axis="x", labelsize=7)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(fontsize=7, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
     return _save_figure(fig, path)

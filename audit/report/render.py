@@ -10,9 +10,10 @@ Every artifact is optional except that a report without ``run.json`` and
 notice at the top of the page and its sections are left out.
 
 Asset names never contain class or file names: ``row-<row>-image.png``,
-``row-<row>-overlay.png`` (``row`` = manifest row id), ``<finding>-montage.png``
-and ``<finding>-mean.png`` (finding id when it is ``[A-Za-z0-9_-]+``, otherwise a
-hash of it), ``confidence.png``, ``embedding.png``.
+``row-<row>-overlay.png`` (``row`` = manifest row id), ``<finding>-montage.png``,
+``<finding>-mean.png``, ``<finding>-eigenvalues.png`` and
+``<finding>-verification.png`` (finding id when it is ``[A-Za-z0-9_-]+``,
+otherwise a hash of it), ``confidence.png``, ``embedding.png``.
 """
 from __future__ import annotations
 
@@ -403,9 +404,11 @@ def _findings(run: _Run, raw: list[dict], slugs: dict[str, str], assets: _Assets
                             if true_label in slugs and predicted_label in slugs else None),
             "size": f.get("size", len(members)), "n_errors": f.get("n_errors"),
             "score": f.get("score"), "coherence": f.get("coherence"),
+            "support": f.get("support"), "causal": f.get("causal"),
+            "verification": _verification(f.get("verification")),
             "detailed": n < MAX_DETAILED_FINDINGS,
             "montage": None, "mean": None, "exemplars": [], "notes": [],
-            "members": [],
+            "members": [], "eigen": None, "verify_plot": None,
         }
         for p, r in zip(members, rows):
             info = by_row.loc[r] if by_row is not None and r in by_row.index else None
@@ -417,6 +420,7 @@ def _findings(run: _Run, raw: list[dict], slugs: dict[str, str], assets: _Assets
             })
         if view["detailed"]:
             _finding_pictures(run, view, rows, members, exemplar_rows, by_row, image_errors, assets)
+            _finding_plots(view, f, assets)
         out.append(view)
     return out
 
@@ -479,6 +483,42 @@ def _finding_pictures(run: _Run, view: dict, rows: list[int], members: list[str]
     failed = [r for r in order if r in image_errors]
     if failed:
         view["notes"].append(f"{len(failed)} member image(s) could not be read now (moved or deleted?)")
+
+
+def _verification(raw: Any) -> dict | None:
+    """The finding's causal tests as table rows, or ``None`` when it has none."""
+    if not isinstance(raw, dict):
+        return None
+    if not raw.get("verified"):
+        return {"verified": False, "reason": _str_or_none(raw.get("reason")) or "not verified", "tests": []}
+    tests = []
+    for key, label, what in (("occlusion", "occlusion", "members leaving the predicted class"),
+                             ("transplant", "transplant", "clean images flipped to the predicted class")):
+        t = raw.get(key)
+        if not isinstance(t, dict):
+            continue
+        tests.append({"key": key, "label": label, "what": what, "n": t.get("n"), "flipped": t.get("flipped"),
+                      "rate": _finite(t.get("rate")), "random_flipped": t.get("random_flipped"),
+                      "random_rate": _finite(t.get("random_rate")), "lift": _finite(t.get("lift")),
+                      "se": _finite(t.get("se"))})
+    return {"verified": True, "reason": _str_or_none(raw.get("reason")), "tests": tests,
+            "members_tested": raw.get("members_tested"), "mean_area": _finite(raw.get("mean_area"))}
+
+
+def _finding_plots(view: dict, raw: dict, assets: _Assets) -> None:
+    """The pair's eigenvalue plot and the verification bars of one finding (written to assets/)."""
+    values = [v for v in (_finite(x) for x in raw.get("eigenvalues") or []) if v is not None]
+    k = raw.get("eigengap_k")
+    k = int(k) if _finite(k) is not None else None
+    if len(values) >= 2:
+        name = f"{view['anchor']}-eigenvalues.png"
+        plots.eigenvalues(values, k, assets.path(name))
+        view["eigen"] = {"src": assets.rel(name), "k": k, "n": len(values)}
+    v = view["verification"]
+    if v and v["verified"] and any(t["rate"] is not None for t in v["tests"]):
+        name = f"{view['anchor']}-verification.png"
+        plots.verification_bars([(t["label"], t["rate"], t["random_rate"]) for t in v["tests"]], assets.path(name))
+        view["verify_plot"] = {"src": assets.rel(name)}
 
 
 def _exemplar(run: _Run, r: int, path: str, img: np.ndarray | None, cam: np.ndarray | None,

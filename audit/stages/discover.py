@@ -1,28 +1,68 @@
 """Discover: cluster the explanations of each confusion pair into findings.
 
-For a pair ``true -> predicted`` (its misclassified and low-confidence images)
-each image is described by two blocks, each scaled to unit length so that they
-weigh the same:
+Features
+--------
+Features are built per predicted class ``c``, over every selected image paired
+with ``c`` (all true classes) plus the correctly classified contrast images of
+``c``. Each image gets two blocks, each centred over that group and scaled so
+that its mean squared row norm is ``1 - w`` and ``w`` (``w =
+discovery.semantic_weight``):
 
-* spatial: the positive part of its map pooled to ``discovery.grid`` squared cells,
-  L1-normalised (where the model looks);
-* semantic: its attention-pooled target-layer activations, standardised and
-  reduced by PCA fitted on the pair together with the contrast images of the
-  predicted class (what the model sees there, wherever it sits).
+* spatial: the positive part of its map area-pooled to ``discovery.grid`` squared
+  cells and L1-normalised (where the model looks);
+* semantic: its attribution-weighted pooled target-layer activations (computed by
+  the attribute stage), standardised and reduced by PCA to
+  ``discovery.pca_components`` (what the model sees there, wherever it sits).
 
-The images are clustered spectrally on a symmetric kNN graph
-(``discovery.neighbors``); the number of clusters is the largest eigengap of the
-normalised graph Laplacian among the first ``discovery.max_clusters``
-eigenvalues. Clusters smaller than ``discovery.min_cluster_size`` are dropped.
+Clustering
+----------
+The selected images of each pair ``true -> c`` (at least ``discovery.min_pair_size``
+of them) are clustered twice on these features:
 
-Each remaining cluster is a finding, scored
+* spectral: a kNN graph (``discovery.neighbors``) with self-tuning Gaussian
+  weights ``exp(-d_ij^2 / (s_i s_j))`` (``s_i`` = distance from image i to its
+  farthest kept neighbour), its symmetric normalised Laplacian, the number of
+  clusters ``k`` at the largest gap among its ``discovery.max_clusters + 1``
+  smallest eigenvalues, and the rows of the first ``k`` eigenvectors assigned by
+  CPQR (``cluster_qr``: deterministic, no k-means restarts);
+* density (``discovery.density``): HDBSCAN with ``min_cluster_size =
+  discovery.min_cluster_size``, for small tight groups spectral merges away.
 
-    score = (n_errors + 0.5 * n_low_confidence) / n_true_class * coherence
+The eigengap often splits one cue into parts (seen at different places or on
+different backgrounds), so the ``k`` spectral clusters are merged bottom-up by
+Ward's criterion on the semantic block and the tree is cut at its largest gap in
+merge height (the clusters sit at height 0): parts that are much closer to each
+other than to the rest merge, distinct groups stay apart. Those clusters and the
+density clusters are the candidates; each of at least
+``discovery.min_cluster_size`` images is scored, and the best-scored become
+findings in order, skipping a candidate of which more than
+``discovery.max_overlap`` is already in a finding.
 
-where ``n_true_class`` counts the readable images labelled ``true`` and
-``coherence`` is the members' mean cosine similarity to their centroid (0..1):
-large groups of errors, relative to their class, that share one explanation
-rank first.
+Score
+-----
+::
+
+    score     = support * coherence * (1 + causal)
+    support   = (n_errors + 0.5 * n_low_confidence) / n_true
+    coherence = 1 - spread / total     (clipped to [0, 1])
+    causal    = clip(max(occlusion lift, transplant lift), 0, 1)   (0 until verified)
+
+``n_true`` counts the readable images labelled ``true``, so ``support`` is the
+share of the class the finding accounts for (errors count fully, near misses
+half). ``spread`` is the members' unbiased mean squared distance to their
+centroid in the space of attribution-weighted pooled activations standardised
+over all selected and contrast images of the run, ``total`` that of all those
+images: a coherent finding's members see the same thing (so coherence is relative
+to the run: in a one-pair deep dive whose predicted class is explained by the same
+cue, a cue group is no more coherent than that class, and its tighter sub-groups
+rank first). ``causal`` comes from
+the verify stage (``audit.stages.verify``); this stage sets it to 0, so its
+``score`` is the pre-score that decides which findings are verified. Large,
+error-rich, coherent groups rank first, and a verified causal cue can double its
+score.
+
+Each finding lists its members most central first and carries its pair's
+Laplacian eigenvalues (``eigenvalues``, ``eigengap_k``) for the report.
 """
 from __future__ import annotations
 
@@ -30,14 +70,21 @@ import hashlib
 
 import numpy as np
 import pandas as pd
-from scipy.sparse.csgraph import laplacian
-from sklearn.cluster import SpectralClustering
-from sklearn.decomposition import PCA
-from sklearn.neighbors import kneighbors_graph
-from sklearn.preprocessing import StandardScaler
+from scipy.linalg import qr, svd
+from sklearn.cluster import HDBSCAN
+from threadpoolctl import ThreadpoolController
 
 from audit.config import Config
-from audit.stages.attribute import area_pool
+
+# One-off costs paid when the module loads rather than in the first audit: the BLAS thread
+# pools of the process are looked up once (a scan of every loaded library, tens of ms in a
+# process with TensorFlow; limiting them is then cheap), and scikit-learn's first fit looks
+# up its dataframe plugins (a few ms).
+_THREAD_POOLS = ThreadpoolController()
+HDBSCAN(min_cluster_size=2, metric="precomputed", copy=True).fit(np.zeros((2, 2)))
+N_EIGENVALUES_SHOWN = 16       # eigenvalues kept per pair for the report's plot
+TABLE_COLUMNS = ["row", "path", "pair", "true_label", "predicted_label", "reason", "cluster", "finding_id",
+                 "spectral_cluster", "density_cluster", "centrality", "is_contrast", "x", "y"]
 
 
 def discover(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame,
@@ -45,113 +92,380 @@ def discover(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame,
              feature_rows: np.ndarray, features: np.ndarray) -> tuple[pd.DataFrame, list[dict]]:
     """Cluster each pair; return ``(discovery table, findings sorted by score)``.
 
-    ``maps`` ``[n, H, W]`` and ``features`` ``[m, C]`` are indexed by their ``*_rows``
-    (prediction row ids).
+    Parameters
+    ----------
+    predictions, selection : the predict and select stage tables.
+    map_rows, maps : int ``[n]`` prediction row ids and float ``[n, H, W]`` maps of the
+        first attribution method.
+    feature_rows, features : int ``[m]`` row ids and float ``[m, C]`` attribution-weighted
+        pooled activations.
+
+    Returns
+    -------
+    The discovery table (one row per clustered or contrast image, ``TABLE_COLUMNS``)
+    and the findings, ranked (``rank`` 1 = highest ``score``).
     """
+    with _THREAD_POOLS.limit(limits=1):  # small matrices: BLAS threads only add overhead (and stall under load)
+        return _discover(config, predictions, selection, map_rows, maps, feature_rows, features)
+
+
+def _discover(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame,
+              map_rows: np.ndarray, maps: np.ndarray,
+              feature_rows: np.ndarray, features: np.ndarray) -> tuple[pd.DataFrame, list[dict]]:
     map_of = {int(r): i for i, r in enumerate(map_rows)}
     feat_of = {int(r): i for i, r in enumerate(feature_rows)}
-    valid = predictions[predictions["error"].isna()]
-    class_size = valid.groupby("label").size()
-    tables, findings = [], []
-    candidates = selection[selection["reason"] != "contrast"]
-    for (true, predicted), members in candidates.groupby(["true_label", "pair_label"], sort=True):
-        contrast = selection[(selection["reason"] == "contrast") & (selection["pair_label"] == predicted)]
-        group = pd.concat([members, contrast])
-        spatial = _spatial(maps[[map_of[int(r)] for r in group["row"]]], config["discovery.grid"])
-        semantic = _semantic(features[[feat_of[int(r)] for r in group["row"]]], config["discovery.pca_components"])
-        x = np.hstack([_unit_rows(spatial), _unit_rows(semantic)]) / np.sqrt(2.0)
-        is_member = np.arange(len(group)) < len(members)
-        labels = np.full(len(group), -1)
-        if len(members) >= config["discovery.min_pair_size"]:
-            labels[is_member] = _cluster(x[is_member], config)
+    labels = predictions["label"].to_numpy(dtype=object)[predictions["error"].isna().to_numpy()]
+    names, counts = np.unique(labels.astype(str), return_counts=True)
+    class_size = dict(zip(names.tolist(), counts.tolist()))
+    sel = _Selection(selection)
+    content = _Content(features[[feat_of[r] for r in sel.row]], sel.row)
+    parts, findings = [], []
+    for predicted in sorted(set(sel.pair_label[~sel.contrast].tolist())):
+        into = np.flatnonzero(~sel.contrast & (sel.pair_label == predicted))
+        contrast = np.flatnonzero(sel.contrast & (sel.pair_label == predicted))
+        group = np.concatenate([into, contrast])
+        x, n_spatial = pair_features(maps[[map_of[r] for r in sel.row[group]]],
+                                     features[[feat_of[r] for r in sel.row[group]]], config)
         xy = _embed2d(x)
-        table = pd.DataFrame({
-            "row": group["row"].to_numpy(), "path": group["path"].to_numpy(),
-            "pair": f"{true} -> {predicted}", "true_label": true, "predicted_label": predicted,
-            "reason": group["reason"].to_numpy(), "cluster": labels, "finding_id": None,
-            "is_contrast": ~is_member, "x": xy[:, 0], "y": xy[:, 1],
-        })
-        for cluster in sorted(set(labels[is_member]) - {-1}):
-            inside = labels == cluster
-            finding = _finding(table[inside], x[inside], true, predicted, int(class_size.get(true, 0)),
-                               config["report.exemplars"])
-            table.loc[inside, "finding_id"] = finding["id"]
-            findings.append(finding)
-        tables.append(table)
-    findings.sort(key=lambda f: (-f["score"], f["id"]))
-    for rank, finding in enumerate(findings, start=1):
-        finding["rank"] = rank
-    columns = ["row", "path", "pair", "true_label", "predicted_label", "reason", "cluster", "finding_id",
-               "is_contrast", "x", "y"]
-    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
-    return table, findings
+        for true in sorted(set(sel.true_label[into].tolist())):
+            at = np.flatnonzero(sel.true_label[into] == true)
+            part, found = _discover_pair(config, sel, into[at], x[at], n_spatial, xy[at], content, true, predicted,
+                                         int(class_size.get(true, 0)))
+            parts.append(part)
+            findings.extend(found)
+        if len(contrast):
+            parts.append(_part(sel, contrast, f"* -> {predicted}", sel.true_label[contrast], predicted,
+                               xy[len(into):], contrast=True))
+    table = pd.DataFrame({c: pd.Series(np.concatenate([p[c] for p in parts]) if parts else [],
+                                       dtype=object if c == "finding_id" else None) for c in TABLE_COLUMNS})
+    return assign_findings(table, rank_findings(findings)), findings
 
 
-def _spatial(maps: np.ndarray, grid: int) -> np.ndarray:
-    pooled = np.stack([area_pool(np.maximum(m, 0.0), grid, grid).ravel() for m in maps])
+class _Selection:
+    """The columns of the selection table that discovery reads, as numpy arrays."""
+
+    def __init__(self, selection: pd.DataFrame):
+        self.row = selection["row"].to_numpy(np.int64)
+        self.path = selection["path"].to_numpy(dtype=object).astype(str)
+        self.reason = selection["reason"].to_numpy(dtype=object).astype(str)
+        self.true_label = selection["true_label"].to_numpy(dtype=object).astype(str)
+        self.pair_label = selection["pair_label"].to_numpy(dtype=object).astype(str)
+        self.contrast = self.reason == "contrast"
+
+
+def pair_features(maps: np.ndarray, features: np.ndarray, config: Config) -> tuple[np.ndarray, int]:
+    """Combined features ``[n, G*G + P]`` of a group of images and the width of the
+    spatial block (see the module docstring).
+
+    ``maps`` ``[n, H, W]``, ``features`` ``[n, C]``. Each block is centred over the
+    group and scaled so that its mean squared row norm is ``1 - w`` (spatial) and
+    ``w`` (semantic): the squared distance to the group mean averages 1.
+    """
+    w = config["discovery.semantic_weight"]
+    spatial = spatial_features(maps, config["discovery.grid"])
+    semantic = semantic_features(features, config["discovery.pca_components"])
+    blocks = [np.sqrt(1.0 - w) * _scaled(spatial), np.sqrt(w) * _scaled(semantic)]
+    return np.hstack(blocks), spatial.shape[1]
+
+
+def spatial_features(maps: np.ndarray, grid: int) -> np.ndarray:
+    """Positive part of each map area-pooled to ``grid x grid``, L1-normalised: ``[n, grid * grid]``.
+
+    An all-zero map gives the uniform vector.
+    """
+    pooled = grid_pool(np.maximum(maps, 0.0), grid).reshape(len(maps), -1)
     total = pooled.sum(axis=1, keepdims=True)
-    return np.where(total > 0, pooled / np.where(total > 0, total, 1.0), 1.0 / pooled.shape[1])
+    return np.where(total > 0, pooled / np.where(total > 0, total, 1.0), 1.0 / max(pooled.shape[1], 1))
 
 
-def _semantic(features: np.ndarray, components: int) -> np.ndarray:
-    scaled = StandardScaler().fit_transform(features)
-    n = min(components, scaled.shape[0] - 1, scaled.shape[1])
-    return PCA(n_components=n, random_state=0).fit_transform(scaled) if n >= 1 else scaled
+def grid_pool(maps: np.ndarray, grid: int) -> np.ndarray:
+    """Mean of each map ``[n, H, W]`` over a ``grid x grid`` array of (nearly) equal cells: ``[n, grid, grid]``.
+
+    Cell boundaries are those of ``audit.stages.attribute.area_pool`` (a cell is at
+    least one pixel), computed at once from an integral image.
+    """
+    maps = np.asarray(maps)
+    n, h, w = maps.shape
+    if h % grid == 0 and w % grid == 0:  # equal cells: a reshape
+        return maps.reshape(n, grid, h // grid, grid, w // grid).mean(axis=(2, 4), dtype=np.float64)
+    maps = maps.astype(np.float64)
+    integral = np.zeros((n, h + 1, w + 1))
+    integral[:, 1:, 1:] = maps.cumsum(axis=1).cumsum(axis=2)
+    y0, y1 = _cells(h, grid)
+    x0, x1 = _cells(w, grid)
+    sums = (integral[:, y1][:, :, x1] - integral[:, y0][:, :, x1]
+            - integral[:, y1][:, :, x0] + integral[:, y0][:, :, x0])
+    return sums / ((y1 - y0)[:, None] * (x1 - x0)[None, :])
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
+def _cells(size: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    edges = np.linspace(0, size, grid + 1).astype(int)
+    start = np.minimum(edges[:-1], size - 1)
+    return start, np.maximum(edges[1:], start + 1)
+
+
+def semantic_features(features: np.ndarray, components: int) -> np.ndarray:
+    """Standardised features reduced by PCA to at most ``components`` dimensions: ``[n, P]``."""
+    features = np.asarray(features, np.float64)
+    std = features.std(axis=0)
+    scaled = (features - features.mean(axis=0)) / np.where(std > 1e-12, std, 1.0)
+    return pca(scaled, min(components, scaled.shape[0] - 1, scaled.shape[1]))
+
+
+def pca(x: np.ndarray, n: int) -> np.ndarray:
+    """Scores ``[rows, n]`` of the centred rows of ``x`` on their ``n`` principal axes
+    (eigen-decomposition of the smaller Gram or covariance matrix; signs fixed so the
+    largest loading of each axis is positive). ``n < 1`` returns ``x`` centred."""
+    x = x - x.mean(axis=0, keepdims=True)
+    if n < 1:
+        return x
+    if x.shape[0] < x.shape[1]:
+        values, vectors = np.linalg.eigh(x @ x.T)
+        scores = vectors[:, ::-1][:, :n] * np.sqrt(np.maximum(values[::-1][:n], 0.0))
+        axes = x.T @ scores
+    else:
+        _, vectors = np.linalg.eigh(x.T @ x)
+        axes = vectors[:, ::-1][:, :n]
+        scores = x @ axes
+    signs = np.sign(axes[np.argmax(np.abs(axes), axis=0), np.arange(axes.shape[1])])
+    return scores * np.where(signs == 0, 1.0, signs)
+
+
+def _scaled(x: np.ndarray) -> np.ndarray:
+    """``x`` centred, scaled to mean squared row norm 1 (zero when constant)."""
     centred = x - x.mean(axis=0, keepdims=True)
-    norm = np.linalg.norm(centred, axis=1, keepdims=True)
-    return centred / np.where(norm > 0, norm, 1.0)
+    rms = np.sqrt(np.mean(np.sum(centred ** 2, axis=1)))
+    return centred / rms if rms > 1e-12 else centred
 
 
 def _embed2d(x: np.ndarray) -> np.ndarray:
     if len(x) < 3:
         return np.zeros((len(x), 2))
-    out = PCA(n_components=2, random_state=0).fit_transform(x)
+    out = pca(x, min(2, x.shape[1], len(x) - 1))
     return out if out.shape[1] == 2 else np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
 
 
-def _cluster(x: np.ndarray, config: Config) -> np.ndarray:
-    """Spectral clustering of the rows of ``x`` with k from the eigengap; small clusters -> -1."""
-    n = len(x)
-    k_nn = min(config["discovery.neighbors"], n - 1)
-    graph = kneighbors_graph(x, k_nn, mode="connectivity", include_self=False)
-    graph = ((graph + graph.T) > 0).astype(float)
-    k = eigengap_k(graph.toarray(), min(config["discovery.max_clusters"], n - 1))
-    if k <= 1:
-        labels = np.zeros(n, int)
-    else:
-        labels = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=config["seed"],
-                                    assign_labels="cluster_qr").fit_predict(graph.toarray())
-    sizes = np.bincount(labels)
-    return np.where(sizes[labels] >= config["discovery.min_cluster_size"], labels, -1)
+# ---------------------------------------------------------------- clustering
+
+def distances(x: np.ndarray) -> np.ndarray:
+    """Euclidean distances ``[n, n]`` between the rows of ``x`` (zero diagonal)."""
+    sq = np.sum(x * x, axis=1)
+    d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * x @ x.T, 0.0))
+    np.fill_diagonal(d, 0.0)
+    return d
 
 
-def eigengap_k(affinity: np.ndarray, k_max: int) -> int:
-    """Number of clusters: position of the largest gap among the smallest ``k_max + 1``
-    eigenvalues of the symmetric normalised Laplacian of ``affinity``."""
+def affinity(d: np.ndarray, neighbors: int) -> np.ndarray:
+    """Symmetric kNN affinity ``[n, n]`` from distances ``d``, with self-tuning Gaussian
+    weights (zero diagonal).
+
+    ``W_ij = exp(-d_ij^2 / (s_i s_j))`` when ``j`` is among the ``neighbors`` nearest of
+    ``i`` or ``i`` among those of ``j``; ``s_i`` is the distance from ``i`` to its
+    farthest kept neighbour.
+    """
+    n = len(d)
+    k = min(neighbors, n - 1)
+    if k < 1:
+        return np.zeros((n, n))
+    off = d + np.diag(np.full(n, np.inf))
+    nearest = np.argsort(off, axis=1, kind="stable")[:, :k]
+    scale = np.maximum(d[np.arange(n), nearest[:, -1]], 1e-12)
+    keep = np.zeros((n, n), bool)
+    keep[np.repeat(np.arange(n), k), nearest.ravel()] = True
+    keep |= keep.T
+    return np.where(keep, np.exp(-d ** 2 / (scale[:, None] * scale[None, :])), 0.0)
+
+
+def spectrum(w: np.ndarray, n_vectors: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending, all) of the symmetric normalised Laplacian of ``w`` and
+    its first ``n_vectors`` eigenvectors ``[n, n_vectors]``."""
+    degree = w.sum(axis=1)
+    inv = np.where(degree > 0, 1.0 / np.sqrt(np.where(degree > 0, degree, 1.0)), 0.0)
+    lap = np.eye(len(w)) - inv[:, None] * w * inv[None, :]
+    values, vectors = np.linalg.eigh((lap + lap.T) / 2.0)
+    return np.clip(values, 0.0, 2.0), vectors[:, :n_vectors]
+
+
+def eigengap_k(values: np.ndarray, k_max: int) -> int:
+    """Number of clusters: ``k`` in ``[1, k_max]`` maximising ``values[k] - values[k - 1]``
+    (``values`` ascending Laplacian eigenvalues)."""
+    k_max = min(k_max, len(values) - 1)
     if k_max <= 1:
         return 1
-    values = np.sort(np.linalg.eigvalsh(laplacian(affinity, normed=True)))[: k_max + 1]
-    return int(np.argmax(np.diff(values)) + 1)
+    return int(np.argmax(np.diff(values[: k_max + 1])) + 1)
 
 
-def _finding(members: pd.DataFrame, x: np.ndarray, true: str, predicted: str, n_true: int,
-             n_exemplars: int) -> dict:
-    centroid = x.mean(axis=0)
-    norms = np.linalg.norm(x, axis=1) * max(np.linalg.norm(centroid), 1e-12)
-    cosine = (x @ centroid) / np.where(norms > 0, norms, 1.0)
-    coherence = float(np.clip(cosine.mean(), 0.0, 1.0))
-    n_errors = int((members["reason"] == "misclassified").sum())
-    n_unsure = int((members["reason"] == "low_confidence").sum())
-    score = (n_errors + 0.5 * n_unsure) / max(n_true, 1) * coherence
-    paths = members["path"].tolist()
+def cluster_qr(vectors: np.ndarray) -> np.ndarray:
+    """Cluster labels from the rows of ``k`` eigenvectors ``[n, k]`` by column-pivoted QR
+    (Damle, Minden and Ying 2019): deterministic, no k-means restarts."""
+    k = vectors.shape[1]
+    _, _, piv = qr(vectors.T, pivoting=True)
+    ut, _, v = svd(vectors[piv[:k], :].T)
+    return np.abs(vectors @ (ut @ v.conj())).argmax(axis=1)
+
+
+def spectral_clusters(d: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(labels [n], eigenvalues, k)`` of the spectral clustering of points with distances ``d``."""
+    w = affinity(d, config["discovery.neighbors"])
+    values, vectors = spectrum(w, min(config["discovery.max_clusters"], len(d)))
+    k = eigengap_k(values, config["discovery.max_clusters"])
+    labels = np.zeros(len(d), int) if k <= 1 else cluster_qr(vectors[:, :k])
+    return labels, values, k
+
+
+def density_clusters(d: np.ndarray, min_size: int) -> np.ndarray:
+    """HDBSCAN labels (``-1`` = noise) of points with distances ``d``."""
+    if len(d) < 2 * min_size:
+        return np.full(len(d), -1)
+    return HDBSCAN(min_cluster_size=min_size, metric="precomputed", copy=True).fit(d).labels_
+
+
+def _discover_pair(config: Config, sel: _Selection, members: np.ndarray, x: np.ndarray, n_spatial: int,
+                   xy: np.ndarray, content: "_Content", true: str, predicted: str,
+                   n_true: int) -> tuple[dict, list[dict]]:
+    """Cluster one pair's ``members`` (positions in ``sel``); return its table part and findings."""
+    part = _part(sel, members, f"{true} -> {predicted}", np.full(len(members), true, object), predicted, xy,
+                 contrast=False)
+    if len(members) < config["discovery.min_pair_size"]:
+        return part, []
+    min_size = config["discovery.min_cluster_size"]
+    d = distances(x)
+    spectral, values, k = spectral_clusters(d, config)
+    density = density_clusters(d, min_size) if config["discovery.density"] else np.full(len(x), -1)
+    part["spectral_cluster"] = spectral
+    part["density_cluster"] = density
+    leaves = [np.flatnonzero(spectral == c) for c in np.unique(spectral)]
+    candidates = ward_cut(x[:, n_spatial:], leaves)
+    candidates += [np.flatnonzero(density == c) for c in sorted(set(density.tolist()) - {-1})]
+    shown = [round(float(v), 6) for v in values[:N_EIGENVALUES_SHOWN]]
+    scored, seen = [], set()
+    for g in candidates:
+        key = tuple(sorted(g.tolist()))
+        if len(g) < min_size or key in seen:
+            continue
+        seen.add(key)
+        finding = _finding(sel, members[g], x[g], content, true, predicted, n_true, config["report.exemplars"])
+        finding.update(eigenvalues=shown, eigengap_k=k)
+        scored.append((finding_score(finding), len(g), finding["id"], g, finding))
+    scored.sort(key=lambda c: (-c[0], -c[1], c[2]))
+    kept, covered = [], np.zeros(len(x), bool)
+    for _, _, _, g, finding in scored:
+        if covered[g].mean() <= config["discovery.max_overlap"]:
+            kept.append(finding)
+            covered[g] = True
+    return part, kept
+
+
+def ward_cut(x: np.ndarray, clusters: list[np.ndarray]) -> list[np.ndarray]:
+    """Merge ``clusters`` (row index arrays into ``x``) bottom-up by Ward's criterion and
+    cut the tree at its largest gap in merge height (the clusters themselves at
+    height 0): parts of one group merge, distinct groups stay apart."""
+    groups = [np.asarray(c) for c in clusters]
+    states, heights = [list(groups)], [0.0]
+    while len(groups) > 1:
+        best = None
+        for i in range(len(groups)):
+            for j in range(i + 1, len(groups)):
+                a, b = groups[i], groups[j]
+                cost = np.sum((x[a].mean(axis=0) - x[b].mean(axis=0)) ** 2) * len(a) * len(b) / (len(a) + len(b))
+                if best is None or cost < best[0]:
+                    best = (cost, i, j)
+        cost, i, j = best
+        groups = [g for n, g in enumerate(groups) if n not in (i, j)] + [np.sort(np.concatenate([groups[i], groups[j]]))]
+        states.append(list(groups))
+        heights.append(max(float(cost), heights[-1]))
+    if len(states) == 1:
+        return states[0]
+    return states[int(np.argmax(np.diff(heights)))]
+
+
+def _part(sel: _Selection, at: np.ndarray, pair: str, true: np.ndarray, predicted: str, xy: np.ndarray,
+          contrast: bool) -> dict:
+    """The discovery-table columns of the selection rows ``at``."""
+    n = len(at)
+    return {"row": sel.row[at], "path": sel.path[at], "pair": np.full(n, pair, object),
+            "true_label": np.asarray(true, object), "predicted_label": np.full(n, predicted, object),
+            "reason": sel.reason[at], "cluster": np.full(n, -1), "finding_id": np.full(n, None, object),
+            "spectral_cluster": np.full(n, -1), "density_cluster": np.full(n, -1),
+            "centrality": np.full(n, np.nan), "is_contrast": np.full(n, contrast), "x": xy[:, 0], "y": xy[:, 1]}
+
+
+# ---------------------------------------------------------------- findings and ranking
+
+class _Content:
+    """The attribution-weighted pooled activations of every selected and contrast image
+    of the run, standardised per channel over them all: the reference for coherence."""
+
+    def __init__(self, features: np.ndarray, rows: pd.Series):
+        features = np.asarray(features, np.float64)
+        std = features.std(axis=0) if len(features) else np.ones(features.shape[1:])
+        centre = features.mean(axis=0) if len(features) else 0.0
+        self.z = (features - centre) / np.where(std > 1e-12, std, 1.0)
+        self.total = float(np.sum(self.z ** 2, axis=1).mean()) if len(self.z) else 0.0
+        self.index = {int(r): i for i, r in enumerate(rows)}
+
+    def coherence(self, rows: np.ndarray) -> float:
+        """``1 - spread / total`` clipped to [0, 1]: ``spread`` is the members' unbiased mean
+        squared distance to their centroid, ``total`` that of all images to their mean."""
+        z = self.z[[self.index[int(r)] for r in rows]]
+        m = len(z)
+        if m < 2 or self.total <= 0:
+            return 0.0
+        spread = np.sum((z - z.mean(axis=0)) ** 2, axis=1).mean() * m / (m - 1)
+        return float(np.clip(1.0 - spread / self.total, 0.0, 1.0))
+
+
+def _finding(sel: _Selection, at: np.ndarray, x: np.ndarray, content: _Content, true: str, predicted: str,
+             n_true: int, n_exemplars: int) -> dict:
+    rows = sel.row[at]
+    coherence = content.coherence(rows)
+    n_errors = int(np.sum(sel.reason[at] == "misclassified"))
+    n_unsure = int(np.sum(sel.reason[at] == "low_confidence"))
+    support = (n_errors + 0.5 * n_unsure) / max(n_true, 1)
+    centrality = 1.0 - np.sum((x - x.mean(axis=0)) ** 2, axis=1)
+    order = np.argsort(-centrality, kind="stable")
+    paths = sel.path[at][order].tolist()
     digest = hashlib.sha1("\n".join([true, predicted, *sorted(paths)]).encode()).hexdigest()[:8]
-    closest = np.argsort(-cosine, kind="stable")[:n_exemplars]
     return {
         "id": f"F-{digest}", "rank": 0, "true_label": true, "predicted_label": predicted,
-        "size": len(members), "score": round(float(score), 6), "members": paths,
-        "rows": members["row"].astype(int).tolist(), "n_errors": n_errors, "n_low_confidence": n_unsure,
-        "coherence": round(coherence, 6), "exemplars": [paths[i] for i in closest],
+        "size": len(at), "score": 0.0, "members": paths, "rows": rows[order].tolist(),
+        "n_errors": n_errors, "n_low_confidence": n_unsure,
+        "support": round(float(support), 6), "coherence": round(coherence, 6), "causal": 0.0,
+        "centrality": [round(float(c), 4) for c in centrality[order]],
+        "exemplars": paths[:n_exemplars],
     }
+
+
+def finding_score(finding: dict) -> float:
+    """``support * coherence * (1 + causal)`` (see the module docstring)."""
+    return float(finding["support"]) * float(finding["coherence"]) * (1.0 + float(finding.get("causal") or 0.0))
+
+
+def rank_findings(findings: list[dict]) -> list[dict]:
+    """Score every finding, sort by score (ties by id) and number the ranks from 1; in place, returned."""
+    for f in findings:
+        f["score"] = round(finding_score(f), 6)
+    findings.sort(key=lambda f: (-f["score"], f["id"]))
+    for rank, f in enumerate(findings, start=1):
+        f["rank"] = rank
+    return findings
+
+
+def assign_findings(table: pd.DataFrame, findings: list[dict]) -> pd.DataFrame:
+    """Set each table row's ``finding_id``, ``cluster`` (the finding's position in
+    ``findings``, unique across pairs) and ``centrality`` from the best-ranked finding
+    that holds it (findings ranked; contrast rows are never members)."""
+    table = table.copy()
+    finding_id = np.full(len(table), None, object)
+    cluster = np.full(len(table), -1)
+    centrality = np.full(len(table), np.nan)
+    position = {k: i for i, k in enumerate(zip(table["pair"].tolist(), table["row"].astype(int).tolist()))}
+    for index, f in reversed(list(enumerate(findings))):
+        pair = f"{f['true_label']} -> {f['predicted_label']}"
+        for r, c in zip(f["rows"], f.get("centrality") or [np.nan] * len(f["rows"])):
+            i = position.get((pair, int(r)))
+            if i is not None:
+                finding_id[i], cluster[i], centrality[i] = f["id"], index, c
+    table["finding_id"] = pd.Series(finding_id, index=table.index, dtype=object)
+    table["cluster"], table["centrality"] = cluster, centrality
+    return table

@@ -1,0 +1,325 @@
+"""Verify: check by intervention that a finding's cue drives the prediction.
+
+The ``verify.max_findings`` best-scored findings are tested on their
+misclassified members and on correctly and confidently classified images of
+their true class (margin at least ``select.margin``), both in a seeded order:
+
+* region: a member's *top-attributed region* is the set of cells of its map,
+  area-pooled to ``discovery.grid`` squared cells, whose positive attribution is
+  at least half the largest cell's, keeping at most ``verify.max_area`` of the
+  image (the highest cells). Its *random region* is the same shape shifted by a
+  random offset (wrapping around), so it has the same area.
+* occlusion: fill the member's top region with the image's mean colour; the
+  fraction of members whose prediction leaves the predicted class
+  (``occlusion.rate``), against the same with the random region
+  (``occlusion.random_rate``); ``lift`` is the difference.
+* transplant: paste a tested member's top region (pixels at the same place) onto
+  a clean image (members used in turn); the fraction then predicted as the
+  finding's predicted class (``transplant.rate``), against pasting the same
+  member's random region (``transplant.random_rate``); ``lift`` likewise.
+
+Each test runs in rounds of ``verify.samples`` members (occlusion) or clean
+images (transplant). A test stops when its lift is conclusive (the interval
+``lift +- 3 se`` excludes 0, ``se`` the standard error of the paired
+differences), precise (``se <= verify.max_se``), out of images, or at
+``verify.max_samples``: clear effects cost one round, ambiguous ones get more.
+The whole verification spends at most ``verify.budget`` model passes per
+attributed image (two per member or clean image), so it stays a fixed share of
+the attribution stage's work: first rounds go to findings in rank order, then
+extra rounds; a finding left without a first round is reported as not verified.
+Every round's model inputs, for all findings, go through the model in one
+batched pass in the driver.
+
+The finding's ``causal`` is ``clip(max(occlusion lift, transplant lift), 0, 1)``
+and its score becomes ``support * coherence * (1 + causal)``
+(``audit.stages.discover``); findings are then re-ranked.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from audit.config import Config
+from audit.data import load_images, preprocess
+from audit.stages.discover import grid_pool, rank_findings
+
+PEAK_FRACTION = 0.5   # a region's cells hold at least this share of the peak cell's attribution
+CONCLUSIVE = 3.0      # a lift whose +- CONCLUSIVE standard errors exclude 0 needs no more samples
+TESTS = ("occlusion", "transplant")
+
+
+def verify(config: Config, root: Path, classes: list[str], predictions: pd.DataFrame,
+           map_rows: np.ndarray, maps: np.ndarray, findings: list[dict], classifier=None) -> list[dict]:
+    """Add a ``verification`` dict and ``causal`` to each finding and re-rank them.
+
+    Parameters
+    ----------
+    root, classes : the manifest's folder and the class names in model output order.
+    predictions : the predict stage table (labels, predictions, margins, errors).
+    map_rows, maps : int ``[n]`` row ids and float ``[n, H, W]`` maps (first method).
+    findings : the discover stage's findings, ranked.
+    classifier : an ``audit.model_io.Classifier``; default ``classifier_for(config)``.
+
+    Returns
+    -------
+    The same finding dicts, re-scored and re-ranked. ``verification`` is
+    ``{"verified": False, "reason": ...}`` for a finding that was not tested, else
+    ``{"verified": True, "members_tested", "mean_area", "rounds", "occlusion": {...},
+    "transplant": {...}}`` with ``n``, ``flipped``, ``rate``, ``random_flipped``,
+    ``random_rate``, ``lift`` and ``se`` in each test.
+    """
+    if not config["verify.enabled"]:
+        for f in findings:
+            f["verification"] = {"verified": False, "reason": "verification disabled (verify.enabled)"}
+        return findings
+    if classifier is None:
+        from audit.model_io import classifier_for
+
+        classifier = classifier_for(config)
+    map_of = {int(r): i for i, r in enumerate(map_rows)}
+    table = _Predictions(predictions)
+    plans = []
+    for n, f in enumerate(findings):
+        if n >= config["verify.max_findings"]:
+            f["verification"] = {"verified": False, "reason": f"ranked below verify.max_findings "
+                                                              f"({config['verify.max_findings']}) before verification"}
+        else:
+            plans.append(_Plan(config, f, table, map_of, classes.index(f["predicted_label"])))
+    budget = int(np.ceil(config["verify.budget"] * len(map_rows)))
+    images: dict[int, np.ndarray] = {}
+    while True:
+        steps = []
+        for p in plans:   # in rank order: first rounds before extra rounds (see _Plan.rounds)
+            if p.active() and (p.rounds == 0 or not any(q.rounds == 0 and q.active() for q in plans)):
+                cost = p.round_cost(config["verify.samples"])
+                if cost <= budget:
+                    budget -= cost
+                    steps.append((p, p.next_round(config["verify.samples"])))
+                else:
+                    p.exhausted = True
+        if not steps:
+            break
+        needed = sorted({r for _, (members, targets) in steps for r in members + targets} - set(images))
+        images.update(_load(config, root, classifier, table, needed))
+        batches = [p.inputs(members, targets, images, maps, map_of, config) for p, (members, targets) in steps]
+        predicted = _predict(classifier, np.concatenate(batches), config["predict.batch_size"])
+        start = 0
+        for (p, _), batch in zip(steps, batches):
+            p.record(predicted[start:start + len(batch)])
+            start += len(batch)
+    for p in plans:
+        if p.rounds == 0 and p.exhausted:
+            p.finding["verification"] = {"verified": False, "reason": f"the verification budget (verify.budget = "
+                                                                      f"{config['verify.budget']} model passes per "
+                                                                      f"attributed image) was spent on better findings"}
+            continue
+        p.finding["verification"] = p.summary()
+        lifts = [p.finding["verification"][t]["lift"] for t in TESTS]
+        lifts = [x for x in lifts if x is not None]
+        p.finding["causal"] = round(float(np.clip(max(lifts), 0.0, 1.0)), 6) if lifts else 0.0
+    return rank_findings(findings)
+
+
+class _Predictions:
+    """The columns of the predictions table that verification reads, as numpy arrays."""
+
+    def __init__(self, predictions: pd.DataFrame):
+        self.row = predictions["row"].to_numpy(np.int64)
+        self.path = predictions["path"].to_numpy(dtype=object).astype(str)
+        self.label = predictions["label"].to_numpy(dtype=object).astype(str)
+        self.predicted = predictions["predicted"].to_numpy(dtype=object).astype(str)
+        self.margin = predictions["margin"].to_numpy(np.float64)
+        self.ok = predictions["error"].isna().to_numpy()
+        self.at = {int(r): i for i, r in enumerate(self.row)}
+
+
+def _seed(config: Config, *parts: str) -> np.random.Generator:
+    digest = hashlib.sha1("\n".join(parts).encode()).digest()
+    return np.random.default_rng([config["seed"], int.from_bytes(digest[:8], "little")])
+
+
+class _Plan:
+    """The sequential tests of one finding: candidates in seeded order, outcomes so far."""
+
+    def __init__(self, config: Config, finding: dict, table: _Predictions, map_of: dict[int, int], target: int):
+        self.finding, self.target = finding, target
+        self.max_samples, self.max_se = config["verify.max_samples"], config["verify.max_se"]
+        self.rng = _seed(config, "members", finding["id"])
+        wrong = [int(r) for r in finding["rows"]
+                 if int(r) in map_of and table.predicted[table.at[int(r)]] == finding["predicted_label"]]
+        self.members = [wrong[i] for i in self.rng.permutation(len(wrong))]
+        true = finding["true_label"]
+        clean = table.row[table.ok & (table.label == true) & (table.predicted == true)
+                          & (table.margin >= config["select.margin"])]
+        clean = clean[~np.isin(clean, finding["rows"])]
+        self.targets = clean[_seed(config, "targets", true).permutation(len(clean))].tolist()
+        self.regions: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.tested: list[int] = []          # members with a region, in test order
+        self.outcomes = {t: ([], []) for t in TESTS}   # test -> (top hits, random hits)
+        self.next_member = self.next_target = self.rounds = 0
+        self.exhausted = False   # a round did not fit in the budget: no more rounds
+        self._pending: tuple[int, int] = (0, 0)
+
+    def _open(self, test: str) -> bool:
+        top, rnd = self.outcomes[test]
+        n = len(top)
+        left = (len(self.members) - self.next_member) if test == "occlusion" else \
+            (len(self.targets) - self.next_target if self.tested or self.next_member < len(self.members) else 0)
+        if left <= 0 or n >= self.max_samples:
+            return False
+        if n < 2:
+            return True
+        lift, se = _lift(top, rnd)
+        return not (se <= self.max_se or abs(lift) > CONCLUSIVE * se)
+
+    def active(self) -> bool:
+        return not self.exhausted and any(self._open(t) for t in TESTS)
+
+    def _sizes(self, samples: int) -> tuple[int, int]:
+        take_m = samples if self._open("occlusion") or not self.tested else 0
+        take_m = min(take_m, max(self.max_samples - len(self.tested), 0)) if self.tested else take_m
+        take_m = min(take_m, len(self.members) - self.next_member)
+        take_t = min(samples, self.max_samples - len(self.outcomes["transplant"][0])) if self._open("transplant") else 0
+        return take_m, min(take_t, len(self.targets) - self.next_target)
+
+    def round_cost(self, samples: int) -> int:
+        """Model passes of the next round: two per member and two per clean image."""
+        return 2 * sum(self._sizes(samples))
+
+    def next_round(self, samples: int) -> tuple[list[int], list[int]]:
+        """The members and clean images of the next round (members also serve as transplant sources)."""
+        take_m, take_t = self._sizes(samples)
+        members = self.members[self.next_member:self.next_member + take_m]
+        targets = self.targets[self.next_target:self.next_target + take_t]
+        self.next_member += len(members)
+        self.next_target += len(targets)
+        return members, targets
+
+    def inputs(self, members: list[int], targets: list[int], images: dict[int, np.ndarray], maps: np.ndarray,
+               map_of: dict[int, int], config: Config) -> np.ndarray:
+        """Model inputs of one round: occluded top, occluded random (per new tested member),
+        transplanted top, transplanted random (per clean image)."""
+        members = [r for r in members if r in images]
+        masks = top_regions(maps[[map_of[r] for r in members]], config["discovery.grid"],
+                            config["verify.max_area"]) if members else []
+        new = []
+        for r, mask in zip(members, masks):
+            if mask is not None and mask.shape == images[r].shape[:2]:
+                shift = (int(self.rng.integers(mask.shape[0])), int(self.rng.integers(mask.shape[1])))
+                self.regions[r] = (mask, np.roll(mask, shift, axis=(0, 1)))
+                new.append(r)
+        self.tested += new
+        targets = [t for t in targets if t in images] if self.tested else []
+        self._pending = (len(new), len(targets))
+        shape = next(iter(images.values())).shape if images else (0, 0, 0)
+        out = np.empty((2 * len(new) + 2 * len(targets), *shape), np.float32)
+        if new:
+            own = np.stack([images[r] for r in new])
+            fill = np.broadcast_to(own.mean(axis=(1, 2), keepdims=True), own.shape)
+            for which in (0, 1):
+                part = out[which * len(new):(which + 1) * len(new)]
+                part[:] = own
+                mask = np.stack([self.regions[r][which] for r in new])[..., None]
+                np.copyto(part, fill, where=np.broadcast_to(mask, own.shape))
+        if targets:
+            start = len(self.outcomes["transplant"][0])
+            sources = [self.tested[(start + j) % len(self.tested)] for j in range(len(targets))]
+            own = np.stack([images[r] for r in sources])
+            base = 2 * len(new)
+            for which in (0, 1):
+                part = out[base + which * len(targets):base + (which + 1) * len(targets)]
+                part[:] = np.stack([images[t] for t in targets])
+                mask = np.stack([self.regions[r][which] for r in sources])[..., None]
+                np.copyto(part, own, where=np.broadcast_to(mask, own.shape))
+        return out
+
+    def record(self, predicted: np.ndarray) -> None:
+        m, t = self._pending
+        occ_top, occ_rnd = self.outcomes["occlusion"]
+        occ_top += (predicted[:m] != self.target).tolist()
+        occ_rnd += (predicted[m:2 * m] != self.target).tolist()
+        tr_top, tr_rnd = self.outcomes["transplant"]
+        tr_top += (predicted[2 * m:2 * m + t] == self.target).tolist()
+        tr_rnd += (predicted[2 * m + t:2 * m + 2 * t] == self.target).tolist()
+        self.rounds += 1
+
+    def summary(self) -> dict:
+        out = {"verified": True, "members_tested": len(self.tested), "rounds": self.rounds,
+               "mean_area": round(float(np.mean([self.regions[r][0].mean() for r in self.tested])), 4)
+               if self.tested else None}
+        for test in TESTS:
+            out[test] = _rates(*self.outcomes[test])
+        if not self.tested:
+            out["reason"] = "no misclassified member with a positive map to test"
+        return out
+
+
+def _lift(top: list[bool], rnd: list[bool]) -> tuple[float, float]:
+    """Mean and standard error of the paired differences ``top - random``."""
+    d = np.asarray(top, float) - np.asarray(rnd, float)
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+
+
+def _load(config: Config, root: Path, classifier, table: _Predictions, rows: list[int]) -> dict[int, np.ndarray]:
+    """Preprocessed model inputs of ``rows``, by row id (unreadable images left out);
+    decoded in two threads (Pillow releases the GIL while decoding)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not rows:
+        return {}
+    paths = [str(table.path[table.at[r]]) for r in rows]
+    halves = [paths[: len(paths) // 2], paths[len(paths) // 2:]]
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(lambda part: load_images(root, part, classifier.input_size, config["data.max_pixels"]),
+                             halves))
+    images = preprocess(np.concatenate([d[0] for d in done]), config["data.preprocess"])
+    errors = done[0][1] + done[1][1]
+    return {r: images[i] for i, r in enumerate(rows) if errors[i] is None}
+
+
+def top_region(cam: np.ndarray, grid: int, max_area: float) -> np.ndarray | None:
+    """Boolean mask ``[H, W]`` of the top-attributed region of ``cam`` (see the module
+    docstring), or ``None`` when the map has no positive attribution."""
+    return top_regions(np.asarray(cam)[None], grid, max_area)[0]
+
+
+def top_regions(cams: np.ndarray, grid: int, max_area: float) -> list[np.ndarray | None]:
+    """``top_region`` of each map of ``cams`` ``[n, H, W]``."""
+    n, h, w = cams.shape
+    pooled = grid_pool(np.maximum(cams, 0.0), grid).reshape(n, -1)
+    cap = max(1, int(np.floor(max_area * grid * grid)))
+    rows = np.minimum((np.arange(h) * grid) // h, grid - 1)
+    cols = np.minimum((np.arange(w) * grid) // w, grid - 1)
+    out: list[np.ndarray | None] = []
+    for values in pooled:
+        peak = values.max()
+        if not peak > 0:
+            out.append(None)
+            continue
+        cells = values >= PEAK_FRACTION * peak
+        if cells.sum() > cap:
+            cells = np.zeros_like(cells)
+            cells[np.argsort(-values, kind="stable")[:cap]] = True
+        out.append(cells.reshape(grid, grid)[rows][:, cols])
+    return out
+
+
+def _predict(classifier, inputs: np.ndarray, batch: int) -> np.ndarray:
+    if len(inputs) == 0:
+        return np.zeros(0, int)
+    return np.concatenate([classifier.logits(inputs[i:i + batch]).argmax(axis=1)
+                           for i in range(0, len(inputs), batch)])
+
+
+def _rates(top: list[bool], rnd: list[bool]) -> dict:
+    n = len(top)
+    if n == 0:
+        return {"n": 0, "flipped": 0, "rate": None, "random_flipped": 0, "random_rate": None, "lift": None,
+                "se": None}
+    lift, se = _lift(top, rnd)
+    return {"n": n, "flipped": int(sum(top)), "rate": round(sum(top) / n, 4),
+            "random_flipped": int(sum(rnd)), "random_rate": round(sum(rnd) / n, 4),
+            "lift": round(lift, 4), "se": round(se, 4) if np.isfinite(se) else None}

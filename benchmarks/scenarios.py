@@ -1,0 +1,423 @@
+"""Planted-cue scenarios for the discovery benchmark, generated offline.
+
+A scenario is a labelled image set with a spurious cue, a small CNN trained on it,
+and an audit set. As in the demo, the cue is planted on ``CUE_RATE`` of the
+training images of one class (``cue_class``) and ``CUE_RATE_OTHER`` of the
+others, and ``LOOKALIKE`` of the cue class is drawn like another class
+(``victim``; the demo's spa bathrooms drawn like pools), so the cue is the
+cheapest way to tell those apart and the model really learns it. The audit set
+has ``AUDIT_PER_CLASS`` images per class drawn as in training, plus
+``AUDIT_VICTIMS`` victims carrying the cue (the model calls most of them
+``cue_class``) and, among the victims without it, ``AUDIT_CONFUSERS`` drawn like
+the cue class (natural errors of the same pair, which a finding must not absorb).
+The null scenarios plant the cue on every class at ``NULL_RATE`` (no correlation
+with the label) and keep the look-alikes, so the model makes natural errors but
+nothing planted is there to find; ``null-mislabels`` adds the confusers too
+(images drawn entirely as another class: label noise).
+
+Two scene generators, so that discovery is not tuned to one look:
+
+* ``hotel``: the demo's 64x64 hotel areas (``audit.demo.render_image``); the rails
+  scenario uses the demo's own training and model (``audit.demo.prepare``) with
+  another seed;
+* ``landscape``: 48x48 beach / forest / city / field scenes drawn here.
+
+Cues (``plant``): ``rails`` (the demo's, random place and angle), ``watermark``
+(a faint logo in a fixed corner), ``shape`` (a small two-colour star, at a fixed
+or a random place), ``texture`` (a patch of fine checkerboard at a random place)
+and ``tint`` (a colour cast over the whole image; no position).
+
+Three model architectures (``ARCHITECTURES``) are used across the scenarios.
+Everything is cached under ``cache/<scenario>/`` with a ``scenario.json`` written
+last; ``MODEL_VERSION`` and ``AUDIT_VERSION`` invalidate it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+MODEL_VERSION = 6      # bump when training data or models change
+AUDIT_VERSION = 1      # bump when audit sets change
+TRAIN_PER_CLASS = 500
+AUDIT_PER_CLASS = 100
+AUDIT_VICTIMS = 60       # victim-class audit images with the cue
+AUDIT_CONFUSERS = 40     # victim-class audit images drawn like the cue class, without the cue
+CUE_RATE = 0.85          # share of cue-class training images with the cue
+CUE_RATE_OTHER = 0.02    # share of the other training images with the cue
+NULL_RATE = 0.3          # null scenario: share of every class with the cue
+LOOKALIKE = 0.45         # share of the cue class drawn like the victim class (as the demo's spa bathrooms)
+NULL_LOOKALIKE_CLASS = "forest"   # null scenario: the class half drawn like the victim, without any cue
+EPOCHS, BATCH, LEARNING_RATE = 16, 32, 3e-3
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    base: str                 # "hotel" or "landscape"
+    cue: str                  # "rails", "watermark", "shape", "texture", "tint"
+    position: str             # "fixed", "random" or "global"
+    cue_class: str | None     # None: null scenario (cue uncorrelated with labels)
+    victim: str               # class whose audit images carry the cue
+    arch: str                 # key of ARCHITECTURES
+    seed: int
+    confusers: bool = True    # audit victims drawn like the look-alike class (natural errors of the pair)
+
+    @property
+    def null(self) -> bool:
+        return self.cue_class is None
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("rails", "hotel", "rails", "random", "bathroom", "pool", "demo", 1),
+    Scenario("watermark-corner", "hotel", "watermark", "fixed", "kitchen", "bedroom", "deep", 2),
+    Scenario("shape-fixed", "landscape", "shape", "fixed", "forest", "field", "deep", 3),
+    Scenario("shape-random", "landscape", "shape", "random", "forest", "field", "demo", 4),
+    Scenario("texture-random", "landscape", "texture", "random", "beach", "city", "wide", 5),
+    Scenario("tint", "landscape", "tint", "global", "city", "beach", "deep", 6),
+    Scenario("null", "landscape", "shape", "random", None, "field", "demo", 7, confusers=False),
+    Scenario("null-mislabels", "landscape", "shape", "random", None, "field", "demo", 7),
+)
+
+HOTEL = ("pool", "bathroom", "bedroom", "kitchen")
+LANDSCAPE = ("beach", "forest", "city", "field")
+
+
+def classes_of(base: str) -> tuple[str, ...]:
+    return HOTEL if base == "hotel" else LANDSCAPE
+
+
+# ---------------------------------------------------------------- landscape scenes (float32 RGB 0..255)
+
+def _c(rng: np.random.Generator, base, jitter: float = 20.0) -> np.ndarray:
+    return np.clip(np.asarray(base, np.float32) + rng.uniform(-jitter, jitter, 3), 0, 255)
+
+
+def _sky(img, rng, horizon):
+    top, bottom = _c(rng, (110, 160, 225), 25), _c(rng, (190, 215, 240), 20)
+    t = np.linspace(0, 1, max(horizon, 1), dtype=np.float32)[:, None, None]
+    img[:horizon] = top * (1 - t) + bottom * t
+
+
+def _blob(img, rng, cy, cx, ry, rx, colour):
+    s = img.shape[0]
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    wobble = 1 + 0.25 * np.sin(np.arctan2(yy - cy, xx - cx) * rng.integers(3, 7) + rng.uniform(0, 6.3))
+    inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= wobble
+    img[inside] = colour
+
+
+def _tree(img, rng, x, ground, height):
+    trunk = _c(rng, (95, 65, 40), 15)
+    img[max(ground - height, 0):ground, max(x - 1, 0):x + 2] = trunk
+    _blob(img, rng, ground - height, x, rng.uniform(3, 6), rng.uniform(3, 7), _c(rng, (50, 120, 50), 30))
+
+
+def _house(img, rng, x, ground, w, h):
+    img[max(ground - h, 0):ground, x:x + w] = _c(rng, (200, 190, 170), 30)
+    img[max(ground - h - 3, 0):ground - h, max(x - 1, 0):x + w + 1] = _c(rng, (150, 60, 50), 25)
+
+
+def _beach(rng, s):
+    img = np.empty((s, s, 3), np.float32)
+    horizon = int(rng.integers(s // 5, s // 2))
+    shore = horizon + int(rng.integers(4, s // 3))
+    _sky(img, rng, horizon)
+    if rng.random() < 0.2:       # dunes: no sea in view
+        shore = horizon
+    img[horizon:shore] = _c(rng, (40, 110, 170), 25)
+    img[horizon:shore:3] *= 1.12
+    img[shore:] = _c(rng, (220, 200, 150), 20)
+    if rng.random() < 0.35:
+        _tree(img, rng, int(rng.integers(3, s - 3)), s - int(rng.integers(2, 8)), int(rng.integers(10, 20)))
+    if rng.random() < 0.25:
+        _house(img, rng, int(rng.integers(0, s - 12)), shore, int(rng.integers(8, 14)), int(rng.integers(5, 9)))
+    return img
+
+
+def _forest(rng, s):
+    img = np.empty((s, s, 3), np.float32)
+    horizon = int(rng.integers(0, s // 3))
+    _sky(img, rng, horizon)
+    sparse = rng.random() < 0.25  # open woodland on lighter ground
+    img[horizon:] = _c(rng, (120, 150, 70) if sparse else (70, 110, 60), 25)
+    for _ in range(int(rng.integers(2, 4) if sparse else rng.integers(4, 9))):
+        _tree(img, rng, int(rng.integers(0, s)), int(rng.integers(horizon + 10, s + 4)), int(rng.integers(10, 26)))
+    if rng.random() < 0.2:
+        img[s - int(rng.integers(4, 10)):] = _c(rng, (200, 180, 90), 25)   # a clearing
+    return img
+
+
+def _city(rng, s):
+    img = np.empty((s, s, 3), np.float32)
+    horizon = int(rng.integers(s // 4, s // 2))
+    _sky(img, rng, s)
+    x = int(rng.integers(-4, 3))
+    while x < s:
+        w, h = int(rng.integers(6, 14)), int(rng.integers(s // 4, s - 6))
+        img[s - h:, max(x, 0):x + w] = _c(rng, (120, 120, 125), 35)
+        img[s - h + 2:s - 3:4, max(x + 1, 0):x + w - 1:3] = _c(rng, (230, 220, 150), 25)
+        x += w + int(rng.integers(0, 4))
+    img[s - 4:] = _c(rng, (70, 70, 75), 10)
+    if rng.random() < 0.3:
+        _tree(img, rng, int(rng.integers(3, s - 3)), s - 4, int(rng.integers(8, 14)))
+    del horizon
+    return img
+
+
+def _field(rng, s):
+    img = np.empty((s, s, 3), np.float32)
+    horizon = int(rng.integers(s // 5, s // 2))
+    _sky(img, rng, horizon)
+    crop = _c(rng, (150, 170, 70) if rng.random() < 0.6 else (210, 190, 100), 25)
+    img[horizon:] = crop
+    img[horizon::3] = crop * 0.85
+    if rng.random() < 0.45:
+        for _ in range(int(rng.integers(1, 6))):
+            _tree(img, rng, int(rng.integers(2, s - 2)), horizon + int(rng.integers(2, 8)), int(rng.integers(8, 16)))
+    if rng.random() < 0.3:
+        _house(img, rng, int(rng.integers(0, s - 12)), horizon + 3, int(rng.integers(8, 14)), int(rng.integers(6, 10)))
+    return img
+
+
+_LANDSCAPE: dict[str, Callable] = {"beach": _beach, "forest": _forest, "city": _city, "field": _field}
+
+
+def _finish(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Lighting gradient, exposure, white balance and noise, as in the demo."""
+    s = img.shape[0]
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s - 0.5
+    theta = rng.uniform(0, 2 * np.pi)
+    light = 1.0 + rng.uniform(0.1, 0.3) * (np.cos(theta) * xx + np.sin(theta) * yy) * 2
+    img = img * light[..., None] * rng.uniform(0.7, 1.1) * rng.uniform(0.94, 1.06, 3)
+    return img + rng.normal(0, rng.uniform(2, 6), img.shape)
+
+
+# ---------------------------------------------------------------- cues (drawn on float32 RGB 0..255)
+
+def _star(img, cy, cx, r, rng):
+    s = img.shape[0]
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    ang = np.arctan2(yy - cy, xx - cx)
+    rad = np.hypot(yy - cy, xx - cx)
+    edge = r * (0.55 + 0.45 * np.cos(5 * ang + rng.uniform(-0.2, 0.2)))
+    img[rad <= edge] = (235, 40, 200)
+    img[rad <= 0.35 * r] = (255, 230, 40)
+
+
+def plant(img: np.ndarray, cue: str, position: str, rng: np.random.Generator) -> np.ndarray:
+    """Draw ``cue`` onto ``img`` (float32 ``[S, S, 3]``, 0..255) in place and return it."""
+    s = img.shape[0]
+    if cue == "watermark":       # a faint white logo: ring and bar, bottom-right corner
+        cy, cx = s - 7, s - 11
+        yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+        ring = np.abs(np.hypot(yy - cy, xx - cx) - 4.0) < 1.0
+        bar = (np.abs(yy - cy) < 1.0) & (xx > cx + 5) & (xx < cx + 10)
+        mark = (ring | bar)[..., None]
+        img[:] = np.where(mark, img * 0.35 + 255 * 0.65, img)
+    elif cue == "shape":
+        r = 5.0 * s / 48
+        if position == "fixed":
+            cy, cx = 0.3 * s, 0.72 * s
+        else:
+            cy, cx = rng.uniform(r + 1, s - r - 1, 2)
+        _star(img, cy, cx, r, rng)
+    elif cue == "texture":
+        side = int(round(s * 0.3))
+        y, x = (int(v) for v in rng.integers(0, s - side + 1, 2))
+        yy, xx = np.mgrid[0:side, 0:side]
+        check = ((yy // 2 + xx // 2) % 2).astype(np.float32)[..., None]
+        img[y:y + side, x:x + side] = img[y:y + side, x:x + side] * 0.3 + (30 + 200 * check) * 0.7
+    elif cue == "tint":
+        img[:] = img * np.array([1.0, 0.78, 1.12], np.float32) + np.array([25, 0, 20], np.float32)
+    else:
+        raise ValueError(f"unknown cue {cue!r}")
+    return img
+
+
+def render(scenario: Scenario, label: str, rng: np.random.Generator, cue: bool, scene: str | None = None) -> np.ndarray:
+    """One uint8 RGB image of class ``label``, drawn as class ``scene`` (default ``label``),
+    with the scenario's cue if ``cue``."""
+    scene = scene or label
+    if scenario.base == "hotel":
+        from audit.demo import render_image
+
+        img = render_image(scene, rng, rails=cue and scenario.cue == "rails").astype(np.float32)
+        if cue and scenario.cue != "rails":
+            plant(img, scenario.cue, scenario.position, rng)
+            img += rng.normal(0, 1.0, img.shape)
+        return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    img = _LANDSCAPE[scene](rng, 48)
+    if cue:
+        plant(img, scenario.cue, scenario.position, rng)
+    return np.clip(np.rint(_finish(img, rng)), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- models
+
+def _build(arch: str, size: int, n_classes: int):
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((size, size, 3), name="image")
+    x = layers.Rescaling(1 / 255)(inputs)
+    if arch == "demo":       # the demo's layout: convs, BN, global average pooling, softmax
+        x = layers.Conv2D(16, 3, padding="same", activation="relu")(x)
+        x = layers.MaxPooling2D()(x)
+        x = layers.Conv2D(32, 3, padding="same", activation="relu")(x)
+        x = layers.MaxPooling2D()(x)
+        x = layers.Conv2D(48, 3, padding="same", activation="relu", name="last_conv")(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.GlobalAveragePooling2D()(x)
+        outputs = layers.Dense(n_classes, activation="softmax")(x)
+    elif arch == "wide":     # strided first conv, batch norm, global max pooling, raw logits (no softmax)
+        x = layers.Conv2D(32, 5, strides=2, padding="same", activation="relu")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Conv2D(48, 3, padding="same", activation="relu")(x)
+        x = layers.MaxPooling2D()(x)
+        x = layers.Conv2D(64, 3, padding="same", activation="relu", name="last_conv")(x)
+        x = layers.GlobalMaxPooling2D()(x)
+        outputs = layers.Dense(n_classes)(x)
+    elif arch == "deep":     # two convs per stage, a hidden dense layer with dropout, softmax
+        for filters in (16, 32):
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+            x = layers.MaxPooling2D()(x)
+        x = layers.Conv2D(48, 3, padding="same", activation="relu", name="last_conv")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.GlobalAveragePooling2D()(x)
+        x = layers.Dense(32, activation="relu")(x)
+        x = layers.Dropout(0.2)(x)
+        outputs = layers.Dense(n_classes, activation="softmax")(x)
+    else:
+        raise ValueError(f"unknown architecture {arch!r}")
+    return keras.Model(inputs, outputs, name=f"bench_{arch}")
+
+
+ARCHITECTURES = ("demo", "wide", "deep")
+
+
+def _train(x: np.ndarray, y: np.ndarray, arch: str, n_classes: int, seed: int):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    order = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[order].astype(np.float32), y[order]
+    model = _build(arch, x.shape[1], n_classes)
+    logits = model.layers[-1].activation is keras.activations.linear
+    steps = EPOCHS * math.ceil(len(x) * 0.9 / BATCH)
+    model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(LEARNING_RATE, steps)),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=logits), metrics=["accuracy"])
+    history = model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, validation_split=0.1, verbose=0)
+    return model, history.history
+
+
+# ---------------------------------------------------------------- build / cache
+
+@dataclass(frozen=True)
+class Prepared:
+    scenario: Scenario
+    root: Path
+    model: Path
+    manifest: Path       # path,label,cue (cue: 0/1 ground truth, never read by the audit)
+    classes: Path
+    info: dict
+
+
+def _write_set(folder: Path, scenario: Scenario, stream: int, plan: list[tuple[str, int, int, int]]):
+    """Render ``plan`` (label, n, n with the cue, n confusers). In the look-alike class,
+    ``LOOKALIKE`` of the images are drawn as victims; confusers are images without the
+    cue drawn as the look-alike class (ambiguous images, natural errors). Audit sets
+    are written as PNGs with a manifest (``path,label,cue``)."""
+    images, rows = [], []
+    classes = classes_of(scenario.base)
+    alike_class = _lookalike_class(scenario)
+    for label, n, n_cue, n_confusers in plan:
+        c = classes.index(label)
+        plan_rng = np.random.default_rng([scenario.seed, stream, c, 99])
+        order = plan_rng.permutation(n)
+        cues = order < n_cue
+        confusers = (order >= n_cue) & (order < n_cue + n_confusers)
+        alike = (plan_rng.random(n) < LOOKALIKE) & (label == alike_class) & (scenario.cue != "rails")
+        (folder / "images" / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            scene = scenario.victim if alike[i] else alike_class if confusers[i] else label
+            img = render(scenario, label, np.random.default_rng([scenario.seed, stream, c, i]), bool(cues[i]), scene)
+            rel = f"images/{label}/{i:05d}.png"
+            if folder.name == "audit":
+                Image.fromarray(img).save(folder / rel)
+            images.append(img)
+            rows.append({"path": rel, "label": label, "cue": int(cues[i])})
+    frame = pd.DataFrame(rows, columns=["path", "label", "cue"])
+    if folder.name == "audit":
+        frame.to_csv(folder / "manifest.csv", index=False)
+    return np.stack(images), frame
+
+
+def _lookalike_class(scenario: Scenario) -> str:
+    return NULL_LOOKALIKE_CLASS if scenario.null else scenario.cue_class
+
+
+def prepare(scenario: Scenario, cache: Path, log: Callable[[str], None] = print) -> Prepared:
+    """Data set, trained model and audit set of ``scenario``, built once into ``cache/<name>``.
+
+    The model is rebuilt when ``MODEL_VERSION`` or the scenario changes, the audit set
+    when ``AUDIT_VERSION`` or its sizes change too; ``scenario.json`` is written last.
+    """
+    root = Path(cache) / scenario.name
+    model_key = {"version": MODEL_VERSION, **{k: v for k, v in asdict(scenario).items() if k != "confusers"}}
+    audit_key = {"version": AUDIT_VERSION, "per_class": AUDIT_PER_CLASS, "victims": AUDIT_VICTIMS,
+                 "confusers": AUDIT_CONFUSERS if scenario.confusers else 0}
+    try:
+        info = json.loads((root / "scenario.json").read_text())
+    except (OSError, ValueError):
+        info = {}
+    if info.get("model_key") == model_key and info.get("audit_key") == audit_key and (root / "model.keras").is_file():
+        return _prepared(scenario, root, info)
+    (root / "scenario.json").unlink(missing_ok=True)
+    start = time.perf_counter()
+    classes = classes_of(scenario.base)
+    rate = {c: (NULL_RATE if scenario.null else CUE_RATE if c == scenario.cue_class else CUE_RATE_OTHER)
+            for c in classes}
+    if info.get("model_key") != model_key or not (root / "model.keras").is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        if scenario.cue == "rails":   # the demo's own data and model, with another seed
+            from audit import demo
+
+            assets = demo.prepare(root / "demo", seed=scenario.seed, log=lambda m: None)
+            shutil.copy(assets.model_path, root / "model.keras")
+            shutil.rmtree(root / "demo")
+            info = {"train_accuracy": assets.info["train_accuracy"], "val_accuracy": assets.info["val_accuracy"]}
+        else:
+            train_plan = [(c, TRAIN_PER_CLASS, round(TRAIN_PER_CLASS * rate[c]), 0) for c in classes]
+            x, train = _write_set(root / "train", scenario, 0, train_plan)
+            y = train["label"].map(classes.index).to_numpy()
+            model, history = _train(x, y, scenario.arch, len(classes), scenario.seed)
+            model.save(root / "model.keras")
+            info = {"train_accuracy": round(float(history["accuracy"][-1]), 4),
+                    "val_accuracy": round(float(history["val_accuracy"][-1]), 4)}
+        info["model_key"] = model_key
+    shutil.rmtree(root / "audit", ignore_errors=True)
+    confusers = AUDIT_CONFUSERS if scenario.confusers else 0
+    audit_plan = [(c, AUDIT_PER_CLASS + AUDIT_VICTIMS, AUDIT_VICTIMS, confusers) if c == scenario.victim else
+                  (c, AUDIT_PER_CLASS, round(AUDIT_PER_CLASS * rate[c]), 0) for c in classes]
+    _write_set(root / "audit", scenario, 1, audit_plan)
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    info["audit_key"] = audit_key
+    info["build_seconds"] = round(time.perf_counter() - start, 1)
+    (root / "scenario.json").write_text(json.dumps(info, indent=2) + "\n")
+    log(f"  built {scenario.name} in {info['build_seconds']:.0f} s (val accuracy {info['val_accuracy']:.3f})")
+    return _prepared(scenario, root, info)
+
+
+def _prepared(scenario: Scenario, root: Path, info: dict) -> Prepared:
+    return Prepared(scenario, root, root / "model.keras", root / "audit" / "manifest.csv", root / "classes.txt", info)
