@@ -93,7 +93,7 @@ def load_run(out: Path) -> dict:
 def spray(art: dict, min_pair: int = 4) -> list[list[int]]:
     from sklearn.cluster import KMeans
 
-    from audit.stages.discover import grid_pool
+    from audit.stages.attribute import area_pool
 
     map_of = {int(r): i for i, r in enumerate(art["map_rows"])}
     sel = art["selection"]
@@ -102,7 +102,7 @@ def spray(art: dict, min_pair: int = 4) -> list[list[int]]:
         if len(part) < min_pair:
             continue
         rows = part["row"].astype(int).to_numpy()
-        maps = grid_pool(art["maps"][[map_of[r] for r in rows]], 32).reshape(len(rows), -1)
+        maps = area_pool(art["maps"][[map_of[r] for r in rows]], 32, 32).reshape(len(rows), -1)
         maps = maps / np.maximum(np.abs(maps).max(axis=1, keepdims=True), 1e-12)
         d = np.sqrt(np.maximum(((maps[:, None, :] - maps[None, :, :]) ** 2).sum(-1), 0))
         n, k = len(rows), min(10, len(rows) - 1)

@@ -8,16 +8,19 @@ import pytest
 from audit.config import resolve
 from audit.stages.attribute import area_pool
 from audit.stages.discover import (assign_findings, cluster_qr, density_clusters, discover, distances, eigengap_k,
-                                   grid_pool, pair_features, rank_findings, spectrum)
+                                   pair_features, rank_findings, spectrum)
 
 SIDE = 32
 
 
 @pytest.mark.parametrize("shape, grid", [((32, 32), 16), ((20, 24), 16), ((7, 9), 16), ((64, 48), 5)])
-def test_grid_pool_equals_area_pool(shape, grid):
+def test_area_pool_equals_cell_means(shape, grid):
     maps = np.random.default_rng(0).normal(size=(3, *shape))
-    expected = np.stack([area_pool(m, grid, grid) for m in maps])
-    np.testing.assert_allclose(grid_pool(maps, grid), expected, rtol=1e-10, atol=1e-12)
+    ys = np.linspace(0, shape[0], grid + 1).astype(int)
+    xs = np.linspace(0, shape[1], grid + 1).astype(int)
+    expected = np.array([[[m[ys[i]:max(ys[i + 1], ys[i] + 1), xs[j]:max(xs[j + 1], xs[j] + 1)].mean()
+                           for j in range(grid)] for i in range(grid)] for m in maps])
+    np.testing.assert_allclose(area_pool(maps, grid, grid), expected, rtol=1e-10, atol=1e-12)
 
 
 def _blocks(sizes, noise=0.0, seed=0):

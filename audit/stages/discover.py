@@ -75,6 +75,7 @@ from sklearn.cluster import HDBSCAN
 from threadpoolctl import ThreadpoolController
 
 from audit.config import Config
+from audit.stages.attribute import area_pool
 
 # One-off costs paid when the module loads rather than in the first audit: the BLAS thread
 # pools of the process are looked up once (a scan of every loaded library, tens of ms in a
@@ -173,35 +174,9 @@ def spatial_features(maps: np.ndarray, grid: int) -> np.ndarray:
 
     An all-zero map gives the uniform vector.
     """
-    pooled = grid_pool(np.maximum(maps, 0.0), grid).reshape(len(maps), -1)
+    pooled = area_pool(np.maximum(maps, 0.0), grid, grid).reshape(len(maps), -1)
     total = pooled.sum(axis=1, keepdims=True)
     return np.where(total > 0, pooled / np.where(total > 0, total, 1.0), 1.0 / max(pooled.shape[1], 1))
-
-
-def grid_pool(maps: np.ndarray, grid: int) -> np.ndarray:
-    """Mean of each map ``[n, H, W]`` over a ``grid x grid`` array of (nearly) equal cells: ``[n, grid, grid]``.
-
-    Cell boundaries are those of ``audit.stages.attribute.area_pool`` (a cell is at
-    least one pixel), computed at once from an integral image.
-    """
-    maps = np.asarray(maps)
-    n, h, w = maps.shape
-    if h % grid == 0 and w % grid == 0:  # equal cells: a reshape
-        return maps.reshape(n, grid, h // grid, grid, w // grid).mean(axis=(2, 4), dtype=np.float64)
-    maps = maps.astype(np.float64)
-    integral = np.zeros((n, h + 1, w + 1))
-    integral[:, 1:, 1:] = maps.cumsum(axis=1).cumsum(axis=2)
-    y0, y1 = _cells(h, grid)
-    x0, x1 = _cells(w, grid)
-    sums = (integral[:, y1][:, :, x1] - integral[:, y0][:, :, x1]
-            - integral[:, y1][:, :, x0] + integral[:, y0][:, :, x0])
-    return sums / ((y1 - y0)[:, None] * (x1 - x0)[None, :])
-
-
-def _cells(size: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    edges = np.linspace(0, size, grid + 1).astype(int)
-    start = np.minimum(edges[:-1], size - 1)
-    return start, np.maximum(edges[1:], start + 1)
 
 
 def semantic_features(features: np.ndarray, components: int) -> np.ndarray:

@@ -44,7 +44,8 @@ import pandas as pd
 
 from audit.config import Config
 from audit.data import load_images, preprocess
-from audit.stages.discover import grid_pool, rank_findings
+from audit.stages.attribute import area_pool
+from audit.stages.discover import rank_findings
 
 PEAK_FRACTION = 0.5   # a region's cells hold at least this share of the peak cell's attribution
 CONCLUSIVE = 3.0      # a lift whose +- CONCLUSIVE standard errors exclude 0 needs no more samples
@@ -289,7 +290,7 @@ def top_region(cam: np.ndarray, grid: int, max_area: float) -> np.ndarray | None
 def top_regions(cams: np.ndarray, grid: int, max_area: float) -> list[np.ndarray | None]:
     """``top_region`` of each map of ``cams`` ``[n, H, W]``."""
     n, h, w = cams.shape
-    pooled = grid_pool(np.maximum(cams, 0.0), grid).reshape(n, -1)
+    pooled = area_pool(np.maximum(cams, 0.0), grid, grid).reshape(n, -1)
     cap = max(1, int(np.floor(max_area * grid * grid)))
     rows = np.minimum((np.arange(h) * grid) // h, grid - 1)
     cols = np.minimum((np.arange(w) * grid) // w, grid - 1)
