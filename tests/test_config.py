@@ -42,3 +42,12 @@ def test_unknown_yaml_key_names_file_and_key(tmp_path):
     cfg_file.write_text("report:\n  colour: red\n")
     with pytest.raises(UsageError, match=r"c.yaml: unknown key `report.colour`"):
         resolve(cfg_file)
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "nightly.yaml", "pair.yaml"])
+def test_example_pipelines_are_valid(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "pipelines" / name
+    config = resolve(path)
+    assert config.source == str(path) and config["model.path"]

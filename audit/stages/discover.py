@@ -371,7 +371,7 @@ class _Content:
     """The attribution-weighted pooled activations of every selected and contrast image
     of the run, standardised per channel over them all: the reference for coherence."""
 
-    def __init__(self, features: np.ndarray, rows: pd.Series):
+    def __init__(self, features: np.ndarray, rows: np.ndarray):
         features = np.asarray(features, np.float64)
         std = features.std(axis=0) if len(features) else np.ones(features.shape[1:])
         centre = features.mean(axis=0) if len(features) else 0.0
