@@ -26,8 +26,11 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
+# Speed and memory targets, as ratios measured within one run (JSON + markdown in benchmarks/results).
 bench: install
 	$(BIN)/python benchmarks/attribution.py --out benchmarks/results
+	$(BIN)/python benchmarks/discovery.py --out benchmarks/results
+	$(BIN)/python benchmarks/scale.py --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) reports/demo reports/.cache build *.egg-info
