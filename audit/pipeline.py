@@ -63,10 +63,11 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
     from audit.model_io import file_sha256
     from audit.report.render import render
     from audit.stages.attribute import attribute_partition
-    from audit.stages.discover import discover
+    from audit.stages.discover import assign_findings, discover
     from audit.stages.gate import summarize
     from audit.stages.predict import predict_partition
     from audit.stages.select import select
+    from audit.stages.verify import verify
 
     run_dir = config.run_dir
     frame.insert(0, "row", np.arange(len(frame)))
@@ -122,9 +123,6 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
         map_rows, maps = artifacts.read_maps(run_dir, config["attribution.methods"][0])
         table, findings = discover(config, predictions, selection, map_rows, maps, feature_rows, features)
     with _timed(timings, "verify", log):
-        from audit.stages.discover import assign_findings
-        from audit.stages.verify import verify
-
         findings = verify(config, root, classes, predictions, map_rows, maps, findings, classifier)
         artifacts.write_table(run_dir / artifacts.DISCOVERY, assign_findings(table, findings))
         summary = summarize(config, predictions, selection, findings)
