@@ -45,7 +45,8 @@ DEFAULTS: dict[str, Any] = {
         "pair": None,               # "true:predicted" restricts the audit to one confusion pair
     },
     "attribution": {
-        "methods": ["gradcam"],
+        "methods": ["gradcam", "integrated_gradients", "occlusion"],  # the first one's maps drive discovery
+        "params": {},               # per method: {occlusion: {patch: 8}, integrated_gradients: {steps: 16}}
         "batch_size": 32,
         "partition_size": 256,
     },
@@ -113,11 +114,20 @@ def _methods(v: Any) -> bool:
     return isinstance(v, list) and len(v) > 0 and all(m in available() for m in v)
 
 
+def _method_params(v: Any) -> bool:
+    from audit.explainers import available
+
+    return isinstance(v, dict) and all(m in available() and isinstance(p, (dict, type(None)))
+                                       for m, p in v.items())
+
+
 def _methods_text() -> str:
     from audit.explainers import available
 
     return "a non-empty list of: " + ", ".join(available())
 
+
+MAPPINGS = ("attribution.params",)  # keys whose value is a free-form mapping
 
 RULES: dict[str, tuple[Callable[[Any], bool], str | Callable[[], str]]] = {
     "run_id": (_optional(lambda v: isinstance(v, str) and v.replace("-", "").replace("_", "").isalnum()),
@@ -138,6 +148,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str | Callable[[], str]]] = {
     "select.contrast_per_class": (_nonneg_int, "a non-negative int"),
     "select.pair": (_optional(_pair), "\"true:predicted\", two class names"),
     "attribution.methods": (_methods, _methods_text),
+    "attribution.params": (_method_params, "a mapping of registered method name to a mapping of its parameters"),
     "attribution.batch_size": (_positive_int, "a positive int"),
     "attribution.partition_size": (_positive_int, "a positive int"),
     "discovery.grid": (lambda v: _positive_int(v) and v <= 64, "an int in [1, 64]"),
@@ -247,13 +258,23 @@ def resolve(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = 
 def _flatten(tree: dict, prefix: str = ""):
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(_get(DEFAULTS, dotted, None), dict):
+        if isinstance(value, dict) and dotted not in RULES and isinstance(_get(DEFAULTS, dotted, None), dict):
             yield from _flatten(value, dotted + ".")
         else:
             yield dotted, value
 
 
 def _assign(values: dict, dotted: str, value: Any, where: str) -> None:
+    mapping = next((key for key in MAPPINGS if dotted.startswith(key + ".")), None)
+    if mapping is not None:  # e.g. --set attribution.params.occlusion.patch=8
+        node = _get(values, mapping)
+        *parents, leaf = dotted[len(mapping) + 1:].split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"{where}: `{dotted}`: `{part}` is not a mapping")
+        node[leaf] = value
+        return
     if dotted not in RULES:
         raise UsageError(f"{where}: unknown key `{dotted}`")
     *parents, leaf = dotted.split(".")

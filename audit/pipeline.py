@@ -40,6 +40,7 @@ Log = Callable[[str], None]
 def run(config: Config, log: Log = print) -> dict:
     """Run the whole audit; return the summary (also written to ``summary.json``)."""
     from audit.model_io import classifier_for
+    from audit.stages.attribute import check_methods
 
     for key, flag in (("model.path", "--model"), ("data.path", "--data")):
         if config[key] is None:
@@ -48,6 +49,7 @@ def run(config: Config, log: Log = print) -> dict:
     classes = load_classes(config["data.classes"], frame, Path(config["data.path"]))
     classifier = classifier_for(config)
     _check_inputs(config, frame, classes, classifier.n_classes)
+    check_methods(config, classifier)
     duplicated = frame.duplicated(["path", "label"])
     if duplicated.any():
         log(f"warning: {config['data.path']}: {int(duplicated.sum())} duplicate row(s) ignored "

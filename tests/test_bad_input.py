@@ -137,7 +137,8 @@ def _error_line(result: subprocess.CompletedProcess) -> str:
 
 
 @pytest.mark.parametrize("case", ["label_unknown", "empty", "no_label_column", "classes_count", "corrupt_model",
-                                  "multi_output", "lambda_layer", "conflicting_labels", "missing_model"])
+                                  "multi_output", "lambda_layer", "conflicting_labels", "missing_model",
+                                  "method_param_unknown", "method_param_too_big"])
 def test_bad_data_set_or_model_exits_2_before_any_work(audit_case, tmp_path, case):
     manifest = pd.read_csv(audit_case / "manifest.csv")
     manifest["path"] = [str(audit_case / p) for p in manifest["path"]]
@@ -175,6 +176,12 @@ def test_bad_data_set_or_model_exits_2_before_any_work(audit_case, tmp_path, cas
     elif case == "conflicting_labels":
         manifest = pd.concat([manifest, manifest.iloc[[0]].assign(label="blue")])
         expected = f"{data}: {manifest['path'].iloc[0]} is listed with different labels"
+    elif case == "method_param_unknown":
+        args += ["--set", "attribution.params.integrated_gradients.step=8"]
+        expected = "`attribution.params.integrated_gradients.step` is not a parameter of integrated_gradients"
+    elif case == "method_param_too_big":  # only the model's input size shows the patch is too large
+        args += ["--set", "attribution.params.occlusion.patch=40"]
+        expected = "`attribution.params.occlusion.patch` must be at most the image size 28x36 (got (40, 40))"
     else:
         args += ["--model", tmp_path / "none.keras"]
         expected = f"--model {tmp_path / 'none.keras'}: no such file"

@@ -30,6 +30,8 @@ def test_config_is_frozen_and_picklable():
     ("attribution.methods=[nope]", "`attribution.methods` must be a non-empty list of: "),
     ("select.nonsense=1", "--set: unknown key `select.nonsense`"),
     ("select.pair=pool", "`select.pair` must be \"true:predicted\""),
+    ("attribution.params={nope: {a: 1}}", "`attribution.params` must be a mapping of registered method name"),
+    ("attribution.params.gradcam=3", "`attribution.params` must be a mapping of registered method name"),
 ])
 def test_bad_values_name_the_key(item, message):
     with pytest.raises(UsageError) as err:
@@ -51,3 +53,24 @@ def test_example_pipelines_are_valid(name):
     path = Path(__file__).resolve().parents[1] / "pipelines" / name
     config = resolve(path)
     assert config.source == str(path) and config["model.path"]
+
+
+def test_method_params_from_yaml_and_set(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("attribution:\n  params:\n    occlusion: {patch: 6, baseline: blur}\n")
+    config = resolve(cfg_file, ["attribution.params.occlusion.patch=4",
+                                "attribution.params.integrated_gradients.steps=16"])
+    assert config.to_dict()["attribution"]["params"] == {
+        "occlusion": {"patch": 4, "baseline": "blur"}, "integrated_gradients": {"steps": 16}}
+
+
+def test_method_params_reach_the_explainers():
+    from audit.stages.attribute import explainers
+
+    built = explainers(resolve(sets=["attribution.methods=[occlusion, integrated_gradients]",
+                                     "attribution.params={occlusion: {patch: 5, stride: 2}}", "attribution.batch_size=7"]))
+    assert list(built) == ["occlusion", "integrated_gradients"]
+    assert built["occlusion"].patch == (5, 5) and built["occlusion"].stride == (2, 2)
+    assert built["occlusion"].batch_size == 7 and built["integrated_gradients"].steps == 32
+    with pytest.raises(UsageError, match=r"^`attribution.params.occlusion.baseline` must be one of mean"):
+        explainers(resolve(sets=["attribution.params.occlusion.baseline=zero"]))

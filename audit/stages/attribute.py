@@ -1,6 +1,8 @@
 """Attribute: explain one partition of the selection with every configured method.
 
-Each selected image is explained for its ``pair_label`` (the predicted class for
+Methods and their parameters come from ``attribution.methods`` and
+``attribution.params`` (``{method: {param: value}}``, the keyword arguments of the
+method's class in ``audit.explainers``). Each selected image is explained for its ``pair_label`` (the predicted class for
 an error, the runner-up for a low-confidence image, its own class for contrast).
 Maps are written to the run folder as float16 chunks; the partition returns only
 its semantic features, which are small: the target layer's activations pooled
@@ -9,6 +11,7 @@ cue is described by what the model sees where it looks, wherever it sits.
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,9 @@ import pandas as pd
 from audit.artifacts import write_map_chunk
 from audit.config import Config
 from audit.data import load_images, preprocess
+from audit.errors import UsageError
 from audit.explainers import get
+from audit.explainers.base import Explainer
 from audit.model_io import classifier_for
 
 
@@ -33,8 +38,8 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
     rows = part["row"].to_numpy(np.int64)
     batch = config["attribution.batch_size"]
     first = None
-    for method in config["attribution.methods"]:
-        maps = get(method)(batch_size=batch).explain(classifier, images, targets)
+    for method, explainer in explainers(config).items():
+        maps = explainer.explain(classifier, images, targets)
         write_map_chunk(config.run_dir, method, chunk, rows, maps)
         first = maps if first is None else first
     features = np.concatenate([
@@ -42,6 +47,39 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
         for i in range(0, len(images), batch)
     ]) if len(images) else np.zeros((0, 0), np.float32)
     return rows, features
+
+
+def explainers(config: Config) -> dict[str, Explainer]:
+    """The configured methods, built with ``attribution.batch_size`` and their ``attribution.params``.
+
+    A parameter the method does not take, or a bad value, is a ``UsageError`` naming
+    the key, e.g. "`attribution.params.occlusion.patch` must be a positive int (got 0)".
+    """
+    params = config.to_dict()["attribution"]["params"]
+    built = {}
+    for method in config["attribution.methods"]:
+        cls, given = get(method), dict(params.get(method) or {})
+        accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "batch_size")]
+        for name in given:
+            if name not in accepted:
+                raise UsageError(f"`attribution.params.{method}.{name}` is not a parameter of {method} "
+                                 f"(it takes: {', '.join(accepted) or 'none'})")
+        try:
+            built[method] = cls(batch_size=config["attribution.batch_size"], **given)
+        except ValueError as exc:
+            raise UsageError(str(exc).replace(f"`{method}.", f"`attribution.params.{method}.", 1)) from None
+    return built
+
+
+def check_methods(config: Config, classifier) -> None:
+    """Build every configured method and explain one blank image with it, so that a bad
+    parameter (say an occlusion patch larger than the image) stops the run before any work."""
+    blank = np.zeros((1, *classifier.input_shape), np.float32)
+    for method, explainer in explainers(config).items():
+        try:
+            explainer.explain(classifier, blank, np.zeros(1, np.int32))
+        except ValueError as exc:
+            raise UsageError(str(exc).replace(f"`{method}.", f"`attribution.params.{method}.", 1)) from None
 
 
 def attention_pooled(activations: np.ndarray, maps: np.ndarray) -> np.ndarray:
