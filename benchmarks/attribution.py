@@ -275,6 +275,23 @@ def tf_keras_vis_contenders(model, clf, method: str, params: dict, images, targe
 
 # --------------------------------------------------------------------------- speed
 
+def floor_passes(method: str, explainer, input_size: tuple[int, int]) -> tuple[str, int, str]:
+    """A method's floor per image: ``(kind, passes, text)``; ``kind`` is ``forward`` (to the
+    logits) or ``gradient`` (forward and backward to the input)."""
+    if method == "occlusion":
+        from audit.explainers.occlusion import grid
+
+        patch, stride = explainer.geometry(input_size)
+        passes = len(grid(input_size, patch, stride))
+        return "forward", passes, f"{passes} forward (1 per patch {patch[0]}x{patch[1]}, stride {stride[0]})"
+    if method in STEP_METHODS:
+        passes = getattr(explainer, "steps", None) or explainer.samples
+        return "gradient", passes, f"{passes} x forward+backward"
+    if method in ONE_GRADIENT:
+        return "gradient", 1, "1 forward+backward"
+    return "forward", 1, "1 forward"
+
+
 def speed_rows(name: str, model, make_images, args, scale: int = 1) -> list[dict]:
     """One row per registered method; ``scale`` multiplies the image counts (small models run longer)."""
     from audit.explainers import available, get
@@ -286,26 +303,17 @@ def speed_rows(name: str, model, make_images, args, scale: int = 1) -> list[dict
     rows = []
     for method in [m for m in available() if not args.methods or m in args.methods.split(",")]:
         explainer = get(method)(batch_size=batch)
+        floor_kind, per_image, floor_text = floor_passes(method, explainer, clf.input_size)
+        params = {"steps": per_image, "samples": per_image} if floor_kind == "gradient" and per_image > 1 else {}
         if method == "occlusion":
             n = args.occlusion_images * scale
             patch, stride = explainer.geometry(clf.input_size)
             explainer = get(method)(batch_size=batch, patch=patch, stride=stride, baseline="constant", value=0.0)
-            from audit.explainers.occlusion import grid
-
-            per_image = len(grid(clf.input_size, patch, stride))
-            floor_kind, params = "forward", {"patch": patch, "stride": stride}
-            floor_text = f"{per_image} forward (1 per patch {patch[0]}x{patch[1]}, stride {stride[0]})"
+            params = {"patch": patch, "stride": stride}
         elif method in STEP_METHODS:
             n = args.step_images * scale
-            per_image = getattr(explainer, "steps", None) or explainer.samples
-            floor_kind, params = "gradient", {"steps": per_image, "samples": per_image}
-            floor_text = f"{per_image} x forward+backward"
-        elif method in ONE_GRADIENT:
-            n, per_image, floor_kind, params = args.images * scale, 1, "gradient", {}
-            floor_text = "1 forward+backward"
         else:
-            n, per_image, floor_kind, params = args.images * scale, 1, "forward", {}
-            floor_text = "1 forward"
+            n = args.images * scale
         images = make_images(n)
         targets = (np.arange(n) % clf.n_classes).astype(np.int32)
         contenders = {"floor": floors.runner(floor_kind, images, targets, per_image),

@@ -23,10 +23,13 @@ other jobs), is the model passes the pipeline makes, timed bare, after a warm-up
 * forward: one forward pass per image over all ``n`` images, in batches of
   ``predict.batch_size``, on images already decoded into float32 tensors, through the
   traced function the predict stage calls (``Classifier.logits``);
-* gradcam: one Grad-CAM (forward + backward) per image of that audit's selection
-  (``selection.parquet``: selected and contrast images, their ``pair_label`` as target),
-  ``audit.explainers.get("gradcam")`` with ``attribution.batch_size``, images in memory;
-* floor = forward + gradcam. For information, not in the floor: ``decode``, the time of
+* attribution: for each configured method (``attribution.methods`` and ``.params``, by
+  default Grad-CAM, integrated gradients and occlusion), its floor over that audit's
+  selection (``selection.parquet``: selected and contrast images) as
+  ``benchmarks/attribution.py`` defines it: Grad-CAM one forward pass per image,
+  occlusion one forward pass per patch, IG ``steps`` forward+backward passes to the
+  input; bare passes in chunks of ``attribution.batch_size`` inputs;
+* floor = forward + attribution. For information, not in the floor: ``decode``, the time of
   ``audit.data.load_images`` over the ``n`` PNGs (one thread, partitions of 512: the
   predict stage's own decoding), and ``features``, the extra forward pass per selected
   image that the attribute stage makes for its attention-pooled features.
@@ -362,14 +365,33 @@ class Floor:
             wall, cpu = wall + w, cpu + c
         return wall, cpu
 
-    def gradcam(self, images: np.ndarray, targets: np.ndarray, batch: int) -> tuple[float, float]:
-        """(wall, CPU) seconds of Grad-CAM (``audit.explainers``) over ``images`` in memory."""
-        from audit.explainers import get
+    def attribution(self, config: dict, images: np.ndarray, targets: np.ndarray) -> dict[str, tuple[float, float]]:
+        """(wall, CPU) seconds of each configured method's floor (``attribution.floor_passes``) over
+        ``images``: its bare model passes, in chunks of ``attribution.batch_size`` inputs. One
+        chunk is built once and passed repeatedly: the passes' count is what costs, not their content."""
+        import tensorflow as tf
 
-        explainer = get("gradcam")(batch_size=batch)
-        x = images.astype(np.float32)
-        explainer.explain(self.clf, x[:batch], targets[:batch])  # warm-up (tracing)
-        return clocked(lambda: explainer.explain(self.clf, x, targets))
+        from attribution import Floors, floor_passes
+        from audit.stages.attribute import explainers
+        from audit.config import resolve
+
+        settings = config["attribution"]
+        built = explainers(resolve(sets=[f"attribution.{k}={json.dumps(settings[k])}"
+                                         for k in ("methods", "params", "batch_size")]))
+        floors, batch = Floors(self.clf, settings["batch_size"]), settings["batch_size"]
+        x = tf.constant(images[np.arange(batch) % len(images)].astype(np.float32))
+        t = tf.constant(targets[np.arange(batch) % len(images)])
+        out = {}
+        for method, explainer in built.items():
+            kind, per_image, _ = floor_passes(method, explainer, self.clf.input_size)
+            fn = floors.forward if kind == "forward" else floors.gradient
+            fn(x, t).numpy()  # warm-up (tracing)
+            total = len(images) * per_image
+            rest = total % batch
+            tail = (x[:rest], t[:rest]) if rest else None
+            out[method] = clocked(lambda: ([fn(x, t).numpy() for _ in range(total // batch)],
+                                           tail and fn(*tail).numpy()))
+        return out
 
     def features(self, images: np.ndarray, batch: int) -> tuple[float, float]:
         """(wall, CPU) seconds of the attribute stage's extra forward pass (logits and activations)."""
@@ -387,14 +409,16 @@ def floor_once(floor: Floor, images: np.ndarray, decode: tuple[float, float], ru
     targets = selection["pair_label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int32)
     forward = floor.forward(images, config["predict"]["batch_size"])
     batch = config["attribution"]["batch_size"]
-    gradcam = floor.gradcam(images[rows], targets, batch) if len(rows) else (0.0, 0.0)
+    methods = floor.attribution(config, images[rows], targets) if len(rows) else {}
+    attribution = (sum(w for w, _ in methods.values()), sum(c for _, c in methods.values()))
     features = floor.features(images[rows], batch) if len(rows) else (0.0, 0.0)
-    out = {"gradcam_images": int(len(rows))}
-    for name, (wall, cpu) in (("decode", decode), ("forward", forward), ("gradcam", gradcam),
+    out = {"selection_images": int(len(rows)),
+           "methods": {m: {"wall": round(w, 3), "cpu": round(c, 3)} for m, (w, c) in methods.items()}}
+    for name, (wall, cpu) in (("decode", decode), ("forward", forward), ("attribution", attribution),
                               ("features", features)):
         out[name], out[f"{name}_cpu"] = round(wall, 3), round(cpu, 3)
-    out["floor"] = round(forward[0] + gradcam[0], 3)
-    out["floor_cpu"] = round(forward[1] + gradcam[1], 3)
+    out["floor"] = round(forward[0] + attribution[0], 3)
+    out["floor_cpu"] = round(forward[1] + attribution[1], 3)
     return out
 
 
@@ -412,8 +436,10 @@ def summarise(n: int, audits: list[dict], floors: list[dict]) -> dict:
     stage_cpu = {s: best(a["stage_cpu"].get(s) for a in audits) for s in audits[0]["stage_cpu"]}
     stage_peaks = {s: max((a["stage_peak_mb"].get(s) or 0) for a in audits) or None
                    for s in audits[0]["stage_peak_mb"]}
-    floor = {k: best(f[k] for f in floors) for k in floors[0] if k != "gradcam_images"}
-    floor["gradcam_images"] = floors[0]["gradcam_images"]
+    floor = {k: best(f[k] for f in floors) for k in floors[0] if k not in ("selection_images", "methods")}
+    floor["selection_images"] = floors[0]["selection_images"]
+    floor["methods"] = {m: min((f["methods"][m] for f in floors), key=lambda v: v["wall"])
+                        for m in floors[0]["methods"]}
     wall = best(a["wall"] for a in audits)
     model_stages = best(a["stage_seconds"]["predict"] + a["stage_seconds"]["attribute"] for a in audits)
     model_cpu = best(a["stage_cpu"]["predict"] + a["stage_cpu"]["attribute"] for a in audits)
@@ -435,9 +461,9 @@ def summarise(n: int, audits: list[dict], floors: list[dict]) -> dict:
                                                for a, f in zip(audits, floors)), 3),
         "ratio_predict_to_decode_plus_forward": round(best(a["stage_seconds"]["predict"] / (f["decode"] + f["forward"])
                                                            for a, f in zip(audits, floors)), 3),
-        "ratio_attribute_to_gradcam": (round(best(a["stage_seconds"]["attribute"] / f["gradcam"]
-                                                  for a, f in zip(audits, floors)), 3)
-                                       if floor["gradcam"] else None),
+        "ratio_attribute_to_floor": (round(best(a["stage_seconds"]["attribute"] / f["attribution"]
+                                                for a, f in zip(audits, floors)), 3)
+                                     if floor["attribution"] else None),
         "images_per_s": round(n / wall, 1),
         "runs": audits, "floors": floors,
     }
@@ -502,22 +528,25 @@ def markdown(result: dict) -> str:
         p = r["stage_peak_mb"]
         lines.append(f"| {r['n']} | {fmt(r['peak_mb'], 1)} | " + " | ".join(fmt(p.get(k), 1) for k in cols) + " |")
     lines += ["", "## Floor (bare model passes, same run) and end-to-end ratios", "",
-              "| n | forward floor | Grad-CAM floor (images) | floor | decode (info) | features pass (info) "
+              "| n | forward floor | attribution floor (images; per method) | floor | decode (info) | features pass (info) "
               "| predict + attribute | **(predict + attribute) / floor** | **wall / floor** | CPU: (predict + attribute) "
-              "/ floor | predict / forward | predict / (decode + forward) | attribute / Grad-CAM |",
+              "/ floor | predict / forward | predict / (decode + forward) | attribute / attribution floor |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f = r["floor"]
-        lines.append(f"| {r['n']} | {fmt(f['forward'])} | {fmt(f['gradcam'])} ({f['gradcam_images']}) | "
+        per_method = ", ".join(f"{m} {fmt(v['wall'])}" for m, v in f["methods"].items())
+        lines.append(f"| {r['n']} | {fmt(f['forward'])} | {fmt(f['attribution'])} ({f['selection_images']}; {per_method}) | "
                      f"{fmt(f['floor'])} | {fmt(f['decode'])} | {fmt(f['features'])} | {fmt(r['model_stages'])} | "
                      f"{fmt(r['ratio_model_stages_to_floor'])} | {fmt(r['ratio_wall_to_floor'])} | "
                      f"{fmt(r['cpu_ratio_model_stages_to_floor'])} | {fmt(r['ratio_predict_to_forward'])} | "
-                     f"{fmt(r['ratio_predict_to_decode_plus_forward'])} | {fmt(r['ratio_attribute_to_gradcam'])} |")
+                     f"{fmt(r['ratio_predict_to_decode_plus_forward'])} | {fmt(r['ratio_attribute_to_floor'])} |")
     lines += ["", "## Acceptance", "", "| check | value | threshold | result |", "|---|---|---|---|"]
     lines += [f"| {c['name']} | {c['value']} | {c['threshold']} | {'PASS' if c['passed'] else 'FAIL'} |"
               for c in result["acceptance"]]
     lines += ["", "Floor = forward (one pass per image, batches of predict.batch_size, on decoded float32 tensors) "
-              "+ Grad-CAM (one per selected or contrast image, attribution.batch_size), timed in the benchmark "
+              "+ each configured attribution method's floor over the selected and contrast images (Grad-CAM: 1 "
+              "forward; IG: steps x forward+backward; occlusion: 1 forward per patch; attribution.batch_size "
+              "inputs per pass), timed in the benchmark "
               "process right after each audit, after a warm-up call (tracing excluded). Decode = "
               "`audit.data.load_images` over the PNGs, one thread; features = the attribute stage's extra "
               "forward pass per selected image; both for information, not in the floor. Ratios to the floor "
