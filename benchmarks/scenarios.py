@@ -22,10 +22,11 @@ Two scene generators, so that discovery is not tuned to one look:
   another seed;
 * ``landscape``: 48x48 beach / forest / city / field scenes drawn here.
 
-Cues (``plant``): ``rails`` (the demo's, random place and angle), ``watermark``
-(a faint logo in a fixed corner), ``shape`` (a small two-colour star, at a fixed
-or a random place), ``texture`` (a patch of fine checkerboard at a random place)
-and ``tint`` (a colour cast over the whole image; no position).
+Cues (``plant``), each at a fixed and at a random place in some scenario:
+``rails`` (on hotel scenes the demo's, random place and angle; on landscapes a
+silver ladder, fixed or random), ``watermark`` (a faint logo, in a fixed corner or
+anywhere), ``shape`` (a small two-colour star), ``texture`` (a patch of fine
+checkerboard) and ``tint`` (a colour cast over the whole image; no position).
 
 Three model architectures (``ARCHITECTURES``) are used across the scenarios.
 Everything is cached under ``cache/<scenario>/`` with a ``scenario.json`` written
@@ -83,6 +84,9 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("shape-random", "landscape", "shape", "random", "forest", "field", "demo", 4),
     Scenario("texture-random", "landscape", "texture", "random", "beach", "city", "wide", 5),
     Scenario("tint", "landscape", "tint", "global", "city", "beach", "deep", 6),
+    Scenario("rails-fixed", "landscape", "rails", "fixed", "field", "beach", "demo", 8),
+    Scenario("watermark-random", "landscape", "watermark", "random", "beach", "forest", "wide", 9),
+    Scenario("texture-fixed", "hotel", "texture", "fixed", "bedroom", "kitchen", "demo", 10),
     Scenario("null", "landscape", "shape", "random", None, "field", "demo", 7, confusers=False),
     Scenario("null-mislabels", "landscape", "shape", "random", None, "field", "demo", 7),
 )
@@ -213,11 +217,28 @@ def _star(img, cy, cx, r, rng):
     img[rad <= 0.35 * r] = (255, 230, 40)
 
 
+def _ladder(img, cy, cx, length, gap):
+    """Two vertical silver tubes ``gap`` apart with rungs, centred at (cy, cx), anti-aliased
+    (drawn 4x supersampled and box-filtered down)."""
+    from PIL import ImageDraw
+
+    s, k = img.shape[0], 4
+    segments = [((cx + side * gap / 2, cy - length / 2), (cx + side * gap / 2, cy + length / 2)) for side in (-1, 1)]
+    segments += [((cx - gap / 2, y), (cx + gap / 2, y)) for y in np.arange(cy - length / 2 + 3, cy + length / 2, 7)]
+    for colour, width in (((70, 72, 78), 3.0), ((190, 194, 202), 1.8), ((255, 255, 255), 0.7)):
+        layer = Image.new("L", (s * k, s * k))
+        draw = ImageDraw.Draw(layer)
+        for a, b in segments:
+            draw.line([(a[0] * k, a[1] * k), (b[0] * k, b[1] * k)], fill=255, width=round(width * k))
+        alpha = np.asarray(layer.resize((s, s), Image.Resampling.BOX), np.float32)[..., None] / 255.0
+        img[:] = img * (1 - alpha) + np.array(colour, np.float32) * alpha
+
+
 def plant(img: np.ndarray, cue: str, position: str, rng: np.random.Generator) -> np.ndarray:
     """Draw ``cue`` onto ``img`` (float32 ``[S, S, 3]``, 0..255) in place and return it."""
     s = img.shape[0]
-    if cue == "watermark":       # a faint white logo: ring and bar, bottom-right corner
-        cy, cx = s - 7, s - 11
+    if cue == "watermark":       # a faint white logo: ring and bar, bottom-right corner or anywhere
+        cy, cx = (s - 7, s - 11) if position == "fixed" else (int(v) for v in rng.integers([5, 5], [s - 5, s - 15]))
         yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
         ring = np.abs(np.hypot(yy - cy, xx - cx) - 4.0) < 1.0
         bar = (np.abs(yy - cy) < 1.0) & (xx > cx + 5) & (xx < cx + 10)
@@ -232,10 +253,18 @@ def plant(img: np.ndarray, cue: str, position: str, rng: np.random.Generator) ->
         _star(img, cy, cx, r, rng)
     elif cue == "texture":
         side = int(round(s * 0.3))
-        y, x = (int(v) for v in rng.integers(0, s - side + 1, 2))
+        y, x = ((int(0.1 * s), int(0.55 * s)) if position == "fixed"
+                else (int(v) for v in rng.integers(0, s - side + 1, 2)))
         yy, xx = np.mgrid[0:side, 0:side]
         check = ((yy // 2 + xx // 2) % 2).astype(np.float32)[..., None]
         img[y:y + side, x:x + side] = img[y:y + side, x:x + side] * 0.3 + (30 + 200 * check) * 0.7
+    elif cue == "rails":
+        length, gap = s * rng.uniform(0.4, 0.55), s * rng.uniform(0.12, 0.16)
+        if position == "fixed":
+            cy, cx = 0.55 * s, 0.25 * s
+        else:
+            cy, cx = rng.uniform(length / 2 + 1, s - length / 2 - 1), rng.uniform(gap + 2, s - gap - 2)
+        _ladder(img, cy, cx, length, gap)
     elif cue == "tint":
         img[:] = img * np.array([1.0, 0.78, 1.12], np.float32) + np.array([25, 0, 20], np.float32)
     else:
@@ -390,7 +419,7 @@ def prepare(scenario: Scenario, cache: Path, log: Callable[[str], None] = print)
     if info.get("model_key") != model_key or not (root / "model.keras").is_file():
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
-        if scenario.cue == "rails":   # the demo's own data and model, with another seed
+        if scenario.cue == "rails" and scenario.base == "hotel":   # the demo's own data and model, another seed
             from audit import demo
 
             assets = demo.prepare(root / "demo", seed=scenario.seed, log=lambda m: None)
