@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -67,8 +68,13 @@ def write_map_chunk(run_dir: Path, method: str, chunk: int, rows: np.ndarray, ma
     return path
 
 
-def read_maps(run_dir: Path, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """All stored maps of ``method``: (rows int64 [n], maps float32 [n, H, W]), sorted by row."""
+def read_maps(run_dir: Path, method: str, each: Callable[[np.ndarray], np.ndarray] | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """All stored maps of ``method``: (rows int64 [n], maps float32 [n, H, W]), sorted by row.
+
+    ``each``, if given, is applied to every chunk's maps as it is read (e.g. pooling
+    to a small grid), so that only its results, not all maps, are ever in memory.
+    """
     chunks = sorted((Path(run_dir) / MAPS / method).glob("chunk-*[0-9].npz"))
     if not chunks:
         return np.zeros(0, np.int64), np.zeros((0, 0, 0), np.float32)
@@ -76,7 +82,8 @@ def read_maps(run_dir: Path, method: str) -> tuple[np.ndarray, np.ndarray]:
     for chunk in chunks:
         with np.load(chunk) as z:
             rows.append(z["row"])
-            maps.append(z["maps"].astype(np.float32))
+            part = z["maps"].astype(np.float32)
+            maps.append(part if each is None else each(part))
     rows_all = np.concatenate(rows)
     order = np.argsort(rows_all, kind="stable")
     return rows_all[order], np.concatenate(maps)[order]

@@ -64,7 +64,7 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
 
     from audit.model_io import file_sha256
     from audit.report.render import render
-    from audit.stages.attribute import attribute_partition
+    from audit.stages.attribute import area_pool, attribute_partition
     from audit.stages.discover import assign_findings, discover
     from audit.stages.gate import summarize
     from audit.stages.predict import predict_partition
@@ -122,10 +122,14 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
             np.savez(run_dir / artifacts.FEATURES, row=feature_rows, features=features)
 
     with _timed(timings, "discover", log):
-        map_rows, maps = artifacts.read_maps(run_dir, config["attribution.methods"][0])
-        table, findings = discover(config, predictions, selection, map_rows, maps, feature_rows, features)
+        # discovery and verification read the first method's maps pooled to the discovery grid,
+        # chunk by chunk: memory grows with the selection, never with its maps' resolution
+        grid = config["discovery.grid"]
+        map_rows, cells = artifacts.read_maps(run_dir, config["attribution.methods"][0],
+                                              each=lambda m: area_pool(np.maximum(m, 0.0), grid, grid))
+        table, findings = discover(config, predictions, selection, map_rows, cells, feature_rows, features)
     with _timed(timings, "verify", log):
-        findings = verify(config, root, classes, predictions, map_rows, maps, findings, classifier)
+        findings = verify(config, root, classes, predictions, map_rows, cells, findings, classifier)
         artifacts.write_table(run_dir / artifacts.DISCOVERY, assign_findings(table, findings))
         summary = summarize(config, predictions, selection, findings)
         artifacts.write_json(run_dir / artifacts.SUMMARY, summary)

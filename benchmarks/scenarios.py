@@ -375,7 +375,8 @@ def _write_set(folder: Path, scenario: Scenario, stream: int, plan: list[tuple[s
         order = plan_rng.permutation(n)
         cues = order < n_cue
         confusers = (order >= n_cue) & (order < n_cue + n_confusers)
-        alike = (plan_rng.random(n) < LOOKALIKE) & (label == alike_class) & (scenario.cue != "rails")
+        alike = ((plan_rng.random(n) < LOOKALIKE) & (label == alike_class)
+                 & (scenario.base != "hotel" or scenario.cue != "rails"))   # the demo has its own look-alikes
         (folder / "images" / label).mkdir(parents=True, exist_ok=True)
         for i in range(n):
             scene = scenario.victim if alike[i] else alike_class if confusers[i] else label

@@ -97,7 +97,8 @@ def discover(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame,
     ----------
     predictions, selection : the predict and select stage tables.
     map_rows, maps : int ``[n]`` prediction row ids and float ``[n, H, W]`` maps of the
-        first attribution method.
+        first attribution method, at any resolution (the pipeline passes their positive
+        part already pooled to ``discovery.grid`` squared cells).
     feature_rows, features : int ``[m]`` row ids and float ``[m, C]`` attribution-weighted
         pooled activations.
 

@@ -60,7 +60,9 @@ def verify(config: Config, root: Path, classes: list[str], predictions: pd.DataF
     ----------
     root, classes : the manifest's folder and the class names in model output order.
     predictions : the predict stage table (labels, predictions, margins, errors).
-    map_rows, maps : int ``[n]`` row ids and float ``[n, H, W]`` maps (first method).
+    map_rows, maps : int ``[n]`` row ids and float ``[n, H, W]`` maps (first method), at
+        input resolution or already pooled to ``discovery.grid`` squared cells (as the
+        pipeline passes them; regions are mapped to the images' size either way).
     findings : the discover stage's findings, ranked.
     classifier : an ``audit.model_io.Classifier``; default ``classifier_for(config)``.
 
@@ -205,7 +207,7 @@ class _Plan:
         transplanted top, transplanted random (per clean image)."""
         members = [r for r in members if r in images]
         masks = top_regions(maps[[map_of[r] for r in members]], config["discovery.grid"],
-                            config["verify.max_area"]) if members else []
+                            config["verify.max_area"], images[members[0]].shape[:2]) if members else []
         new = []
         for r, mask in zip(members, masks):
             if mask is not None and mask.shape == images[r].shape[:2]:
@@ -287,9 +289,13 @@ def top_region(cam: np.ndarray, grid: int, max_area: float) -> np.ndarray | None
     return top_regions(np.asarray(cam)[None], grid, max_area)[0]
 
 
-def top_regions(cams: np.ndarray, grid: int, max_area: float) -> list[np.ndarray | None]:
-    """``top_region`` of each map of ``cams`` ``[n, H, W]``."""
+def top_regions(cams: np.ndarray, grid: int, max_area: float,
+                shape: tuple[int, int] | None = None) -> list[np.ndarray | None]:
+    """``top_region`` of each map of ``cams`` ``[n, H, W]``, as masks of ``shape`` (default
+    ``(H, W)``). ``cams`` may be given already pooled to ``grid x grid`` (pooling is then
+    the identity) with the image's ``shape``."""
     n, h, w = cams.shape
+    h, w = shape or (h, w)
     pooled = area_pool(np.maximum(cams, 0.0), grid, grid).reshape(n, -1)
     cap = max(1, int(np.floor(max_area * grid * grid)))
     rows = np.minimum((np.arange(h) * grid) // h, grid - 1)
