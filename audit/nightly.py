@@ -42,7 +42,7 @@ History
 Every run appends one row per confusion pair of its ``pairs`` (see
 ``audit.stages.gate.pair_rates``) to ``history.parquet`` (``history.path``;
 ``auto``: in the run folder's parent; null: none), under a file lock: read, drop
-the rows of the same run ID, concatenate, write a temporary file and rename it
+the rows of the same run ID or run folder, concatenate, write a temporary file and rename it
 over the old one. Earlier rows are never lost; a history that cannot be read is
 left alone (with a warning).
 """
@@ -365,13 +365,14 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def append_history(path: Path, rows: pd.DataFrame) -> None:
-    """Append ``rows`` to the history at ``path``, replacing earlier rows of the same run IDs
-    (under a lock; atomic replace)."""
+    """Append ``rows`` to the history at ``path``, replacing earlier rows of the same run IDs or
+    run folders (a folder holds one run; under a lock; atomic replace)."""
     path = Path(path)
     with _locked(path):
         old = read_history(path) if path.exists() else None
         if old is not None:
-            old = old[~old["run_id"].isin(set(rows["run_id"].dropna()))]
+            same = old["run_id"].isin(set(rows["run_id"].dropna())) | old["run_dir"].isin(set(rows["run_dir"].dropna()))
+            old = old[~same.fillna(False).astype(bool)]
         frame = rows if old is None or not len(old) else pd.concat([old, _typed(rows.copy())], ignore_index=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         frame.to_parquet(tmp, index=False)

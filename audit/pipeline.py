@@ -44,6 +44,7 @@ def run(config: Config, log: Log = print) -> dict:
     for key, flag in (("model.path", "--model"), ("data.path", "--data")):
         if config[key] is None:
             raise UsageError(f"`{key}` is required ({flag} or {key} in the config)")
+    inputs = nightly.prepare(config)
     frame, root = load_manifest(Path(config["data.path"]))
     classes = load_classes(config["data.classes"], frame, Path(config["data.path"]))
     classifier = classifier_for(config)
@@ -53,7 +54,6 @@ def run(config: Config, log: Log = print) -> dict:
         log(f"warning: {config['data.path']}: {int(duplicated.sum())} duplicate row(s) ignored "
             f"(first: {frame['path'][duplicated].iloc[0]})")
         frame = frame[~duplicated].reset_index(drop=True)
-    inputs = nightly.prepare(config)
     with _run_folder(config.run_dir):
         return _run_stages(config, frame, root, classes, classifier, log, inputs)
 

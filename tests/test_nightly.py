@@ -250,11 +250,13 @@ def test_history_appends_and_replaces_a_rerun(tmp_path):
     nightly.append_history(path, _rows("n1"))
     nightly.append_history(path, _rows("n2"))
     nightly.append_history(path, _rows("n1", n=1))  # re-run of n1: its rows replaced
+    again = _rows("n3", n=1).assign(run_dir=_rows("n2")["run_dir"][0])  # a new run ID in the folder of n2
+    nightly.append_history(path, again)
     table = pd.read_parquet(path)
-    assert sorted(table["run_id"]) == ["n1", "n2", "n2"]
+    assert sorted(table["run_id"]) == ["n1", "n3"]
     assert list(table.columns)[:11] == ["run_id", "created", "true_label", "predicted_label", "n_true", "n_confused",
                                         "error_rate", "n_findings", "top_score", "accuracy", "status"]
-    n2 = table[table["run_id"] == "n2"].set_index("true_label")
+    n2 = _rows("n2").set_index("true_label")
     assert n2.loc["a", "top_score"] == 0.4 and n2.loc["b", "n_findings"] == 0
     assert not list(tmp_path.glob("*.tmp"))
 
