@@ -116,7 +116,9 @@ def resolve_baseline(config) -> Run | None:
     if where == "latest":
         path = history_path(config)
         runs = read_history(path) if path is not None and path.is_file() else pd.DataFrame()
-        runs = runs[(runs["run_id"] != config["run_id"]) & runs["run_dir"].notna()] if len(runs) else runs
+        here = str(config.run_dir.resolve())
+        runs = runs[(runs["run_id"] != config["run_id"]) & runs["run_dir"].notna() & (runs["run_dir"] != here)
+                    ] if len(runs) else runs
         runs = runs[[Path(d).joinpath(artifacts.SUMMARY).is_file() for d in runs["run_dir"]]] if len(runs) else runs
         if not len(runs):
             return None

@@ -472,3 +472,20 @@ def test_demo_nightly_acceptance(tmp_path):
     history = pd.read_parquet(tmp_path / "history.parquet")
     assert sorted(set(history["run_id"])) == ["a", "b", "c"]
     assert history[history["run_id"] == "c"]["status"].eq("pass").all()
+
+
+def test_baseline_latest_comes_from_the_history(tmp_path):
+    first = _run_folder(tmp_path / "n1", "n1", [_finding("F-1")], [], 0.9)
+    second = _run_folder(tmp_path / "n2", "n2", [_finding("F-2")], [], 0.9)
+    for run, created in ((first, "2026-11-20T03:00:00+00:00"), (second, "2026-11-21T03:00:00+00:00")):
+        summary = json.loads((run / "summary.json").read_text())
+        nightly.append_history(tmp_path / "history.parquet", nightly.history_rows(summary, created, run))
+    config = resolve(None, [], {"run_id": "n3", "out": str(tmp_path / "n3"), "baseline.run_dir": "latest"})
+    assert nightly.resolve_baseline(config).run_id == "n2"
+    config = resolve(None, [], {"run_id": "n2b", "out": str(second), "baseline.run_dir": "latest"})
+    assert nightly.resolve_baseline(config).run_id == "n1"  # never the run folder itself
+    config = resolve(None, [], {"run_id": "x", "out": str(tmp_path / "other" / "x"), "baseline.run_dir": "latest"})
+    assert nightly.resolve_baseline(config) is None  # no history there: the first night has no baseline
+    config = resolve(None, [], {"run_id": "n2", "out": str(second), "baseline.run_dir": str(second)})
+    with pytest.raises(UsageError, match="is the run folder itself"):
+        nightly.resolve_baseline(config)
