@@ -489,3 +489,31 @@ def test_baseline_latest_comes_from_the_history(tmp_path):
     config = resolve(None, [], {"run_id": "n2", "out": str(second), "baseline.run_dir": str(second)})
     with pytest.raises(UsageError, match="is the run folder itself"):
         nightly.resolve_baseline(config)
+
+
+@pytest.mark.slow
+def test_demo_rails_id_survives_other_data_and_model(tmp_path):
+    """Another seed draws other images and trains another model: the rails finding keeps its ID
+    (and is matched as persisting); so does a run on 80% of the audit images."""
+    a = _demo(tmp_path / "a")
+    assert a.returncode == 0, a.stderr[-2000:]
+    rails = json.loads((tmp_path / "a" / "summary.json").read_text())["findings"][0]
+    other = subprocess.run(audit_command("demo", "--seed", "1", "--cache", ROOT / "reports" / ".cache" / "demo-seed1",
+                                         "--out", tmp_path / "seed1", "--baseline", tmp_path / "a", "--quiet"),
+                           capture_output=True, text=True, timeout=1800)
+    assert other.returncode == 0, other.stderr[-2000:]
+    top = json.loads((tmp_path / "seed1" / "summary.json").read_text())["findings"][0]
+    assert (top["id"], top["status"], top["true_label"], top["predicted_label"]) == (
+        rails["id"], "persisting", "pool", "bathroom")
+
+    run = json.loads((tmp_path / "a" / "run.json").read_text())
+    manifest = pd.read_csv(run["data"]["path"])
+    subset = manifest.sample(frac=0.8, random_state=0)
+    subset["path"] = [str(Path(run["data"]["path"]).parent / p) for p in subset["path"]]
+    subset.to_csv(tmp_path / "subset.csv", index=False)
+    part = subprocess.run(audit_command("run", "--model", run["model"]["path"], "--data", tmp_path / "subset.csv",
+                                        "--classes", run["config"]["data"]["classes"], "--out", tmp_path / "part",
+                                        "--quiet"), capture_output=True, text=True, timeout=1800)
+    assert part.returncode == 0, part.stderr[-2000:]
+    top = json.loads((tmp_path / "part" / "summary.json").read_text())["findings"][0]
+    assert (top["id"], top["true_label"]) == (rails["id"], "pool")  # no baseline: equal by content alone
