@@ -8,7 +8,11 @@ the run folder (``audit.artifacts`` names the files):
    get the model *path*; each worker process loads the model once.
 2. select: misclassified, low-confidence and contrast images (in the driver).
 3. attribute: the selection in partitions; each task writes its map chunks.
-4. discover, gate, render: on the collected, small results, in the driver.
+4. discover, verify, render: on the collected, small results, in the driver;
+   ``audit.nightly.finish`` matches the findings to the baseline, applies triage,
+   gates, writes ``summary.json`` and appends the history. A complete run asked
+   again with the same inputs and settings only repeats that last step (so new
+   gates, a new baseline or triage take effect at once).
 
 The local threaded scheduler runs by default; ``dask.scheduler``
 (``--scheduler tcp://host:8786``) runs the same graph on a distributed cluster
@@ -94,6 +98,8 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
                                                                     artifacts.DISCOVERY)]
         findings = artifacts.read_json(run_dir / artifacts.SUMMARY)["findings"]
         summary = nightly.finish(config, inputs, *stored, findings, previous.get("created") or record["created"], log)
+        artifacts.write_json(run_dir / artifacts.RUN_JSON, {**previous, "run_id": config["run_id"],
+                                                            "config": config.to_dict()})
         render(run_dir)
         return summary
     record["keys"] = keys
