@@ -9,8 +9,8 @@ takes ``update(done, total)`` (the pipeline feeds it finished Dask tasks). Modes
 * ``text``: timestamped lines on stdout: ``2026-11-22T03:50:01Z [predict] start``,
   messages, ``... [predict] done in 1.2 s (6 tasks)``.
 * ``json``: one JSON object per line on stderr: ``{"ts", "level", "stage",
-  "event", "msg", ...}`` with events ``start``, ``end`` (``seconds``, ``tasks``)
-  and ``log``.
+  "event", "msg", ...}`` with events ``start``, ``end`` (``seconds``, ``tasks``),
+  ``failed`` (``seconds``), ``log`` and ``error`` (the CLI's one-line error).
 * ``quiet``: nothing (the CLI still prints the result).
 """
 from __future__ import annotations
@@ -99,19 +99,21 @@ class Progress:
         self.event("start", f"[{name}] start")
         if self.mode == "bar":
             self._draw(stage)
+        failed = True
         try:
             yield stage
+            failed = False
         finally:
             seconds = round(stage.seconds, 3)
             tasks = f" ({stage.total} tasks)" if stage.total else ""
             if self.mode == "bar":
                 self._draw(stage, final=True)
-                self.current = None
+            elif failed:
+                self.event("failed", f"[{name}] failed after {seconds:.1f} s", level="error", seconds=seconds)
             else:
-                self.current = stage
                 self.event("end", f"[{name}] done in {seconds:.1f} s{tasks}", seconds=seconds,
                            tasks=stage.total or None)
-                self.current = None
+            self.current = None
 
     def _draw(self, stage: Stage, final: bool = False) -> None:
         if stage.total:

@@ -517,3 +517,40 @@ def test_demo_rails_id_survives_other_data_and_model(tmp_path):
     assert part.returncode == 0, part.stderr[-2000:]
     top = json.loads((tmp_path / "part" / "summary.json").read_text())["findings"][0]
     assert (top["id"], top["true_label"]) == (rails["id"], "pool")  # no baseline: equal by content alone
+
+
+def test_progress_reports_stages_in_every_mode():
+    import io
+
+    from audit.progress import Progress, choose_mode
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert choose_mode("text", False, Tty()) == "bar" and choose_mode("text", False, io.StringIO()) == "text"
+    assert choose_mode("json", False, Tty()) == "json" and choose_mode("json", True, Tty()) == "quiet"
+    outputs = {}
+    for mode in ("bar", "text", "json", "quiet"):
+        out, err = io.StringIO(), Tty()
+        log = Progress(mode, out, err)
+        with log.stage("predict") as stage:
+            stage.update(1, 4)
+            log("warning: one image unreadable")
+            stage.update(4, 4)
+        with pytest.raises(RuntimeError), log.stage("attribute"):
+            raise RuntimeError("boom")
+        outputs[mode] = (out.getvalue(), err.getvalue())
+    assert outputs["quiet"] == ("", "")
+    text = outputs["text"][0].splitlines()
+    assert [line[21:] for line in text] == ["[predict] start", "warning: one image unreadable",
+                                            "[predict] done in 0.0 s (4 tasks)", "[attribute] start",
+                                            "[attribute] failed after 0.0 s"]
+    records = [json.loads(line) for line in outputs["json"][1].splitlines()]
+    assert [(r["stage"], r["event"], r["level"]) for r in records] == [
+        ("predict", "start", "info"), ("predict", "log", "warning"), ("predict", "end", "info"),
+        ("attribute", "start", "info"), ("attribute", "failed", "error")]
+    assert records[2]["tasks"] == 4
+    bar = outputs["bar"][1]
+    assert "[predict] " + "#" * 24 + " 4/4 tasks" in bar and "warning: one image unreadable\n" in bar
+    assert outputs["bar"][0] == ""
