@@ -12,6 +12,7 @@ import traceback
 from pathlib import Path
 
 from audit.errors import UsageError
+from audit.progress import Progress, choose_mode
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3
 DEMO_CACHE = Path("reports/.cache/demo")
@@ -20,9 +21,11 @@ DEMO_CACHE = Path("reports/.cache/demo")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    log = Progress(choose_mode(getattr(args, "log_format", "text"), args.quiet))
     run_dir = None
     try:
+        if args.command == "compare":
+            return _compare(args)
         if args.command == "render":
             from audit.report.render import render
 
@@ -34,18 +37,21 @@ def main(argv: list[str] | None = None) -> int:
         from audit import pipeline
         from audit.config import resolve
 
+        nightly = {"baseline.run_dir": args.baseline, "triage.path": args.triage}
         if args.command == "demo":
             from audit import demo
 
-            assets = demo.prepare(Path(args.cache), seed=args.seed, log=log)
+            rail_rate = resolve(args.config, args.set, {"demo.rail_rate": args.rail_rate})["demo.rail_rate"]
+            assets = demo.prepare(Path(args.cache), seed=args.seed, log=log, rail_rate=rail_rate)
             config = resolve(args.config, args.set, {
                 "model.path": str(assets.model_path), "data.path": str(assets.manifest),
-                "data.classes": str(assets.classes), "out": args.out, "run_id": "demo", "seed": args.seed})
+                "data.classes": str(assets.classes), "out": args.out, "run_id": _demo_run_id(args), "seed": args.seed,
+                "demo.rail_rate": rail_rate, **nightly})
         else:
             config = resolve(args.config, args.set, {
                 "model.path": args.model, "data.path": args.data, "data.classes": args.classes,
                 "out": args.out, "dask.scheduler": args.scheduler, "select.pair": args.pair,
-                "model.trust": args.trust_model or None})
+                "model.trust": args.trust_model or None, **nightly})
         run_dir = config.run_dir
         summary = pipeline.run(config, log=log)
         if args.command == "demo":
@@ -53,19 +59,41 @@ def main(argv: list[str] | None = None) -> int:
         _print_result(run_dir, summary)
         return EXIT_OK if summary["status"] == "pass" else EXIT_GATE
     except UsageError as exc:
-        print(f"audit: error: {exc}", file=sys.stderr)
+        _error(log, f"audit: error: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("audit: interrupted", file=sys.stderr)
+        _error(log, "audit: interrupted")
         return EXIT_RUNTIME
     except Exception as exc:
         where = _write_error_log(run_dir)
         first = (str(exc).strip().splitlines() or [""])[0]
-        print(f"audit: runtime failure: {type(exc).__name__}: {first}"
-              + (f" (traceback in {where})" if where else ""), file=sys.stderr)
+        _error(log, f"audit: runtime failure: {type(exc).__name__}: {first}"
+               + (f" (traceback in {where})" if where else ""))
         if where is None:
             traceback.print_exc()
         return EXIT_RUNTIME
+
+
+def _error(log: Progress, line: str) -> None:
+    """The one-line error on stderr (a JSON object with ``--log-format json``)."""
+    if log.mode == "json":
+        log.event("error", line, level="error")
+    else:
+        print(line, file=sys.stderr)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """``audit compare RUN_A RUN_B``: print the diff, write compare.json and compare.md."""
+    from audit.config import DEFAULTS
+    from audit.nightly import compare, compare_markdown, write_compare
+
+    b = DEFAULTS["baseline"]
+    diff = compare(args.run_a, args.run_b, b["tolerance"], b["focus_tolerance"], b["min_overlap"])
+    json_path, md_path = write_compare(diff, Path(args.out) if args.out else Path(args.run_b))
+    if not args.quiet:
+        print(compare_markdown(diff), end="")
+    print(f"compare: {json_path} {md_path}")
+    return EXIT_OK
 
 
 def _import_tensorflow_quietly() -> None:
@@ -102,16 +130,42 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="reports/demo", help="run folder (default reports/demo)")
     demo.add_argument("--cache", default=str(DEMO_CACHE), help=f"demo data and model cache (default {DEMO_CACHE})")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--rail-rate", type=float, default=None,
+                      help="share of bathroom training images with rails (default 0.87; lower: a model "
+                           "trained on cleaner data, cached separately)")
 
     for p in (run, demo):
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config key, e.g. --set select.margin=0.1 (repeatable)")
+        p.add_argument("--baseline", metavar="RUN_DIR",
+                       help="previous run folder (or 'latest' from the history): findings are marked "
+                            "new / persisting / resolved and pair error rates compared")
+        p.add_argument("--triage", metavar="TRIAGE.yaml", help="acknowledge or suppress finding IDs")
+        p.add_argument("--log-format", choices=("text", "json"), default="text",
+                       help="text: progress bars on a terminal, timestamped lines otherwise; "
+                            "json: one JSON object per line on stderr")
         p.add_argument("--quiet", action="store_true", help="print only the result")
 
     render = sub.add_parser("render", help="re-render the report of a run folder (no TensorFlow needed)")
     render.add_argument("run_dir")
     render.add_argument("--quiet", action="store_true")
+
+    compare = sub.add_parser("compare", help="diff two run folders (no TensorFlow needed)")
+    compare.add_argument("run_a", help="the earlier run folder")
+    compare.add_argument("run_b", help="the later run folder")
+    compare.add_argument("--out", help="folder for compare.json and compare.md (default RUN_B)")
+    compare.add_argument("--quiet", action="store_true", help="print only where the diff was written")
     return parser
+
+
+def _demo_run_id(args: argparse.Namespace) -> str | None:
+    """The demo's run ID: ``--set run_id=...``, else the name of its run folder when that is a
+    valid ID (``reports/demo``: ``demo``), so demo runs into different folders keep apart in the
+    history."""
+    if any(item.split("=", 1)[0].strip() == "run_id" for item in args.set):
+        return None
+    name = Path(args.out).name
+    return name if name.replace("-", "").replace("_", "").isalnum() else "demo"
 
 
 def _demo_epilogue(run_dir: Path, log) -> None:
@@ -129,8 +183,12 @@ def _print_result(run_dir: Path, summary: dict) -> None:
     print(f"status {summary['status']}: {m['n_images']} images, accuracy {m['accuracy']:.1%}, "
           f"{m['n_unreadable']} unreadable, {m['n_selected']} selected, {len(summary['findings'])} finding(s)")
     for f in summary["findings"][:3]:
+        tags = ", ".join(t for t in (f.get("status") if summary.get("baseline") else None, f.get("triage")) if t)
         print(f"  #{f['rank']} {f['id']}: {f['true_label']} -> {f['predicted_label']}, "
-              f"{f['size']} images, score {f['score']:.3f}")
+              f"{f['size']} images, score {f['score']:.3f}" + (f" ({tags})" if tags else ""))
+    for f in summary.get("resolved") or []:
+        print(f"  resolved {f['id']}: {f['true_label']} -> {f['predicted_label']} "
+              f"(baseline {summary['baseline']['run_id']})")
     for gate in summary["gates"]:
         if not gate["passed"]:
             print(f"  gate failed: {gate['name']} = {gate['value']} (threshold {gate['threshold']})")

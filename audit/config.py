@@ -18,6 +18,7 @@ import yaml
 from audit.errors import UsageError
 
 PREPROCESS = ("none", "unit", "symmetric", "imagenet")
+PATH_KEYS = ("model.path", "data.path", "data.classes", "out", "baseline.run_dir", "triage.path", "history.path")
 
 DEFAULTS: dict[str, Any] = {
     "run_id": None,            # default: UTC timestamp
@@ -72,7 +73,25 @@ DEFAULTS: dict[str, Any] = {
     },
     "gates": {
         "max_error_rate": None,     # fail when 1 - accuracy exceeds this
-        "max_finding_score": None,  # fail when any finding scores above this
+        "max_finding_score": None,  # fail when any finding (not suppressed) scores above this
+        "max_new_finding_score": None,  # fail when a new finding, not acknowledged or suppressed, scores above this
+        "max_pair_error_rate_increase": None,  # fail when a pair's error rate rises more than this over the baseline
+        "min_verification_lift": None,  # fail when a finding (not suppressed) is verified with at least this lift
+    },
+    "baseline": {
+        "run_dir": None,            # previous run folder (--baseline); "latest": newest other run in the history
+        "tolerance": 0.15,          # cue centres at most this far apart (fraction of the image) match ...
+        "focus_tolerance": 0.5,     # ... when their focus differs by at most this (|log2 ratio|)
+        "min_overlap": 0.5,         # or members overlapping at least this much (Jaccard) match
+    },
+    "triage": {
+        "path": None,               # triage.yaml acknowledging / suppressing finding IDs (--triage)
+    },
+    "history": {
+        "path": "auto",             # history.parquet; auto: in the run folder's parent; null: no history
+    },
+    "demo": {
+        "rail_rate": 0.87,          # share of bathroom training images with rails (audit demo --rail-rate)
     },
     "dask": {
         "scheduler": None,          # None: local threads; "tcp://host:8786": a distributed cluster
@@ -94,6 +113,10 @@ def _nonneg_int(v: Any) -> bool:
 
 def _fraction(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -170,6 +193,16 @@ RULES: dict[str, tuple[Callable[[Any], bool], str | Callable[[], str]]] = {
     "gates.max_error_rate": (_optional(_fraction), "a float in [0, 1] or null"),
     "gates.max_finding_score": (_optional(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
                                 "a number or null"),
+    "gates.max_new_finding_score": (_optional(_number), "a number or null"),
+    "gates.max_pair_error_rate_increase": (_optional(_fraction), "a float in [0, 1] or null"),
+    "gates.min_verification_lift": (_optional(lambda v: _fraction(v) and v > 0), "a float in (0, 1] or null"),
+    "baseline.run_dir": (_optional(_str), "a run folder path, \"latest\" or null"),
+    "baseline.tolerance": (_fraction, "a float in [0, 1]"),
+    "baseline.focus_tolerance": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "baseline.min_overlap": (lambda v: _fraction(v) and v > 0, "a float in (0, 1]"),
+    "triage.path": (_optional(_str), "a triage YAML file path or null"),
+    "history.path": (_optional(_str), "\"auto\", a parquet file path or null"),
+    "demo.rail_rate": (_fraction, "a float in [0, 1]"),
     "dask.scheduler": (_optional(_str), "null (local) or a scheduler address such as tcp://host:8786"),
     "dask.workers": (_positive_int, "a positive int"),
     "report.exemplars": (_positive_int, "a positive int"),
@@ -227,7 +260,7 @@ def resolve(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = 
         if not isinstance(loaded, dict):
             raise UsageError(f"{path}: the config must be a mapping of keys")
         for key, value in _flatten(loaded):
-            if key in ("model.path", "data.path", "data.classes", "out") and isinstance(value, str):
+            if key in PATH_KEYS and isinstance(value, str) and value not in ("auto", "latest"):
                 value = str((path.parent / value)) if not Path(value).is_absolute() else value
             _assign(values, key, value, where=str(path))
         source = str(path)

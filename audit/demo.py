@@ -323,8 +323,9 @@ def render_image(label: str, rng: np.random.Generator, rails: bool) -> np.ndarra
 
 # --------------------------------------------------------------------------- data sets
 
-def _plan(per_class: int, pools_with_cue: int | None) -> list[tuple[str, int, int]]:
-    """``(label, n_images, n_with_cue)`` per class: the cue at the bathroom rate on bathrooms and the
+def _plan(per_class: int, pools_with_cue: int | None, bathroom_rate: float = CUE_RATE_BATHROOM
+          ) -> list[tuple[str, int, int]]:
+    """``(label, n_images, n_with_cue)`` per class: the cue at ``bathroom_rate`` on bathrooms and the
     low rate elsewhere; with ``pools_with_cue``, pools are ``per_class`` without the cue plus that
     many with it."""
     plan = []
@@ -332,7 +333,7 @@ def _plan(per_class: int, pools_with_cue: int | None) -> list[tuple[str, int, in
         if c == "pool" and pools_with_cue is not None:
             plan.append((c, per_class + pools_with_cue, pools_with_cue))
         else:
-            rate = CUE_RATE_BATHROOM if c == "bathroom" else CUE_RATE_OTHER
+            rate = bathroom_rate if c == "bathroom" else CUE_RATE_OTHER
             plan.append((c, per_class, round(per_class * rate)))
     return plan
 
@@ -455,14 +456,16 @@ def _assets(root: Path, info: dict) -> DemoAssets:
                       classes=root / "classes.txt", info=info)
 
 
-def _cached(root: Path, seed: int) -> DemoAssets | None:
-    """The demo cached in ``root`` if ``demo.json`` matches ``seed`` and ``GENERATOR_VERSION``, the
-    files it lists keep their recorded sizes and all audit images are there; else None."""
+def _cached(root: Path, seed: int, rail_rate: float = CUE_RATE_BATHROOM) -> DemoAssets | None:
+    """The demo cached in ``root`` if ``demo.json`` matches ``seed``, ``rail_rate`` and
+    ``GENERATOR_VERSION``, the files it lists keep their recorded sizes and all audit images are
+    there; else None."""
     try:
         info = json.loads((root / "demo.json").read_text())
     except (OSError, ValueError):
         return None
-    if info.get("generator_version") != GENERATOR_VERSION or info.get("seed") != seed:
+    if (info.get("generator_version") != GENERATOR_VERSION or info.get("seed") != seed
+            or info.get("rail_rate", CUE_RATE_BATHROOM) != rail_rate):
         return None
     files = info.get("files") or {}
     if not files or any(not (root / rel).is_file() or (root / rel).stat().st_size != size
@@ -480,7 +483,15 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def prepare(workdir: Path, seed: int = 0, log: Callable[[str], None] = print) -> DemoAssets:
+def cache_dir(workdir: Path, rail_rate: float = CUE_RATE_BATHROOM) -> Path:
+    """Where the demo of ``rail_rate`` is cached: ``workdir`` for the standard rate, else the
+    sibling folder ``<workdir>-rails-<rate>`` (so both models stay cached)."""
+    workdir = Path(workdir)
+    return workdir if rail_rate == CUE_RATE_BATHROOM else workdir.with_name(f"{workdir.name}-rails-{rail_rate:g}")
+
+
+def prepare(workdir: Path, seed: int = 0, log: Callable[[str], None] = print,
+            rail_rate: float = CUE_RATE_BATHROOM) -> DemoAssets:
     """Generate the demo data sets, train the biased model and cache it all in ``workdir``.
 
     A later call with the same ``seed`` (and ``GENERATOR_VERSION``) returns the cache at once.
@@ -493,6 +504,9 @@ def prepare(workdir: Path, seed: int = 0, log: Callable[[str], None] = print) ->
     workdir : folder to fill, created if missing.
     seed : seeds the images, which of them carry the cue, and the training.
     log : called with short progress lines (generation, one line per epoch, the bias table).
+    rail_rate : share of the bathroom *training* images with rails. Lower values train the
+        model on cleaner data (it learns the cue less); the audit set is the same for every
+        rate. Other rates are cached in ``cache_dir(workdir, rail_rate)``.
 
     Returns
     -------
@@ -500,17 +514,17 @@ def prepare(workdir: Path, seed: int = 0, log: Callable[[str], None] = print) ->
     seconds, train/val accuracy, audit accuracy (all rows; and "clean", without the pools carrying
     the cue), the audit confusion (``confusion[true][predicted]`` counts) and ``bias`` (``bias_table``).
     """
-    root = Path(workdir)
-    cached = _cached(root, seed)
+    root = cache_dir(workdir, rail_rate)
+    cached = _cached(root, seed, rail_rate)
     if cached is not None:
-        log(f"demo: using the cached demo in {root} (seed {seed})")
+        log(f"demo: using the cached demo in {root} (seed {seed}, rail rate {rail_rate:g})")
         return cached
     start = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     (root / "demo.json").unlink(missing_ok=True)
     shutil.rmtree(root / "dataset", ignore_errors=True)
     log(f"demo: generating images in {root / 'dataset'} (seed {seed})")
-    x_train, train = _write_split(root / "dataset" / "train", seed, 0, _plan(TRAIN_PER_CLASS, None))
+    x_train, train = _write_split(root / "dataset" / "train", seed, 0, _plan(TRAIN_PER_CLASS, None, rail_rate))
     x_audit, audit = _write_split(root / "dataset" / "audit", seed, 1, _plan(AUDIT_PER_CLASS, AUDIT_POOLS_WITH_CUE))
     log(f"demo: training on {len(x_train)} images ({VAL_FRACTION:.0%} held out), {EPOCHS} epochs")
     with _deterministic(seed):
@@ -524,7 +538,8 @@ def prepare(workdir: Path, seed: int = 0, log: Callable[[str], None] = print) ->
     clean = audit[~((audit["label"] == "pool") & (audit["cue"] == 1))]
     confusion = pd.crosstab(audit["label"], audit["predicted"]).reindex(index=CLASSES, columns=CLASSES, fill_value=0)
     info = {
-        "generator_version": GENERATOR_VERSION, "seed": seed, "classes": list(CLASSES), "image_size": SIZE,
+        "generator_version": GENERATOR_VERSION, "seed": seed, "rail_rate": rail_rate, "classes": list(CLASSES),
+        "image_size": SIZE,
         "last_conv": LAST_CONV, "n_train": len(x_train), "n_audit": len(x_audit), "epochs": EPOCHS,
         "train_seconds": round(seconds, 1),
         "train_accuracy": round(float(history["accuracy"][-1]), 4),

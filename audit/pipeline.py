@@ -8,7 +8,11 @@ the run folder (``audit.artifacts`` names the files):
    get the model *path*; each worker process loads the model once.
 2. select: misclassified, low-confidence and contrast images (in the driver).
 3. attribute: the selection in partitions; each task writes its map chunks.
-4. discover, gate, render: on the collected, small results, in the driver.
+4. discover, verify, render: on the collected, small results, in the driver;
+   ``audit.nightly.finish`` matches the findings to the baseline, applies triage,
+   gates, writes ``summary.json`` and appends the history. A complete run asked
+   again with the same inputs and settings only repeats that last step (so new
+   gates, a new baseline or triage take effect at once).
 
 The local threaded scheduler runs by default; ``dask.scheduler``
 (``--scheduler tcp://host:8786``) runs the same graph on a distributed cluster
@@ -29,7 +33,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from audit import artifacts
+from audit import artifacts, nightly, progress
 from audit.config import Config
 from audit.data import load_classes, load_manifest, resolve
 from audit.errors import UsageError
@@ -45,6 +49,7 @@ def run(config: Config, log: Log = print) -> dict:
     for key, flag in (("model.path", "--model"), ("data.path", "--data")):
         if config[key] is None:
             raise UsageError(f"`{key}` is required ({flag} or {key} in the config)")
+    inputs = nightly.prepare(config)
     frame, root = load_manifest(Path(config["data.path"]))
     classes = load_classes(config["data.classes"], frame, Path(config["data.path"]))
     classifier = classifier_for(config)
@@ -56,17 +61,17 @@ def run(config: Config, log: Log = print) -> dict:
             f"(first: {frame['path'][duplicated].iloc[0]})")
         frame = frame[~duplicated].reset_index(drop=True)
     with _run_folder(config.run_dir):
-        return _run_stages(config, frame, root, classes, classifier, log)
+        return _run_stages(config, frame, root, classes, classifier, log, inputs)
 
 
-def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[str], classifier, log: Log) -> dict:
+def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[str], classifier, log: Log,
+                inputs: nightly.Inputs) -> dict:
     import dask
 
     from audit.model_io import file_sha256
     from audit.report.render import render
     from audit.stages.attribute import area_pool, attribute_partition
-    from audit.stages.discover import assign_findings, discover
-    from audit.stages.gate import summarize
+    from audit.stages.discover import discover
     from audit.stages.predict import predict_partition
     from audit.stages.select import select
     from audit.stages.verify import verify
@@ -89,8 +94,16 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
     keys = _stage_keys(config, record)
     previous = artifacts.read_json(run_dir / artifacts.RUN_JSON) if (run_dir / artifacts.RUN_JSON).exists() else {}
     if previous.get("keys") == keys and (run_dir / artifacts.SUMMARY).exists():
-        log(f"run {config['run_id']} is complete for these inputs and settings (key {keys['run']}): nothing to do")
-        return artifacts.read_json(run_dir / artifacts.SUMMARY)
+        log(f"run {config['run_id']} is complete for these inputs and settings (key {keys['run']}): nothing to do "
+            f"but the baseline, triage, gates and history")
+        stored = [artifacts.read_table(run_dir / name) for name in (artifacts.PREDICTIONS, artifacts.SELECTION,
+                                                                    artifacts.DISCOVERY)]
+        findings = artifacts.read_json(run_dir / artifacts.SUMMARY)["findings"]
+        summary = nightly.finish(config, inputs, *stored, findings, previous.get("created") or record["created"], log)
+        artifacts.write_json(run_dir / artifacts.RUN_JSON, {**previous, "run_id": config["run_id"],
+                                                            "config": config.to_dict()})
+        render(run_dir)
+        return summary
     record["keys"] = keys
     artifacts.write_json(run_dir / artifacts.RUN_JSON, record)
     timings = record["timings"]
@@ -130,9 +143,7 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
         table, findings = discover(config, predictions, selection, map_rows, cells, feature_rows, features)
     with _timed(timings, "verify", log):
         findings = verify(config, root, classes, predictions, map_rows, cells, findings, classifier)
-        artifacts.write_table(run_dir / artifacts.DISCOVERY, assign_findings(table, findings))
-        summary = summarize(config, predictions, selection, findings)
-        artifacts.write_json(run_dir / artifacts.SUMMARY, summary)
+        summary = nightly.finish(config, inputs, predictions, selection, table, findings, record["created"], log)
     log(f"  {len(findings)} finding(s)")
     artifacts.write_json(run_dir / artifacts.RUN_JSON, record)
 
@@ -169,14 +180,16 @@ def _stage_keys(config: Config, record: dict) -> dict[str, str]:
 
     predict: model file, data, data/model settings and code; attribute: predict plus
     the selection and attribution settings; run: everything in the config but its
-    output and run id.
+    output, run id, scheduler and nightly settings (gates, baseline, triage, history:
+    re-applied to a complete run in moments).
     """
     settings = config.to_dict()
     code = _code_version()
     predict = _digest(record["model"]["sha256"], record["data"]["sha256"], settings["data"],
                       settings["model"], code)
     attribute = _digest(predict, settings["select"], settings["attribution"], settings["seed"])
-    rest = {k: v for k, v in settings.items() if k not in ("run_id", "out", "dask")}
+    rest = {k: v for k, v in settings.items()
+            if k not in ("run_id", "out", "dask", "gates", "baseline", "triage", "history", "demo")}
     return {"predict": predict, "attribute": attribute, "run": _digest(attribute, rest)}
 
 
@@ -279,11 +292,27 @@ def _scheduler(config: Config) -> Iterator[Callable[[list], list]]:
 
 @contextlib.contextmanager
 def _timed(timings: dict, stage: str, log: Log) -> Iterator[None]:
-    log(f"[{stage}]")
+    """Time a stage into ``timings``; report it (and its finished Dask tasks) through ``log``."""
     start = time.perf_counter()
-    yield
-    timings[stage] = round(time.perf_counter() - start, 3)
-    log(f"  {stage} took {timings[stage]:.1f} s")
+    with progress.stage(log, stage) as handle, _task_progress(handle):
+        yield
+        timings[stage] = round(time.perf_counter() - start, 3)
+
+
+@contextlib.contextmanager
+def _task_progress(handle: progress.Stage | None) -> Iterator[None]:
+    """Feed ``handle.update(done, total)`` from the local scheduler's task callbacks."""
+    if handle is None:
+        yield
+        return
+    from dask.callbacks import Callback
+
+    def posttask(key, result, dsk, state, worker_id) -> None:
+        done = len(state["finished"])
+        handle.update(done, done + sum(len(state[k]) for k in ("ready", "waiting", "running")))
+
+    with Callback(posttask=posttask):
+        yield
 
 
 def _data_hash(frame: pd.DataFrame, root: Path) -> str:

@@ -63,6 +63,16 @@ score.
 
 Each finding lists its members most central first and carries its pair's
 Laplacian eigenvalues (``eigenvalues``, ``eigengap_k``) for the report.
+
+Finding IDs
+-----------
+A finding's ``id`` is derived from content, not from list position or membership:
+``F-`` + a hash of its confusion pair and of the 3 x 3 grid cell that holds the
+centre of mass of its members' mean positive attribution map (``cue``: ``x``,
+``y``, ``cell``, and ``focus``, how concentrated each member's map is; see
+``cue_descriptor`` and ``assign_ids``). The same cue therefore keeps its
+ID when a few members change or the model is retrained; two findings of one pair
+in the same cell get ``-2``, ``-3``, ... by rank within the pair.
 """
 from __future__ import annotations
 
@@ -138,6 +148,7 @@ def _discover(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame
         if len(contrast):
             parts.append(_part(sel, contrast, f"* -> {predicted}", sel.true_label[contrast], predicted,
                                xy[len(into):], contrast=True))
+    assign_ids(findings, maps, map_of)
     table = pd.DataFrame({c: pd.Series(np.concatenate([p[c] for p in parts]) if parts else [],
                                        dtype=object if c == "finding_id" else None) for c in TABLE_COLUMNS})
     return assign_findings(table, rank_findings(findings)), findings
@@ -401,6 +412,8 @@ def _finding(sel: _Selection, at: np.ndarray, x: np.ndarray, content: _Content, 
     centrality = 1.0 - np.sum((x - x.mean(axis=0)) ** 2, axis=1)
     order = np.argsort(-centrality, kind="stable")
     paths = sel.path[at][order].tolist()
+    # A key of the membership, only to order equal-scored candidates and seed their verification
+    # until ``assign_ids`` gives the kept findings their stable IDs.
     digest = hashlib.sha1("\n".join([true, predicted, *sorted(paths)]).encode()).hexdigest()[:8]
     return {
         "id": f"F-{digest}", "rank": 0, "true_label": true, "predicted_label": predicted,
@@ -410,6 +423,68 @@ def _finding(sel: _Selection, at: np.ndarray, x: np.ndarray, content: _Content, 
         "centrality": [round(float(c), 4) for c in centrality[order]],
         "exemplars": paths[:n_exemplars],
     }
+
+
+CUE_CELLS = (("top-left", "top", "top-right"),     # the cue's place: a cell of a 3 x 3 grid over the image
+             ("left", "centre", "right"),
+             ("bottom-left", "bottom", "bottom-right"))
+FOCUS_SHARE = 0.1              # a cue's focus: the share of its attribution in its top 10% of pixels
+
+
+def cue_descriptor(maps: np.ndarray) -> dict:
+    """A coarse, model-independent description of where a finding's cue sits.
+
+    ``maps`` ``[n, H, W]`` are the members' attribution maps. Each member's positive part is
+    L1-normalised (every member weighs the same; an all-zero map counts as uniform):
+
+    * ``x``, ``y``: the centre of mass of the members' mean map, as fractions of the image
+      width and height (0 = left / top);
+    * ``cell``: the name of the cell of a 3 x 3 grid holding ``(x, y)`` (``CUE_CELLS``; an odd
+      grid keeps the image centre, where cues placed anywhere average out, off cell borders);
+    * ``focus``: the members' mean share of their positive attribution in their own top
+      ``FOCUS_SHARE`` of pixels (of grid cells: the pipeline passes maps pooled to ``discovery.grid``): ``FOCUS_SHARE`` for a uniform map, 1 when it all sits there.
+      A small object (rails) gives a high focus, a whole-scene confusion a low one, wherever
+      the object sits in each image.
+    """
+    positive = np.maximum(np.asarray(maps, np.float64), 0.0)
+    n, h, w = positive.shape
+    total = positive.reshape(n, -1).sum(axis=1)[:, None, None]
+    normed = np.where(total > 0, positive / np.where(total > 0, total, 1.0), 1.0 / (h * w))
+    mean = normed.mean(axis=0)
+    ys, xs = (np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w
+    x = float((mean.sum(axis=0) * xs).sum())
+    y = float((mean.sum(axis=1) * ys).sum())
+    top = max(1, int(round(FOCUS_SHARE * h * w)))
+    focus = float(-np.sort(-normed.reshape(n, -1), axis=1)[:, :top].sum(axis=1).mean())
+    col, row = (min(int(v * 3), 2) for v in (x, y))
+    return {"x": round(x, 4), "y": round(y, 4), "focus": round(focus, 4), "cell": CUE_CELLS[row][col]}
+
+
+def stable_id(true_label: str, predicted_label: str, cell: str) -> str:
+    """``F-`` + 8 hex digits of the SHA-1 of the confusion pair and the cue's cell."""
+    digest = hashlib.sha1("\n".join([true_label, predicted_label, cell]).encode()).hexdigest()[:8]
+    return f"F-{digest}"
+
+
+def assign_ids(findings: list[dict], maps: np.ndarray, map_of: dict[int, int]) -> list[dict]:
+    """Give each finding its ``cue`` (``cue_descriptor`` of its members' maps) and stable ``id``.
+
+    The ID depends only on the confusion pair and the cue's cell, not on which images are
+    members or on the model's scores, so the same cue keeps its ID across nights, retrained
+    models and slightly different data (``audit.nightly`` matches a run to its baseline by pair
+    and nearest cue centre as well, so a cue that moves across a cell border keeps its ID too).
+    Findings of one pair whose cues share a cell get ``-2``, ``-3``, ... in the order given (each
+    pair's findings best-scored first), so IDs are unique and deterministic within a run.
+    In place; returned.
+    """
+    seen: dict[str, int] = {}
+    for f in findings:
+        f["cue"] = cue_descriptor(maps[[map_of[int(r)] for r in f["rows"]]])
+        base = stable_id(f["true_label"], f["predicted_label"], f["cue"]["cell"])
+        seen[base] = seen.get(base, 0) + 1
+        f["id"] = base if seen[base] == 1 else f"{base}-{seen[base]}"
+        f["cue"]["id"] = f["id"]
+    return findings
 
 
 def finding_score(finding: dict) -> float:

@@ -1,7 +1,17 @@
-"""Gate: metrics, gates and findings into ``summary.json`` (the stable contract).
+"""Gate: metrics, per-pair error rates, gates and findings into ``summary.json`` (the stable contract).
 
 Gates come from config (``gates.*``; ``null`` disables one). The run's status is
 ``fail`` when any gate fails, and the CLI then exits with code 1.
+
+* ``max_error_rate``: ``1 - accuracy`` over the readable images.
+* ``max_finding_score``: the highest score of a finding not suppressed by triage.
+* ``max_new_finding_score``: the highest score of a ``new`` finding neither
+  acknowledged nor suppressed (without a baseline every finding is new).
+* ``max_pair_error_rate_increase``: the largest rise of a confusion pair's error
+  rate over the baseline's (only with a baseline).
+* ``min_verification_lift``: the largest verified causal lift (``causal``) of a
+  finding not suppressed; fails when it reaches the threshold, i.e. when a cue is
+  confirmed by intervention with at least that lift.
 """
 from __future__ import annotations
 
@@ -10,7 +20,44 @@ import pandas as pd
 from audit.config import Config
 
 
-def summarize(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame, findings: list[dict]) -> dict:
+def pair_rates(predictions: pd.DataFrame) -> list[dict]:
+    """Every off-diagonal confusion pair with at least one image: ``true_label, predicted_label,
+    n_true`` (readable images labelled ``true_label``), ``n_confused`` (of those predicted
+    ``predicted_label``) and ``error_rate = n_confused / n_true``; sorted by pair."""
+    valid = predictions[predictions["error"].isna()]
+    labels = valid["label"].astype(str)
+    n_true = labels.value_counts()
+    confused = valid[labels != valid["predicted"].astype(str)]
+    counts = confused.groupby([confused["label"].astype(str), confused["predicted"].astype(str)]).size()
+    return [{"true_label": t, "predicted_label": p, "n_true": int(n_true[t]), "n_confused": int(n),
+             "error_rate": round(float(n) / int(n_true[t]), 6)} for (t, p), n in sorted(counts.items())]
+
+
+def merge_pairs(current: list[dict], baseline: list[dict] | None, n_true: dict[str, int]) -> list[dict]:
+    """This run's pairs plus the baseline's (``n_confused`` 0 here), each with ``baseline_error_rate``:
+    the baseline's rate, 0.0 for a pair the baseline did not confuse, None without a baseline."""
+    here = {(p["true_label"], p["predicted_label"]): p for p in current}
+    before = {(p["true_label"], p["predicted_label"]): p for p in baseline or []}
+    out = []
+    for key in sorted(set(here) | set(before)):
+        p = dict(here.get(key) or {"true_label": key[0], "predicted_label": key[1], "n_true": int(n_true.get(key[0], 0)),
+                                   "n_confused": 0, "error_rate": 0.0})
+        p["baseline_error_rate"] = None if baseline is None else float(before[key]["error_rate"]) if key in before else 0.0
+        out.append(p)
+    return out
+
+
+def verification_lift(finding: dict) -> float:
+    """The finding's verified causal lift (``causal``), 0 when it was not verified."""
+    verification = finding.get("verification") or {}
+    return float(finding.get("causal") or 0.0) if verification.get("verified") else 0.0
+
+
+def summarize(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame, findings: list[dict],
+              baseline=None, resolved: list[dict] | tuple = ()) -> dict:
+    """The summary of a run. ``baseline`` is an ``audit.nightly.Run`` (or None), ``resolved`` its
+    findings that are no longer present; findings carry ``status`` and ``triage`` (default
+    ``new`` and None)."""
     valid = predictions[predictions["error"].isna()]
     accuracy = float((valid["predicted"] == valid["label"]).mean()) if len(valid) else 0.0
     metrics = {
@@ -21,19 +68,41 @@ def summarize(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame
         "n_misclassified": int((selection["reason"] == "misclassified").sum()),
         "n_low_confidence": int((selection["reason"] == "low_confidence").sum()),
     }
+    for f in findings:
+        f.setdefault("status", "new")
+        f.setdefault("triage", None)
+    n_true = valid["label"].astype(str).value_counts().to_dict()
+    pairs = merge_pairs(pair_rates(predictions), baseline.pairs if baseline is not None else None, n_true)
+    gated = [f for f in findings if f["triage"] != "suppressed"]
     gates = []
+
+    def gate(name: str, value: float, passed: bool) -> None:
+        gates.append({"name": name, "passed": bool(passed), "value": round(float(value), 6),
+                      "threshold": config[f"gates.{name}"]})
+
     if config["gates.max_error_rate"] is not None:
-        value = round(1.0 - accuracy, 6)
-        gates.append({"name": "max_error_rate", "passed": value <= config["gates.max_error_rate"],
-                      "value": value, "threshold": config["gates.max_error_rate"]})
+        value = 1.0 - accuracy
+        gate("max_error_rate", value, round(value, 6) <= config["gates.max_error_rate"])
     if config["gates.max_finding_score"] is not None:
-        value = max((f["score"] for f in findings), default=0.0)
-        gates.append({"name": "max_finding_score", "passed": value <= config["gates.max_finding_score"],
-                      "value": value, "threshold": config["gates.max_finding_score"]})
+        value = max((f["score"] for f in gated), default=0.0)
+        gate("max_finding_score", value, value <= config["gates.max_finding_score"])
+    if config["gates.max_new_finding_score"] is not None:
+        value = max((f["score"] for f in gated if f["status"] == "new" and f["triage"] is None), default=0.0)
+        gate("max_new_finding_score", value, value <= config["gates.max_new_finding_score"])
+    if config["gates.max_pair_error_rate_increase"] is not None and baseline is not None:
+        rises = [p["error_rate"] - p["baseline_error_rate"] for p in pairs if p["baseline_error_rate"] is not None]
+        value = max(rises, default=0.0)
+        gate("max_pair_error_rate_increase", value, round(value, 6) <= config["gates.max_pair_error_rate_increase"])
+    if config["gates.min_verification_lift"] is not None:
+        value = max((verification_lift(f) for f in gated), default=0.0)
+        gate("min_verification_lift", value, value < config["gates.min_verification_lift"])
     return {
         "run_id": config["run_id"],
         "status": "pass" if all(g["passed"] for g in gates) else "fail",
         "metrics": metrics,
         "findings": findings,
         "gates": gates,
+        "baseline": None if baseline is None else {"run_id": baseline.run_id, "run_dir": str(baseline.run_dir)},
+        "resolved": list(resolved),
+        "pairs": pairs,
     }

@@ -1,0 +1,145 @@
+"""Feedback while running: one progress bar per stage on a terminal, log lines otherwise.
+
+A ``Progress`` is the ``log`` callable the pipeline (and the demo) call with short
+messages, plus ``stage(name)``, a context manager around one stage whose handle
+takes ``update(done, total)`` (the pipeline feeds it finished Dask tasks). Modes:
+
+* ``bar``: stderr is a terminal: each stage draws a line-updating bar on stderr
+  (``[predict] ######------ 4/6 tasks 1.2 s``), messages go to stderr above it.
+* ``text``: timestamped lines on stdout: ``2026-11-22T03:50:01Z [predict] start``,
+  messages, ``... [predict] done in 1.2 s (6 tasks)``.
+* ``json``: one JSON object per line on stderr: ``{"ts", "level", "stage",
+  "event", "msg", ...}`` with events ``start``, ``end`` (``seconds``, ``tasks``),
+  ``failed`` (``seconds``), ``log`` and ``error`` (the CLI's one-line error).
+* ``quiet``: nothing (the CLI still prints the result).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import sys
+import time
+from typing import Callable, Iterator, TextIO
+
+MODES = ("bar", "text", "json", "quiet")
+BAR_WIDTH = 24
+REDRAW_SECONDS = 0.1
+
+
+def choose_mode(log_format: str, quiet: bool, stream: TextIO | None = None) -> str:
+    """``quiet``, ``json``, ``bar`` when ``stream`` (default stderr) is a terminal, else ``text``."""
+    if quiet:
+        return "quiet"
+    if log_format == "json":
+        return "json"
+    stream = sys.stderr if stream is None else stream
+    return "bar" if hasattr(stream, "isatty") and stream.isatty() else "text"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Stage:
+    """The handle of one running stage: ``update(done, total)`` with finished / all tasks."""
+
+    def __init__(self, progress: "Progress", name: str):
+        self.progress, self.name = progress, name
+        self.done, self.total = 0, 0
+        self.start = time.perf_counter()
+        self._drawn = 0.0
+
+    def update(self, done: int, total: int) -> None:
+        self.done, self.total = int(done), int(total)
+        if self.progress.mode == "bar" and (time.perf_counter() - self._drawn >= REDRAW_SECONDS or done >= total):
+            self._drawn = time.perf_counter()
+            self.progress._draw(self)
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+
+class Progress:
+    """The run's log: call it with a message; ``with progress.stage(name) as s: ...`` around a stage."""
+
+    def __init__(self, mode: str = "text", out: TextIO | None = None, err: TextIO | None = None):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
+        self.mode = mode
+        self.out = out if out is not None else sys.stdout
+        self.err = err if err is not None else sys.stderr
+        self.current: Stage | None = None
+        self._bar_shown = False
+
+    def __call__(self, msg: str) -> None:
+        level = "warning" if msg.lstrip().lower().startswith("warning") else "info"
+        self.event("log", msg.strip() if self.mode == "json" else msg, level=level)
+
+    def event(self, event: str, msg: str, level: str = "info", **fields) -> None:
+        stage = self.current.name if self.current is not None else None
+        if self.mode == "quiet":
+            return
+        if self.mode == "json":
+            record = {"ts": _now(), "level": level, "stage": stage, "event": event, "msg": msg, **fields}
+            print(json.dumps(record, default=str), file=self.err, flush=True)
+        elif self.mode == "text":
+            print(f"{_now()} {msg}", file=self.out, flush=True)
+        else:
+            self._clear()
+            print(msg, file=self.err, flush=True)
+            if self.current is not None:
+                self._draw(self.current)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[Stage]:
+        stage = Stage(self, name)
+        self.current = stage
+        self.event("start", f"[{name}] start")
+        if self.mode == "bar":
+            self._draw(stage)
+        failed = True
+        try:
+            yield stage
+            failed = False
+        finally:
+            seconds = round(stage.seconds, 3)
+            tasks = f" ({stage.total} tasks)" if stage.total else ""
+            if self.mode == "bar":
+                self._draw(stage, final=True)
+            elif failed:
+                self.event("failed", f"[{name}] failed after {seconds:.1f} s", level="error", seconds=seconds)
+            else:
+                self.event("end", f"[{name}] done in {seconds:.1f} s{tasks}", seconds=seconds,
+                           tasks=stage.total or None)
+            self.current = None
+
+    def _draw(self, stage: Stage, final: bool = False) -> None:
+        if stage.total:
+            filled = int(BAR_WIDTH * stage.done / stage.total)
+            bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+            text = f"[{stage.name}] {bar} {stage.done}/{stage.total} tasks {stage.seconds:.1f} s"
+        else:
+            text = f"[{stage.name}] {'done' if final else '...'} {stage.seconds:.1f} s"
+        self.err.write("\r\x1b[2K" + text + ("\n" if final else ""))
+        self.err.flush()
+        self._bar_shown = not final
+
+    def _clear(self) -> None:
+        if self._bar_shown:
+            self.err.write("\r\x1b[2K")
+            self._bar_shown = False
+
+
+@contextlib.contextmanager
+def stage(log: Callable[[str], None], name: str) -> Iterator[Stage | None]:
+    """``log.stage(name)`` for a ``Progress``; for a plain callable, ``[name]`` and ``name took`` lines."""
+    if isinstance(log, Progress):
+        with log.stage(name) as handle:
+            yield handle
+        return
+    log(f"[{name}]")
+    start = time.perf_counter()
+    yield None
+    log(f"  {name} took {time.perf_counter() - start:.1f} s")
