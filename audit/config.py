@@ -72,10 +72,11 @@ DEFAULTS: dict[str, Any] = {
     "trust": {
         "enabled": True,
         "methods": None,           # null: every attribution method; else a subset of attribution.methods
-        "sample": 16,              # attributed images for deletion/insertion curves (seeded sample)
-        "steps": 10,               # deletion/insertion steps: fractions 0, 1/steps, ..., 1 of the pixels
-        "random_maps": 3,          # uniform random maps (one seed each): the faithfulness baseline
-        "sanity_sample": 4,        # images of that sample for the sanity checks (once per audit)
+        "sample": 12,              # attributed images for deletion/insertion curves (seeded sample)
+        "steps": 8,                # deletion/insertion steps: fractions 0, 1/steps, ..., 1 of the pixels
+        "random_maps": 2,          # uniform random maps (one seed each): the faithfulness baseline
+        "sanity_sample": 8,        # at most this many images of that sample for the sanity checks (once per audit)
+        "sanity_budget": 0.1,      # ... and at most this share of attribute's work: images x (steps + 1) re-explained
         "randomization_steps": 5,  # cascading randomization: at most this many steps, top layers first
         "grid": 16,                # agreement: maps area-pooled to grid x grid cells before rank correlation
         "max_spearman": 0.5,       # sanity: fully randomized maps must correlate less than this with the originals
@@ -181,6 +182,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str | Callable[[], str]]] = {
     "trust.steps": (lambda v: _positive_int(v) and v >= 2, "an int >= 2"),
     "trust.random_maps": (_positive_int, "a positive int"),
     "trust.sanity_sample": (_nonneg_int, "a non-negative int"),
+    "trust.sanity_budget": (lambda v: _number(v) and v > 0, "a number > 0"),
     "trust.randomization_steps": (_positive_int, "a positive int"),
     "trust.grid": (lambda v: _positive_int(v) and 2 <= v <= 64, "an int in [2, 64]"),
     "trust.max_spearman": (lambda v: _number(v) and -1 <= v <= 1, "a number in [-1, 1]"),

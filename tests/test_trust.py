@@ -235,6 +235,20 @@ def test_trust_config_keys():
             resolve(sets=[bad])
 
 
+def test_sanity_size_follows_sample_and_budget():
+    from audit.config import resolve
+    from audit.explainers.base import classifier_of
+    from audit.stages.trust import sanity_size
+
+    classifier = classifier_of(build_model("nested"))      # 3 weighted layers: 3 steps + the random logit
+    config = resolve(sets=["trust.sanity_sample=8", "trust.sanity_budget=0.1"])
+    assert sanity_size(config, 1000, 12, classifier) == 8  # the sample cap
+    assert sanity_size(config, 200, 12, classifier) == 5   # 0.1 * 200 / 4
+    assert sanity_size(config, 200, 3, classifier) == 3    # no more than the faithfulness sample
+    assert sanity_size(config, 10, 12, classifier) == 2    # at least 2
+    assert sanity_size(resolve(sets=["trust.sanity_sample=0"]), 1000, 12, classifier) == 0
+
+
 def test_finding_trust_badges():
     from audit.config import resolve
     from audit.stages.trust import finding_trust
@@ -258,7 +272,8 @@ def trust_run(audit_case, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("trust") / "run"
     logs: list[str] = []
-    sets = [f"attribution.methods=[gradcam,{EDGE}]", "run_id=trust", "trust.sample=12", "trust.sanity_sample=6"]
+    sets = [f"attribution.methods=[gradcam,{EDGE}]", "run_id=trust", "trust.sample=12", "trust.sanity_sample=6",
+            "trust.sanity_budget=1"]
     config = resolve(None, sets, {"model.path": str(audit_case / "model.keras"),
                                   "data.path": str(audit_case / "manifest.csv"),
                                   "data.classes": str(audit_case / "classes.txt"), "out": str(out)})
@@ -276,7 +291,7 @@ def test_summary_has_trust_figures_and_the_edge_detector_fails_sanity(trust_run)
     assert cam["sanity"]["final_spearman"] < 0.5 and cam["sanity"]["passed"] is True
     assert cam["faithfulness"]["deletion_auc"] < trust["random"]["deletion_auc"]
     assert cam["faithfulness"]["insertion_auc"] > trust["random"]["insertion_auc"]
-    assert len(trust["random"]["deletion_auc_per_seed"]) == 3
+    assert len(trust["random"]["deletion_auc_per_seed"]) == trust["settings"]["random_maps"] == 2
     assert set(trust["agreement"]["pairs"]) == {f"gradcam~{EDGE}"}
     assert trust["completeness_gap"] is None            # no IG maps in this run
     assert trust["sample"] == {"faithfulness": 12, "sanity": 6}
@@ -293,7 +308,7 @@ def test_trust_stage_is_keyed_and_resumable(trust_run, audit_case):
     assert len(stored) == 1
     logs: list[str] = []
     changed = resolve(None, [f"attribution.methods=[gradcam,{EDGE}]", "run_id=trust", "trust.sample=12",
-                             "trust.sanity_sample=6", "trust.max_spearman=0.05"],
+                             "trust.sanity_sample=6", "trust.sanity_budget=1", "trust.max_spearman=0.05"],
                       {"model.path": config["model.path"], "data.path": config["data.path"],
                        "data.classes": config["data.classes"], "out": str(out)})
     again = pipeline.run(changed, log=logs.append)

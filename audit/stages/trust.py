@@ -6,11 +6,16 @@ default every attribution method); the metrics live in ``audit.trust``:
 1. agreement: rank correlation between every pair of methods, on every
    attributed image (maps area-pooled to ``trust.grid`` squared cells);
 2. faithfulness: deletion and insertion curves (blur baseline, ``trust.steps``
-   steps, regions of the same ``trust.grid`` first) of each method's maps and of ``trust.random_maps`` uniform random maps
-   (one seed each) on a seeded sample of ``trust.sample`` attributed images;
-3. sanity, once per audit on the first ``trust.sanity_sample`` images of that
-   sample: cascading randomization of the model's layers from the top (at most
-   ``trust.randomization_steps`` steps) and the random-logit test;
+   steps, cells of the same ``trust.grid`` first) of each method's maps and of
+   ``trust.random_maps`` uniform random maps (one seed each) on a seeded sample
+   of ``trust.sample`` attributed images;
+3. sanity, once per audit on the first images of that sample: cascading
+   randomization of the model's layers from the top (at most
+   ``trust.randomization_steps`` steps) and the random-logit test. Each image is
+   explained again by every method once per step and once for the random class,
+   so the number of images is bounded like verification's work: at most
+   ``trust.sanity_sample``, and at most ``trust.sanity_budget`` times the
+   attributed images divided by (steps + 1), but at least 2 (``sanity_size``);
 4. the completeness gap of integrated gradients on every attributed image
    (when the run has IG maps).
 
@@ -54,6 +59,13 @@ def explainer_for(config: Config, method: str):
     return get(method)(batch_size=config["attribution.batch_size"])
 
 
+def sanity_size(config: Config, n_attributed: int, n_sample: int, classifier) -> int:
+    """Images for the sanity checks: within ``trust.sanity_sample`` and ``trust.sanity_budget``."""
+    steps = min(config["trust.randomization_steps"], len(sanity.weighted_layers(classifier.model)))
+    budget = int(config["trust.sanity_budget"] * n_attributed / (steps + 1))
+    return min(config["trust.sanity_sample"], n_sample, max(budget, 2))
+
+
 def trust(config: Config, root: Path, classes: list[str], selection: pd.DataFrame,
           maps: dict[str, tuple[np.ndarray, np.ndarray]], classifier=None) -> dict:
     """All trust figures of a run.
@@ -78,7 +90,8 @@ def trust(config: Config, root: Path, classes: list[str], selection: pd.DataFram
     methods = [m for m in methods_of(config) if m in maps]
     rows = _common_rows([maps[m][0] for m in methods])
     aligned = {m: _aligned(maps[m], rows) for m in methods}
-    chosen = selection.set_index(selection["row"].astype(np.int64), drop=False).loc[rows] if len(rows) else selection.iloc[:0]
+    by_row = selection.set_index(selection["row"].astype(np.int64), drop=False)
+    chosen = by_row.loc[rows] if len(rows) else selection.iloc[:0]
     lookup = {name: i for i, name in enumerate(classes)}
     targets = chosen["pair_label"].map(lookup).to_numpy(np.int32)
     paths = chosen["path"].tolist()
@@ -96,7 +109,7 @@ def trust(config: Config, root: Path, classes: list[str], selection: pd.DataFram
                                                  grid=config["trust.grid"], seed=seed)
     random = _random_baseline(deletion[len(methods):], insertion[len(methods):])
 
-    n_sanity = min(config["trust.sanity_sample"], len(sample))
+    n_sanity = sanity_size(config, len(rows), len(sample), classifier)
     explainers = {m: explainer_for(config, m) for m in methods}
     originals = {m: aligned[m][sample[:n_sanity]] for m in methods}
     sanity_images, sanity_targets = images[:n_sanity], targets[sample[:n_sanity]]

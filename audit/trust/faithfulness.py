@@ -3,8 +3,8 @@
 The pixels of an image are ranked by its map, region first: cells of a
 ``grid x grid`` partition by their mean attribution (the region perturbation of
 Samek et al., 2017, which judges where a map points rather than its pixel
-noise), pixels inside a cell by their own value, ties at random (seeded). At step ``s`` of ``steps`` the top ``s / steps`` of the pixels
-are
+noise), pixels inside a cell by their own value, ties at random (seeded). At
+step ``s`` of ``steps`` the first ``s / steps`` of the pixels are
 
 * deletion: replaced by a blurred copy of the image (the probability of the
   explained class should fall fast when the map points at the evidence);
@@ -108,7 +108,8 @@ def _curve_function(classifier, sigma: float):
 
 
 def curves(classifier, images: np.ndarray, targets: np.ndarray, maps: list[np.ndarray], steps: int,
-           batch_size: int, grid: int | None = None, sigma: float | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+           batch_size: int, grid: int | None = None, sigma: float | None = None,
+           seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Deletion and insertion curves of several maps of the same images.
 
     Parameters
