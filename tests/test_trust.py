@@ -262,6 +262,27 @@ def test_finding_trust_badges():
     assert weak["lift"] is None and weak["confirmed"] is None and weak["agrees"] is False and not weak["trusted"]
 
 
+def test_trust_of_an_empty_selection_has_no_badges():
+    import pandas as pd
+
+    from audit.config import resolve
+    from audit.explainers.base import classifier_of
+    from audit.stages.trust import add_to_summary, trust
+
+    config = resolve(sets=["attribution.methods=[gradcam,occlusion]"])
+    selection = pd.DataFrame({"row": pd.Series([], dtype="int64"), "path": pd.Series([], dtype=str),
+                              "pair_label": pd.Series([], dtype=str)})
+    empty = (np.zeros(0, np.int64), np.zeros((0, 20, 24), np.float32))
+    result = trust(config, ".", ["a", "b", "c"], selection, {"gradcam": empty, "occlusion": empty},
+                   classifier_of(build_model("nested")))
+    summary = add_to_summary(config, {"findings": []}, result)
+    cam = summary["trust"]["methods"]["gradcam"]
+    assert cam["badge"] == {"sanity": None, "faithful": None, "trusted": False}
+    assert summary["trust"]["sample"] == {"faithfulness": 0, "sanity": 0}
+    assert summary["trust"]["agreement"]["mean"] is None and summary["trust"]["completeness_gap"] is None
+    json.dumps(summary, allow_nan=False)
+
+
 # ---------------------------------------------------------------- the pipeline, summary and report
 
 @pytest.fixture(scope="module")
@@ -284,6 +305,7 @@ def trust_run(audit_case, tmp_path_factory):
 def test_summary_has_trust_figures_and_the_edge_detector_fails_sanity(trust_run):
     _, out, summary, _ = trust_run
     assert summary == json.loads((out / "summary.json").read_text())
+    json.dumps(summary, allow_nan=False)                 # no NaN: strict JSON readers load it
     trust = summary["trust"]
     edge, cam = trust["methods"][EDGE], trust["methods"]["gradcam"]
     assert edge["sanity"]["final_spearman"] == pytest.approx(1.0, abs=1e-3)  # stored maps are float16

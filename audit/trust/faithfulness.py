@@ -15,7 +15,8 @@ The curve is the softmax probability of the explained class at each step
 faithful map has a lower deletion AUC and a higher insertion AUC than a random
 map of the same image.
 
-Cost: ``2 (steps + 1)`` forward passes per (image, map). Every (image, map,
+Cost: ``2 (steps - 1)`` forward passes per (image, map), plus two per image for
+the ends every curve shares (the image and its blurred copy). Every (image, map,
 step, mode) is one item of a flat list cut into ``batch_size`` model inputs
 (``audit.explainers.base.run_flat``); the blurred copies and the masked inputs
 are built on the device.
@@ -136,17 +137,24 @@ def curves(classifier, images: np.ndarray, targets: np.ndarray, maps: list[np.nd
     sigma = min(h, w) / 10.0 if sigma is None else float(sigma)
     ranks = np.stack([pixel_ranks(m, grid, seed) for m in maps], axis=1)         # [N, S, H, W]
     counts = np.round(np.linspace(0, h * w, steps + 1)).astype(np.int32)
-    # items ordered by image, then map, then mode (deletion, insertion), then step
-    per_image = n_maps * 2 * (steps + 1)
+    inner = steps - 1
+    # per image: the image itself and its blurred copy (both ends of every curve, shared by all
+    # maps), then for each map the inner steps of deletion, then those of insertion
+    per_image = 2 + n_maps * 2 * inner
     owner = np.repeat(np.arange(n), per_image)
-    slot = np.tile(np.repeat(np.arange(n_maps, dtype=np.int32), 2 * (steps + 1)), n)
-    insert = np.tile(np.repeat([False, True], steps + 1), n * n_maps)
-    count = np.tile(counts, 2 * n * n_maps)
+    slot = np.tile(np.r_[0, 0, np.repeat(np.arange(n_maps), 2 * inner)], n).astype(np.int32)
+    count = np.tile(np.r_[0, h * w, np.tile(counts[1:-1], 2 * n_maps)], n).astype(np.int32)
+    insert = np.tile(np.r_[False, False, np.tile(np.repeat([False, True], inner), n_maps)], n)
     fn = _curve_function(classifier, sigma)
     p = run_flat(fn, owner, [np.asarray(images, np.float32), ranks, np.asarray(targets, np.int32)],
                  [slot, count, insert], batch_size, n, reduce=False)
-    p = p.astype(np.float64).reshape(n, n_maps, 2, steps + 1).transpose(2, 1, 0, 3)
-    return p[0], p[1]
+    p = p.astype(np.float64).reshape(n, per_image)
+    full, blurred = p[:, 0], p[:, 1]
+    middle = p[:, 2:].reshape(n, n_maps, 2, inner).transpose(2, 1, 0, 3)       # [mode, S, N, inner]
+    ends = np.broadcast_to(full[None, :, None], (n_maps, n, 1)), np.broadcast_to(blurred[None, :, None], (n_maps, n, 1))
+    deletion = np.concatenate([ends[0], middle[0], ends[1]], axis=-1)
+    insertion = np.concatenate([ends[1], middle[1], ends[0]], axis=-1)
+    return deletion, insertion
 
 
 def auc(curve: np.ndarray) -> np.ndarray:
