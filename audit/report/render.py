@@ -153,9 +153,9 @@ class _Assets:
         return name in self.written
 
     def image(self, name: str, png: bytes) -> str:
-        """Write PNG bytes as asset ``name``; return its ``src``."""
-        self.path(name).write_bytes(png)
-        return self.rel(name)
+        """Write PNG bytes as asset ``name`` (``.png`` added); return its ``src``."""
+        self.path(f"{name}.png").write_bytes(png)
+        return self.rel(f"{name}.png")
 
     @staticmethod
     def rel(name: str) -> str:

@@ -1,10 +1,11 @@
 """The report's "Trust" section: should the maps and the findings be believed?
 
 ``context(summary, run_dir, embed_image)`` builds the section's template context
-(``templates/trust.html.j2``) from ``summary["trust"]`` and the findings' ``trust``
+(``templates/sections/trust.html.j2``, which renders it as ``s``) from ``summary["trust"]`` and the findings' ``trust``
 dicts alone (``run_dir`` is not read: every figure comes from summary.json), so a
 re-render needs neither TensorFlow nor the run's maps. ``embed_image(name,
-png_bytes) -> src`` is the report's image embedding function. Pictures
+png_bytes) -> src`` is the report's image embedding function (``name`` without
+extension). Pictures
 (matplotlib, imported here only): deletion and insertion curves per method
 against the random maps, Spearman and SSIM per cascading-randomization step, the
 agreement per pair of methods and the IG completeness-gap histogram.
@@ -49,10 +50,10 @@ def context(summary: dict, run_dir: Path, embed_image: EmbedImage) -> dict | Non
         "sample": trust.get("sample") or {},
         "settings": trust.get("settings") or {},
         "findings": findings,
-        "curves": _embed(embed_image, "trust-curves.png", _curves_png, methods, random, colours),
-        "sanity_plot": _embed(embed_image, "trust-sanity.png", _sanity_png, methods, colours),
-        "agreement_plot": _embed(embed_image, "trust-agreement.png", _agreement_png, agreement.get("pairs")),
-        "gap_plot": _embed(embed_image, "trust-gap.png", _gap_png, gap),
+        "curves": _embed(embed_image, "trust-curves", _curves_png, methods, random, colours),
+        "sanity_plot": _embed(embed_image, "trust-sanity", _sanity_png, methods, colours),
+        "agreement_plot": _embed(embed_image, "trust-agreement", _agreement_png, agreement.get("pairs")),
+        "gap_plot": _embed(embed_image, "trust-gap", _gap_png, gap),
     }
 
 
