@@ -17,9 +17,11 @@ map of the same image.
 
 Cost: ``2 (steps - 1)`` forward passes per (image, map), plus two per image for
 the ends every curve shares (the image and its blurred copy). Every (image, map,
-step, mode) is one item of a flat list cut into ``batch_size`` model inputs
-(``audit.explainers.base.run_flat``); the blurred copies and the masked inputs
-are built on the device.
+step, mode) is one item of a flat list cut into ``batch_size`` model inputs;
+each chunk's inputs are built on the host (a mask and a ``where``) while the
+model runs the previous chunk, and go through the logits function the predict
+stage traced. Measured on the demo, building them on the device instead needs a
+trace of its own that costs more than all the stage's passes.
 """
 from __future__ import annotations
 
@@ -61,53 +63,6 @@ def random_maps(n: int, shape: tuple[int, int], seed: int) -> np.ndarray:
         if n else np.zeros((0, *shape), np.float32)
 
 
-def gaussian_kernel(sigma: float, radius: int) -> np.ndarray:
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    k = np.exp(-0.5 * (x / max(sigma, 1e-6)) ** 2)
-    return (k / k.sum()).astype(np.float32)
-
-
-def _blur_on_device(x, sigma: float, channels: int, size: tuple[int, int]):
-    """Inside a traced function: separable Gaussian blur of ``x`` ``[M, H, W, C]``.
-
-    The same filter as ``audit.explainers.base.blur`` (scipy's ``gaussian_filter``:
-    radius ``int(4 sigma + 0.5)``, borders reflected with the edge pixel repeated),
-    the radius capped at the image size.
-    """
-    import tensorflow as tf
-
-    radius = min(int(4.0 * sigma + 0.5), min(size))
-    if sigma <= 0 or radius < 1:
-        return x
-    k = gaussian_kernel(sigma, radius)
-    ky = tf.constant(np.tile(k[:, None, None, None], (1, 1, channels, 1)))
-    kx = tf.constant(np.tile(k[None, :, None, None], (1, 1, channels, 1)))
-    x = tf.pad(x, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="SYMMETRIC")
-    x = tf.nn.depthwise_conv2d(x, ky, strides=[1, 1, 1, 1], padding="VALID")
-    return tf.nn.depthwise_conv2d(x, kx, strides=[1, 1, 1, 1], padding="VALID")
-
-
-def _curve_function(classifier, sigma: float):
-    """Traced ``(images [M], ranks [M, S, H, W], targets [M], index, slot, count, insert) -> p [B]``."""
-    import tensorflow as tf
-
-    h, w, c = classifier.input_shape
-
-    def fn(xs, ranks, ts, index, slot, count, insert):
-        blurred = _blur_on_device(xs, sigma, c, (h, w))
-        rank = tf.gather_nd(ranks, tf.stack([index, slot], axis=1))          # [B, H, W]
-        top = rank < count[:, None, None]
-        original = tf.math.logical_xor(top, tf.logical_not(insert)[:, None, None])  # insertion: top; deletion: rest
-        x = tf.where(original[..., None], tf.gather(xs, index), tf.gather(blurred, index))
-        logits, _ = classifier.forward(x)
-        return tf.gather(tf.nn.softmax(logits), tf.gather(ts, index), batch_dims=1)
-
-    ints = tf.TensorSpec((None,), tf.int32)
-    specs = (classifier.image_spec(), tf.TensorSpec((None, None, h, w), tf.int32), ints,
-             ints, ints, ints, tf.TensorSpec((None,), tf.bool))
-    return classifier.function(("trust_curves", float(sigma)), fn, *specs)
-
-
 def curves(classifier, images: np.ndarray, targets: np.ndarray, maps: list[np.ndarray], steps: int,
            batch_size: int, grid: int | None = None, sigma: float | None = None,
            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -121,20 +76,24 @@ def curves(classifier, images: np.ndarray, targets: np.ndarray, maps: list[np.nd
     steps : curve steps; fractions ``0, 1/steps, ..., 1`` of the pixels.
     batch_size : model inputs per model call.
     grid : remove regions (cells of a ``grid x grid`` partition) first (see ``pixel_ranks``).
-    sigma : blur of the baseline in pixels (default ``min(H, W) / 10``, as the explainers' blur).
+    sigma : blur of the baseline in pixels (default ``min(H, W) / 10``; the explainers' ``blur``).
 
     Returns
     -------
     ``(deletion, insertion)``, each float64 ``[S, N, steps + 1]``: probability of the target class.
     """
-    from audit.explainers.base import run_flat
+    from concurrent.futures import ThreadPoolExecutor
+
+    from audit.explainers.base import blur
 
     n, n_maps = len(images), len(maps)
     h, w = classifier.input_size
     if n == 0 or n_maps == 0:
         empty = np.zeros((n_maps, n, steps + 1))
         return empty, empty.copy()
-    sigma = min(h, w) / 10.0 if sigma is None else float(sigma)
+    images = np.asarray(images, np.float32)
+    targets = np.asarray(targets, np.int64)
+    blurred = blur(images, min(h, w) / 10.0 if sigma is None else float(sigma))
     ranks = np.stack([pixel_ranks(m, grid, seed) for m in maps], axis=1)         # [N, S, H, W]
     counts = np.round(np.linspace(0, h * w, steps + 1)).astype(np.int32)
     inner = steps - 1
@@ -142,18 +101,40 @@ def curves(classifier, images: np.ndarray, targets: np.ndarray, maps: list[np.nd
     # maps), then for each map the inner steps of deletion, then those of insertion
     per_image = 2 + n_maps * 2 * inner
     owner = np.repeat(np.arange(n), per_image)
-    slot = np.tile(np.r_[0, 0, np.repeat(np.arange(n_maps), 2 * inner)], n).astype(np.int32)
-    count = np.tile(np.r_[0, h * w, np.tile(counts[1:-1], 2 * n_maps)], n).astype(np.int32)
+    slot = np.tile(np.r_[0, 0, np.repeat(np.arange(n_maps), 2 * inner)], n)
+    count = np.tile(np.r_[0, h * w, np.tile(counts[1:-1], 2 * n_maps)], n)
     insert = np.tile(np.r_[False, False, np.tile(np.repeat([False, True], inner), n_maps)], n)
-    fn = _curve_function(classifier, sigma)
-    p = run_flat(fn, owner, [np.asarray(images, np.float32), ranks, np.asarray(targets, np.int32)],
-                 [slot, count, insert], batch_size, n, reduce=False)
-    p = p.astype(np.float64).reshape(n, per_image)
-    full, blurred = p[:, 0], p[:, 1]
+    total = len(owner)
+
+    def build(start: int) -> np.ndarray:
+        """Model inputs of items ``start .. start + batch_size``: where the image, where its blur."""
+        part = slice(start, min(start + batch_size, total))
+        o = owner[part]
+        top = ranks[o, slot[part]] < count[part, None, None]
+        original = top == insert[part, None, None]          # insertion: the top pixels; deletion: the rest
+        return np.where(original[..., None], images[o], blurred[o])
+
+    p = np.empty(total, np.float64)
+    starts = range(0, total, batch_size)
+    # items are built on the host while the model runs the previous chunk, through the logits
+    # function traced for the predict stage: no new trace (it costs more than the passes here)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(build, starts[0])
+        for k, start in enumerate(starts):
+            x = pending.result()
+            if k + 1 < len(starts):
+                pending = pool.submit(build, starts[k + 1])
+            logits = classifier.logits(x).astype(np.float64)
+            probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probs /= probs.sum(axis=1, keepdims=True)
+            p[start:start + len(x)] = probs[np.arange(len(x)), targets[owner[start:start + len(x)]]]
+    p = p.reshape(n, per_image)
+    full, blurred_p = p[:, 0], p[:, 1]
     middle = p[:, 2:].reshape(n, n_maps, 2, inner).transpose(2, 1, 0, 3)       # [mode, S, N, inner]
-    ends = np.broadcast_to(full[None, :, None], (n_maps, n, 1)), np.broadcast_to(blurred[None, :, None], (n_maps, n, 1))
-    deletion = np.concatenate([ends[0], middle[0], ends[1]], axis=-1)
-    insertion = np.concatenate([ends[1], middle[1], ends[0]], axis=-1)
+    first = np.broadcast_to(full[None, :, None], (n_maps, n, 1))
+    last = np.broadcast_to(blurred_p[None, :, None], (n_maps, n, 1))
+    deletion = np.concatenate([first, middle[0], last], axis=-1)
+    insertion = np.concatenate([last, middle[1], first], axis=-1)
     return deletion, insertion
 
 
