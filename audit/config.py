@@ -79,10 +79,10 @@ DEFAULTS: dict[str, Any] = {
         "sanity_budget": 0.1,      # ... and at most this share of attribute's work: images x (steps + 1) re-explained
         "randomization_steps": 5,  # cascading randomization: at most this many steps, top layers first
         "grid": 16,                # agreement: maps area-pooled to grid x grid cells before rank correlation
-        "max_spearman": 0.5,       # sanity: fully randomized maps must correlate less than this with the originals
-        "max_random_logit_spearman": 0.8,  # sanity: maps for a random other class must correlate less than this
+        "max_spearman": 0.5,       # sanity: |Spearman| of fully randomized maps to the originals below this
+        "max_random_logit_spearman": 0.8,  # sanity: |Spearman| of maps for a random other class below this
         "min_margin": 0.0,         # faithful: deletion and insertion AUC beat random maps' by more than this
-        "min_agreement": 0.3,      # a finding's maps agree: members' mean Spearman between methods >= this
+        "min_agreement": 0.3,      # a finding's maps agree: mean Spearman between methods (positive maps) >= this
         "min_lift": 0.1,           # a finding's cue is confirmed: best verification lift >= this
     },
     "gates": {

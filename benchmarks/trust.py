@@ -121,9 +121,9 @@ def markdown(r: dict) -> str:
     out += ["", f"Random-logit Spearman: {rl}.", f"Sanity passed: {passed}.", "",
             f"Agreement (mean Spearman between methods): {r['agreement']}.", "",
             f"IG completeness gap: {r['completeness_gap']}.", "",
-            "## Findings", "", "| finding | pair | agreement | lift | trusted |", "|---|---|---|---|---|"]
+            "## Findings", "", "| finding | pair | agreement | lift | level |", "|---|---|---|---|---|"]
     for f in r["findings"]:
-        out.append(f"| {f['id']} | {f['pair']} | {f['agreement']} | {f['lift']} | {f['trusted']} |")
+        out.append(f"| {f['id']} | {f['pair']} | {f['agreement']} | {f['lift']} | {f['level']} |")
     out += ["", "## Acceptance", ""] + [f"- {line}" for line in acceptance(r)]
     return "\n".join(out) + "\n"
 

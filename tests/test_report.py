@@ -423,9 +423,9 @@ def test_trust_section_badges_and_pictures(tmp_path):
     summary = artifacts.read_json(run_dir / artifacts.SUMMARY)
     summary["trust"] = _trust_summary()
     summary["findings"][0]["trust"] = {"agreement": 0.61, "n_images": 3, "lift": 0.75, "agrees": True,
-                                       "confirmed": True, "trusted": True}
+                                       "confirmed": True, "level": "high"}
     summary["findings"][1]["trust"] = {"agreement": 0.1, "n_images": 1, "lift": None, "agrees": False,
-                                       "confirmed": None, "trusted": False}
+                                       "confirmed": None, "level": "low"}
     artifacts.write_json(run_dir / artifacts.SUMMARY, summary)
     html = render(run_dir).read_text(encoding="utf-8")
     page = _Page(html)
@@ -433,8 +433,8 @@ def test_trust_section_badges_and_pictures(tmp_path):
     rows = {a["data-method"]: a for a in page.find("tr") if "data-method" in a}
     assert rows["gradcam"]["data-trusted"] == "true" and rows[EVIL]["data-sanity"] == "false"
     assert [a["data-untrusted"] for a in page.find("p") if "data-untrusted" in a] == [EVIL]
-    findings = {a["data-finding"]: a["data-trusted"] for a in page.find("tr") if "data-finding" in a}
-    assert findings == {F1: "true", F2: "false"}
+    findings = {a["data-finding"]: a["data-level"] for a in page.find("tr") if "data-finding" in a}
+    assert findings == {F1: "high", F2: "low"}
     assert EVIL not in html                                   # method and layer names are escaped
     pictures = trust_pictures(html, run_dir)
     assert set(pictures) == {"deletion and insertion curves per method and for random maps",

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 EmbedImage = Callable[[str, bytes], str]
+LEVELS = ("high", "medium", "low")
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _COLOURS = ["#0b5cad", "#c0392b", "#2f7d4f", "#8e44ad", "#d35400", "#16a085", "#7f8c8d"]
 
@@ -76,7 +77,8 @@ def _finding(f: dict) -> dict:
     return {"id": fid, "anchor": fid if _SAFE_ID.fullmatch(fid) else None,
             "true_label": f.get("true_label"), "predicted_label": f.get("predicted_label"),
             "agreement": t.get("agreement"), "n_images": t.get("n_images"), "lift": t.get("lift"),
-            "agrees": t.get("agrees"), "confirmed": t.get("confirmed"), "trusted": t.get("trusted")}
+            "agrees": t.get("agrees"), "confirmed": t.get("confirmed"),
+            "level": t.get("level") if t.get("level") in LEVELS else None}
 
 
 def _embed(embed_image: EmbedImage, name: str, draw: Callable[..., Any], *args) -> str | None:

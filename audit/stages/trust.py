@@ -21,12 +21,14 @@ default every attribution method); the metrics live in ``audit.trust``:
 
 Badges. A method passes sanity when its maps of the fully randomized model have
 a mean Spearman correlation with the original maps below ``trust.max_spearman``
+in absolute value (an inverted ranking is as much the image's as the same one)
 and its maps for a random other class stay below
-``trust.max_random_logit_spearman``. It is faithful when its deletion AUC is
+``trust.max_random_logit_spearman`` likewise. It is faithful when its deletion AUC is
 below, and its insertion AUC above, the random maps' by more than
 ``trust.min_margin``. A finding's maps agree when its members' mean agreement
 is at least ``trust.min_agreement``, and its cue is confirmed when its best
-verification lift (occlusion or transplant) is at least ``trust.min_lift``.
+verification lift (occlusion or transplant) is at least ``trust.min_lift``; its
+trust ``level`` is ``high`` when both hold, ``medium`` when one does, else ``low``.
 
 ``trust(...)`` returns the whole result (written to the run folder);
 ``add_to_summary`` puts the figures into ``summary.json``: top-level ``"trust"``
@@ -164,7 +166,7 @@ def add_to_summary(config: Config, summary: dict, result: dict | None) -> dict:
 
 
 def finding_trust(config: Config, finding: dict, agreement_by_row: dict[int, float | None]) -> dict:
-    """Agreement of a finding's members and its verification lift, with their badges."""
+    """Agreement of a finding's members and its verification lift, their badges and the trust level."""
     values = [agreement_by_row.get(int(r)) for r in finding.get("rows") or []]
     finite = [v for v in values if v is not None]
     mean = agreement.nanmean(finite) if finite else None
@@ -174,8 +176,9 @@ def finding_trust(config: Config, finding: dict, agreement_by_row: dict[int, flo
     lift = max(lifts) if verification.get("verified") and lifts else None
     agrees = None if mean is None else bool(mean >= config["trust.min_agreement"])
     confirmed = None if lift is None else bool(lift >= config["trust.min_lift"])
+    level = ("low", "medium", "high")[int(bool(agrees)) + int(bool(confirmed))]
     return {"agreement": _round(mean), "n_images": len(finite), "lift": _round(lift),
-            "agrees": agrees, "confirmed": confirmed, "trusted": bool(agrees and confirmed)}
+            "agrees": agrees, "confirmed": confirmed, "level": level}
 
 
 def _common_rows(row_sets: list[np.ndarray]) -> np.ndarray:
@@ -228,10 +231,10 @@ def _sanity(method: str, cascade: list[dict], logit: dict | None, config: Config
               "spearman": _round(s["methods"][method]["spearman"]), "ssim": _round(s["methods"][method]["ssim"])}
              for s in cascade]
     final = steps[-1]["spearman"] if steps else None
-    cascade_ok = None if final is None else bool(final < config["trust.max_spearman"])
+    cascade_ok = None if final is None else bool(abs(final) < config["trust.max_spearman"])
     rl = logit.get(method) if logit else None
     rl_out = None if rl is None else {"spearman": _round(rl["spearman"]), "ssim": _round(rl["ssim"]),
-                                      "passed": bool(rl["spearman"] < config["trust.max_random_logit_spearman"])}
+                                      "passed": bool(abs(rl["spearman"]) < config["trust.max_random_logit_spearman"])}
     checks = [c for c in (cascade_ok, None if rl_out is None else rl_out["passed"]) if c is not None]
     return {"cascading": steps, "final_spearman": final, "cascading_passed": cascade_ok,
             "random_logit": rl_out, "passed": all(checks) if checks else None}

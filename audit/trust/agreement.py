@@ -1,9 +1,10 @@
 """Agreement between attribution methods: do Grad-CAM, IG and occlusion point at the same place?
 
-Each map is area-pooled to ``grid x grid`` cells (``audit.stages.attribute.area_pool``:
-the methods differ in resolution and pixel noise, not in where a cue sits) and
-every pair of methods is compared by the Spearman rank correlation of the
-absolute pooled maps, image by image. An image's agreement is the mean over
+The positive part of each map (the evidence *for* the explained class, as
+discovery reads it) is area-pooled to ``grid x grid`` cells
+(``audit.stages.attribute.area_pool``: the methods differ in resolution and pixel
+noise, not in where a cue sits) and every pair of methods is compared by the
+Spearman rank correlation of the pooled maps, image by image. An image's agreement is the mean over
 pairs; a finding's is the mean over its members.
 """
 from __future__ import annotations
@@ -23,10 +24,10 @@ def pair_name(a: str, b: str) -> str:
 def per_image(maps: dict[str, np.ndarray], grid: int) -> dict[str, np.ndarray]:
     """Spearman per image ``[n]`` for each pair of methods (``"a~b"``) whose maps ``[n, H, W]`` are aligned.
 
-    A constant pooled map has no ranking: its correlations are NaN.
+    A constant pooled map (e.g. no positive evidence) has no ranking: its correlations are NaN.
     """
     names = list(maps)
-    pooled = {m: area_pool(maps[m], min(grid, maps[m].shape[1]), min(grid, maps[m].shape[2]))
+    pooled = {m: area_pool(np.maximum(maps[m], 0.0), min(grid, maps[m].shape[1]), min(grid, maps[m].shape[2]))
               if len(maps[m]) else maps[m] for m in names}
     return {pair_name(a, b): spearman(pooled[a], pooled[b]) if len(pooled[a]) else np.zeros(0)
             for a, b in combinations(names, 2)}
