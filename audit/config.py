@@ -71,6 +71,22 @@ DEFAULTS: dict[str, Any] = {
         "max_area": 0.2,           # largest top-attributed region, as a share of the image
         "budget": 0.3,             # at most this many model passes per attributed image, in all
     },
+    "trust": {
+        "enabled": True,
+        "methods": None,           # null: every attribution method; else a subset of attribution.methods
+        "sample": 12,              # attributed images for deletion/insertion curves (seeded sample)
+        "steps": 8,                # deletion/insertion steps: fractions 0, 1/steps, ..., 1 of the pixels
+        "random_maps": 2,          # uniform random maps (one seed each): the faithfulness baseline
+        "sanity_sample": 8,        # at most this many images of that sample for the sanity checks (once per audit)
+        "sanity_budget": 0.1,      # ... and at most this share of attribute's work: images x (steps + 1) re-explained
+        "randomization_steps": 5,  # cascading randomization: at most this many steps, top layers first
+        "grid": 16,                # agreement: maps area-pooled to grid x grid cells before rank correlation
+        "max_spearman": 0.5,       # sanity: |Spearman| of fully randomized maps to the originals below this
+        "max_random_logit_spearman": 0.8,  # sanity: |Spearman| of maps for a random other class below this
+        "min_margin": 0.0,         # faithful: deletion and insertion AUC beat random maps' by more than this
+        "min_agreement": 0.3,      # a finding's maps agree: mean Spearman between methods (positive maps) >= this
+        "min_lift": 0.1,           # a finding's cue is confirmed: best verification lift >= this
+    },
     "gates": {
         "max_error_rate": None,     # fail when 1 - accuracy exceeds this
         "max_finding_score": None,  # fail when any finding (not suppressed) scores above this
@@ -190,6 +206,20 @@ RULES: dict[str, tuple[Callable[[Any], bool], str | Callable[[], str]]] = {
     "verify.max_se": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"),
     "verify.max_area": (lambda v: _fraction(v) and v > 0, "a float in (0, 1]"),
     "verify.budget": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"),
+    "trust.enabled": (lambda v: isinstance(v, bool), "true or false"),
+    "trust.methods": (_optional(_methods), lambda: "null or " + _methods_text()),
+    "trust.sample": (_positive_int, "a positive int"),
+    "trust.steps": (lambda v: _positive_int(v) and v >= 2, "an int >= 2"),
+    "trust.random_maps": (_positive_int, "a positive int"),
+    "trust.sanity_sample": (_nonneg_int, "a non-negative int"),
+    "trust.sanity_budget": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "trust.randomization_steps": (_positive_int, "a positive int"),
+    "trust.grid": (lambda v: _positive_int(v) and 2 <= v <= 64, "an int in [2, 64]"),
+    "trust.max_spearman": (lambda v: _number(v) and -1 <= v <= 1, "a number in [-1, 1]"),
+    "trust.max_random_logit_spearman": (lambda v: _number(v) and -1 <= v <= 1, "a number in [-1, 1]"),
+    "trust.min_margin": (_number, "a number"),
+    "trust.min_agreement": (lambda v: _number(v) and -1 <= v <= 1, "a number in [-1, 1]"),
+    "trust.min_lift": (lambda v: _number(v) and -1 <= v <= 1, "a number in [-1, 1]"),
     "gates.max_error_rate": (_optional(_fraction), "a float in [0, 1] or null"),
     "gates.max_finding_score": (_optional(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
                                 "a number or null"),
@@ -281,6 +311,9 @@ def resolve(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = 
         if not check(value):
             text = text() if callable(text) else text
             raise UsageError(f"`{key}` must be {text} (got {value!r})")
+    extra = [m for m in values["trust"]["methods"] or [] if m not in values["attribution"]["methods"]]
+    if extra:
+        raise UsageError(f"`trust.methods` must be among `attribution.methods` (got {', '.join(extra)})")
     if values["run_id"] is None:
         values["run_id"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     if values["out"] is None:

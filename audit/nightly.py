@@ -281,9 +281,10 @@ def prepare(config) -> Inputs:
 
 
 def finish(config, inputs: Inputs, predictions: pd.DataFrame, selection: pd.DataFrame, table: pd.DataFrame,
-           findings: list[dict], created: str, log: Log) -> dict:
+           findings: list[dict], created: str, log: Log, extend: Callable[[dict], dict] | None = None) -> dict:
     """Match the findings to the baseline, apply triage, gate, write ``discovery.parquet`` and
-    ``summary.json``, append the history; return the summary."""
+    ``summary.json`` (after ``extend(summary)``, which adds other stages' figures such as
+    trust), append the history; return the summary."""
     from audit.stages.discover import assign_findings
     from audit.stages.gate import summarize
 
@@ -292,6 +293,8 @@ def finish(config, inputs: Inputs, predictions: pd.DataFrame, selection: pd.Data
                               config["baseline.focus_tolerance"], config["baseline.min_overlap"])
     apply_triage(findings, inputs.triage)
     summary = summarize(config, predictions, selection, findings, inputs.baseline, resolved)
+    if extend is not None:
+        summary = extend(summary)
     artifacts.write_table(run_dir / artifacts.DISCOVERY, assign_findings(table, findings))
     artifacts.write_json(run_dir / artifacts.SUMMARY, summary)
     if inputs.baseline is not None:

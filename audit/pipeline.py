@@ -8,7 +8,8 @@ the run folder (``audit.artifacts`` names the files):
    get the model *path*; each worker process loads the model once.
 2. select: misclassified, low-confidence and contrast images (in the driver).
 3. attribute: the selection in partitions; each task writes its map chunks.
-4. discover, verify, render: on the collected, small results, in the driver;
+4. trust: faithfulness, sanity checks and agreement of the maps (in the driver).
+5. discover, verify, render: on the collected, small results, in the driver;
    ``audit.nightly.finish`` matches the findings to the baseline, applies triage,
    gates, writes ``summary.json`` and appends the history. A complete run asked
    again with the same inputs and settings only repeats that last step (so new
@@ -74,6 +75,7 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
     from audit.stages.discover import discover
     from audit.stages.predict import predict_partition
     from audit.stages.select import select
+    from audit.stages.trust import add_to_summary, trust
     from audit.stages.verify import verify
 
     run_dir = config.run_dir
@@ -98,8 +100,9 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
             f"but the baseline, triage, gates and history")
         stored = [artifacts.read_table(run_dir / name) for name in (artifacts.PREDICTIONS, artifacts.SELECTION,
                                                                     artifacts.DISCOVERY)]
-        findings = artifacts.read_json(run_dir / artifacts.SUMMARY)["findings"]
-        summary = nightly.finish(config, inputs, *stored, findings, previous.get("created") or record["created"], log)
+        before = artifacts.read_json(run_dir / artifacts.SUMMARY)
+        summary = nightly.finish(config, inputs, *stored, before["findings"], previous.get("created") or
+                                 record["created"], log, extend=lambda s: {**s, "trust": before.get("trust")})
         artifacts.write_json(run_dir / artifacts.RUN_JSON, {**previous, "run_id": config["run_id"],
                                                             "config": config.to_dict()})
         render(run_dir)
@@ -134,6 +137,13 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
             features = np.concatenate([f for _, f in results]) if results else np.zeros((0, 0), np.float32)
             np.savez(run_dir / artifacts.FEATURES, row=feature_rows, features=features)
 
+    trusted = None
+    if config["trust.enabled"]:
+        with _timed(timings, "trust", log):
+            path = _chunk_paths(run_dir, "trust", keys["trust"], 1, ".json", log)[0]
+            trusted = _resumable(path, lambda: trust(config, root, classes, selection, {
+                m: artifacts.read_maps(run_dir, m) for m in config["attribution.methods"]}, classifier))
+
     with _timed(timings, "discover", log):
         # discovery and verification read the first method's maps pooled to the discovery grid,
         # chunk by chunk: memory grows with the selection, never with its maps' resolution
@@ -143,7 +153,8 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
         table, findings = discover(config, predictions, selection, map_rows, cells, feature_rows, features)
     with _timed(timings, "verify", log):
         findings = verify(config, root, classes, predictions, map_rows, cells, findings, classifier)
-        summary = nightly.finish(config, inputs, predictions, selection, table, findings, record["created"], log)
+        summary = nightly.finish(config, inputs, predictions, selection, table, findings, record["created"], log,
+                                 extend=lambda s: add_to_summary(config, s, trusted))
     log(f"  {len(findings)} finding(s)")
     artifacts.write_json(run_dir / artifacts.RUN_JSON, record)
 
@@ -179,9 +190,9 @@ def _stage_keys(config: Config, record: dict) -> dict[str, str]:
     """Content keys of the stages: a stage's stored output is reused only under the same key.
 
     predict: model file, data, data/model settings and code; attribute: predict plus
-    the selection and attribution settings; run: everything in the config but its
-    output, run id, scheduler and nightly settings (gates, baseline, triage, history:
-    re-applied to a complete run in moments).
+    the selection and attribution settings; trust: attribute plus the trust settings;
+    run: everything in the config but its output, run id, scheduler and nightly
+    settings (gates, baseline, triage, history: re-applied to a complete run in moments).
     """
     settings = config.to_dict()
     code = _code_version()
@@ -190,7 +201,8 @@ def _stage_keys(config: Config, record: dict) -> dict[str, str]:
     attribute = _digest(predict, settings["select"], settings["attribution"], settings["seed"])
     rest = {k: v for k, v in settings.items()
             if k not in ("run_id", "out", "dask", "gates", "baseline", "triage", "history", "demo")}
-    return {"predict": predict, "attribute": attribute, "run": _digest(attribute, rest)}
+    return {"predict": predict, "attribute": attribute, "trust": _digest(attribute, settings["trust"]),
+            "run": _digest(attribute, rest)}
 
 
 def _digest(*parts) -> str:
@@ -231,17 +243,21 @@ def _chunk_paths(run_dir: Path, stage: str, key: str, n: int, suffix: str, log: 
 def _resumable(path: Path, fn: Callable, *args):
     """Inside a task: the stored result at ``path``, or ``fn(*args)`` stored there atomically.
 
-    A DataFrame is stored as parquet, a ``(rows, features)`` pair as npz.
+    A DataFrame is stored as parquet, a dict as JSON, a ``(rows, features)`` pair as npz.
     """
     if path.exists():
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
+        if path.suffix == ".json":
+            return artifacts.read_json(path)
         with np.load(path) as z:
             return z["row"], z["features"]
     result = fn(*args)
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     if isinstance(result, pd.DataFrame):
         result.to_parquet(tmp, index=False)
+    elif isinstance(result, dict):
+        artifacts.write_json(tmp, result)
     else:
         np.savez(tmp, row=result[0], features=result[1])
     tmp.replace(path)

@@ -387,3 +387,78 @@ def test_peak_box_and_normalise():
     assert not plots.normalise(np.full((4, 4), 3.0)).any()
     signed = plots.normalise(np.array([[-2.0, 0.0], [2.0, np.nan]]))
     assert signed.min() == 0.0 and signed.max() == 1.0
+
+
+def _trust_summary() -> dict:
+    """summary.json's trust figures for two methods, one failing sanity (as audit.stages.trust writes them)."""
+    def method(final, logit, deletion, insertion, passed):
+        return {"faithfulness": {"deletion_auc": deletion, "insertion_auc": insertion,
+                                 "deletion_margin": 0.5 - deletion, "insertion_margin": insertion - 0.5,
+                                 "passed": deletion < 0.5 < insertion,
+                                 "curves": {"deletion": [0.9, deletion, 0.1], "insertion": [0.1, insertion, 0.9]}},
+                "sanity": {"cascading": [{"step": 1, "top_layer": "dense", "layers": ["dense"], "spearman": 0.6,
+                                          "ssim": 0.5},
+                                         {"step": 2, "top_layer": EVIL, "layers": [EVIL], "spearman": final,
+                                          "ssim": final}],
+                           "final_spearman": final, "cascading_passed": final < 0.5,
+                           "random_logit": {"spearman": logit, "ssim": logit, "passed": logit < 0.8},
+                           "passed": passed},
+                "badge": {"sanity": passed, "faithful": deletion < 0.5 < insertion,
+                          "trusted": passed and deletion < 0.5 < insertion}}
+
+    return {"methods": {"gradcam": method(0.05, 0.2, 0.3, 0.8, True), EVIL: method(0.99, 0.97, 0.45, 0.55, False)},
+            "random": {"deletion_auc": 0.5, "insertion_auc": 0.5, "deletion_auc_per_seed": [0.49, 0.51],
+                       "insertion_auc_per_seed": [0.5, 0.5], "curves": {"deletion": [0.9, 0.5, 0.1],
+                                                                          "insertion": [0.1, 0.5, 0.9]}},
+            "agreement": {"mean": 0.42, "pairs": {f"gradcam~{EVIL}": 0.42}, "n_images": 14},
+            "completeness_gap": {"n": 14, "mean": 0.01, "mean_abs": 0.02, "median_abs": 0.015, "p90_abs": 0.05,
+                                 "median_relative": 0.003, "histogram": {"counts": [2, 10, 2],
+                                                                         "edges": [-0.05, -0.01, 0.01, 0.05]}},
+            "sample": {"faithfulness": 12, "sanity": 2},
+            "settings": {"steps": 2, "random_maps": 2, "grid": 16, "randomization_steps": 5}}
+
+
+def test_trust_section_badges_and_pictures(tmp_path):
+    run_dir = build_run(tmp_path)
+    summary = artifacts.read_json(run_dir / artifacts.SUMMARY)
+    summary["trust"] = _trust_summary()
+    summary["findings"][0]["trust"] = {"agreement": 0.61, "n_images": 3, "lift": 0.75, "agrees": True,
+                                       "confirmed": True, "level": "high"}
+    summary["findings"][1]["trust"] = {"agreement": 0.1, "n_images": 1, "lift": None, "agrees": False,
+                                       "confirmed": None, "level": "low"}
+    artifacts.write_json(run_dir / artifacts.SUMMARY, summary)
+    html = render(run_dir).read_text(encoding="utf-8")
+    page = _Page(html)
+    assert "trust" in page.ids()
+    rows = {a["data-method"]: a for a in page.find("tr") if "data-method" in a}
+    assert rows["gradcam"]["data-trusted"] == "true" and rows[EVIL]["data-sanity"] == "false"
+    assert [a["data-untrusted"] for a in page.find("p") if "data-untrusted" in a] == [EVIL]
+    findings = {a["data-finding"]: a["data-level"] for a in page.find("tr") if "data-finding" in a}
+    assert findings == {F1: "high", F2: "low"}
+    assert EVIL not in html                                   # method and layer names are escaped
+    pictures = trust_pictures(html, run_dir)
+    assert set(pictures) == {"deletion and insertion curves per method and for random maps",
+                             "cascading randomization: Spearman and SSIM per step", "agreement between methods",
+                             "integrated gradients completeness gap histogram"}
+    assert all(width > 100 for width, _ in pictures.values())
+
+
+def trust_pictures(html: str, run_dir: Path) -> dict[str, tuple[int, int]]:
+    """alt text -> (width, height) of every picture of the Trust section (data URI or assets/ file)."""
+    import base64
+    import io
+
+    start = html.index('<section id="trust">')
+    section = html[start:html.index("</section>", start)]
+    out = {}
+    for tag, attrs in _Page(section).tags:
+        if tag == "img":
+            src = attrs["src"]
+            data = base64.b64decode(src.split(",", 1)[1]) if src.startswith("data:") else (run_dir / src).read_bytes()
+            out[attrs["alt"]] = Image.open(io.BytesIO(data)).size
+    return out
+
+
+def test_no_trust_section_without_trust_figures(rendered):
+    _, _, html, page = rendered
+    assert "trust" not in page.ids() and "Spearman" not in html

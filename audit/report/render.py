@@ -32,6 +32,7 @@ import pandas as pd
 from audit import artifacts
 from audit import data as audit_data
 from audit.report import plots
+from audit.report import trust as trust_section
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 ASSETS = "assets"
@@ -150,6 +151,11 @@ class _Assets:
 
     def has(self, name: str) -> bool:
         return name in self.written
+
+    def image(self, name: str, png: bytes) -> str:
+        """Write PNG bytes as asset ``name`` (``.png`` added); return its ``src``."""
+        self.path(f"{name}.png").write_bytes(png)
+        return self.rel(f"{name}.png")
 
     @staticmethod
     def rel(name: str) -> str:
@@ -338,6 +344,7 @@ def _context(run: _Run, assets: _Assets) -> dict:
         "histogram": _histogram(pred, assets) if pred is not None else None,
         "unreadable": _unreadable(pred) if pred is not None else None,
         "meta": _meta(run.run),
+        "trust": trust_section.context(summary, run.dir, assets.image),
         "notes": run.notes,
     }
 

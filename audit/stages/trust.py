@@ -1,0 +1,275 @@
+"""Trust: does each attribution method, and each finding, deserve to be believed?
+
+Runs after attribute, in the driver, on the run's stored maps (``trust.methods``,
+default every attribution method); the metrics live in ``audit.trust``:
+
+1. agreement: rank correlation between every pair of methods, on every
+   attributed image (maps area-pooled to ``trust.grid`` squared cells);
+2. faithfulness: deletion and insertion curves (blur baseline, ``trust.steps``
+   steps, cells of the same ``trust.grid`` first) of each method's maps and of
+   ``trust.random_maps`` uniform random maps (one seed each) on a seeded sample
+   of ``trust.sample`` attributed images;
+3. sanity, once per audit on the first images of that sample: cascading
+   randomization of the model's layers from the top (at most
+   ``trust.randomization_steps`` steps) and the random-logit test. Each image is
+   explained again by every method once per step and once for the random class,
+   so the number of images is bounded like verification's work: at most
+   ``trust.sanity_sample``, and at most ``trust.sanity_budget`` times the
+   attributed images divided by (steps + 1), but at least 2 (``sanity_size``);
+4. the completeness gap of integrated gradients on every attributed image
+   (when the run has IG maps).
+
+Badges. A method passes sanity when its maps of the fully randomized model have
+a mean Spearman correlation with the original maps below ``trust.max_spearman``
+in absolute value (an inverted ranking is as much the image's as the same one)
+and its maps for a random other class stay below
+``trust.max_random_logit_spearman`` likewise. It is faithful when its deletion AUC is
+below, and its insertion AUC above, the random maps' by more than
+``trust.min_margin``. A finding's maps agree when its members' mean agreement
+is at least ``trust.min_agreement``, and its cue is confirmed when its best
+verification lift (occlusion or transplant) is at least ``trust.min_lift``; its
+trust ``level`` is ``high`` when both hold, ``medium`` when one does, else ``low``.
+
+``trust(...)`` returns the whole result (written to the run folder);
+``add_to_summary`` puts the figures into ``summary.json``: top-level ``"trust"``
+and a ``"trust"`` dict per finding.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from audit.config import Config
+from audit.data import load_images, preprocess
+from audit.explainers import get
+from audit.trust import agreement, completeness, faithfulness, sanity
+
+IG = "integrated_gradients"
+GAP_BINS = 20
+
+
+def methods_of(config: Config) -> list[str]:
+    """The methods checked: ``trust.methods`` (in attribution order) or every attribution method."""
+    chosen = config["trust.methods"]
+    return [m for m in config["attribution.methods"] if chosen is None or m in chosen]
+
+
+def explainer_for(config: Config, method: str):
+    """The explainer as the attribute stage builds it (``attribution.params`` included, so the same maps)."""
+    from audit.stages.attribute import explainers
+
+    return explainers(config)[method]
+
+
+def sanity_size(config: Config, n_attributed: int, n_sample: int, classifier) -> int:
+    """Images for the sanity checks: within ``trust.sanity_sample`` and ``trust.sanity_budget``."""
+    steps = min(config["trust.randomization_steps"], len(sanity.weighted_layers(classifier.model)))
+    budget = int(config["trust.sanity_budget"] * n_attributed / (steps + 1))
+    return min(config["trust.sanity_sample"], n_sample, max(budget, 2))
+
+
+def trust(config: Config, root: Path, classes: list[str], selection: pd.DataFrame,
+          maps: dict[str, tuple[np.ndarray, np.ndarray]], classifier=None) -> dict:
+    """All trust figures of a run.
+
+    Parameters
+    ----------
+    root, classes : the manifest's folder and the class names in model output order.
+    selection : the select stage's table (``row``, ``path``, ``pair_label``).
+    maps : method -> ``(rows int [n], maps float [n, H, W])`` as stored by attribute.
+    classifier : an ``audit.model_io.Classifier``; default ``classifier_for(config)``.
+
+    Returns
+    -------
+    JSON-ready dict: ``methods`` (per method: ``faithfulness``, ``sanity``,
+    ``badge``), ``random``, ``agreement`` (with per-image ``rows``/``values``),
+    ``completeness_gap``, ``sample``, ``settings``.
+    """
+    if classifier is None:
+        from audit.model_io import classifier_for
+
+        classifier = classifier_for(config)
+    methods = [m for m in methods_of(config) if m in maps]
+    rows = _common_rows([maps[m][0] for m in methods])
+    aligned = {m: _aligned(maps[m], rows) for m in methods}
+    by_row = selection.set_index(selection["row"].astype(np.int64), drop=False)
+    chosen = by_row.loc[rows] if len(rows) else selection.iloc[:0]
+    lookup = {name: i for i, name in enumerate(classes)}
+    targets = chosen["pair_label"].map(lookup).to_numpy(np.int32)
+    paths = chosen["path"].tolist()
+
+    rng = np.random.default_rng(config["seed"])
+    sample = np.sort(rng.choice(len(rows), size=min(config["trust.sample"], len(rows)), replace=False))
+    images = _load(config, root, classifier, [paths[i] for i in sample])
+    steps, seed = config["trust.steps"], config["seed"]
+    batch = config["attribution.batch_size"]
+    n_random = config["trust.random_maps"]
+    hw = classifier.input_size
+    curve_maps = [aligned[m][sample] for m in methods] + \
+                 [faithfulness.random_maps(len(sample), hw, seed=seed * 1000 + r) for r in range(n_random)]
+    deletion, insertion = faithfulness.curves(classifier, images, targets[sample], curve_maps, steps, batch,
+                                                 grid=config["trust.grid"], seed=seed)
+    random = _random_baseline(deletion[len(methods):], insertion[len(methods):])
+
+    n_sanity = sanity_size(config, len(rows), len(sample), classifier)
+    explainers = {m: explainer_for(config, m) for m in methods}
+    originals = {m: aligned[m][sample[:n_sanity]] for m in methods}
+    sanity_images, sanity_targets = images[:n_sanity], targets[sample[:n_sanity]]
+    cascade = sanity.cascading_randomization(classifier, sanity_images, sanity_targets, explainers, originals,
+                                             config["trust.randomization_steps"], seed) if n_sanity else []
+    logit = sanity.random_logit(classifier, sanity_images, sanity_targets, explainers, originals, seed) \
+        if n_sanity else None
+
+    result_methods = {}
+    for j, m in enumerate(methods):
+        faith = _faithfulness(deletion[j], insertion[j], random, config)
+        check = _sanity(m, cascade, logit, config)
+        result_methods[m] = {"faithfulness": faith, "sanity": check,
+                             "badge": {"sanity": check["passed"], "faithful": faith["passed"],
+                                       "trusted": bool(check["passed"] and faith["passed"])}}
+
+    pairs = agreement.per_image(aligned, config["trust.grid"])
+    per_image = agreement.image_agreement(pairs)
+    return {
+        "methods": result_methods,
+        "random": random,
+        "agreement": {"mean": agreement.nanmean(per_image),
+                      "pairs": {p: agreement.nanmean(v) for p, v in pairs.items()},
+                      "n_images": int(np.isfinite(per_image).sum()),
+                      "rows": rows.tolist(), "values": _json_floats(per_image)},
+        "completeness_gap": _gap(config, root, classifier, maps, paths, targets, rows),
+        "sample": {"faithfulness": int(len(sample)), "sanity": int(n_sanity),
+                   "rows": rows[sample].tolist()},
+        "settings": {"steps": steps, "random_maps": n_random, "grid": config["trust.grid"],
+                     "randomization_steps": config["trust.randomization_steps"]},
+    }
+
+
+def add_to_summary(config: Config, summary: dict, result: dict | None) -> dict:
+    """Add ``summary["trust"]`` (per-image detail left out) and ``finding["trust"]`` to each finding."""
+    if result is None:
+        summary["trust"] = None
+        for f in summary.get("findings", []):
+            f["trust"] = None
+        return summary
+    summary["trust"] = {
+        **{k: v for k, v in result.items() if k not in ("agreement", "sample")},
+        "agreement": {k: v for k, v in result["agreement"].items() if k not in ("rows", "values")},
+        "sample": {k: v for k, v in result["sample"].items() if k != "rows"},
+        "completeness_gap": {k: v for k, v in result["completeness_gap"].items() if k != "values"}
+        if result["completeness_gap"] else None,
+    }
+    by_row = dict(zip(result["agreement"]["rows"], result["agreement"]["values"]))
+    for f in summary.get("findings", []):
+        f["trust"] = finding_trust(config, f, by_row)
+    return summary
+
+
+def finding_trust(config: Config, finding: dict, agreement_by_row: dict[int, float | None]) -> dict:
+    """Agreement of a finding's members and its verification lift, their badges and the trust level."""
+    values = [agreement_by_row.get(int(r)) for r in finding.get("rows") or []]
+    finite = [v for v in values if v is not None]
+    mean = agreement.nanmean(finite) if finite else None
+    verification = finding.get("verification") or {}
+    lifts = [verification[t]["lift"] for t in ("occlusion", "transplant")
+             if isinstance(verification.get(t), dict) and verification[t].get("lift") is not None]
+    lift = max(lifts) if verification.get("verified") and lifts else None
+    agrees = None if mean is None else bool(mean >= config["trust.min_agreement"])
+    confirmed = None if lift is None else bool(lift >= config["trust.min_lift"])
+    level = ("low", "medium", "high")[int(bool(agrees)) + int(bool(confirmed))]
+    return {"agreement": _round(mean), "n_images": len(finite), "lift": _round(lift),
+            "agrees": agrees, "confirmed": confirmed, "level": level}
+
+
+def _common_rows(row_sets: list[np.ndarray]) -> np.ndarray:
+    if not row_sets:
+        return np.zeros(0, np.int64)
+    common = row_sets[0]
+    for other in row_sets[1:]:
+        common = np.intersect1d(common, other)
+    return np.unique(common).astype(np.int64)
+
+
+def _aligned(stored: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> np.ndarray:
+    index = {int(r): i for i, r in enumerate(stored[0])}
+    return np.asarray(stored[1], np.float32)[[index[int(r)] for r in rows]] if len(rows) else stored[1][:0]
+
+
+def _load(config: Config, root: Path, classifier, paths: list[str]) -> np.ndarray:
+    images, _ = load_images(root, paths, classifier.input_size, config["data.max_pixels"])
+    return preprocess(images, config["data.preprocess"])
+
+
+def _random_baseline(deletion: np.ndarray, insertion: np.ndarray) -> dict:
+    """Random-map AUCs: mean over seeds and images, and each seed's mean (its spread)."""
+    per_seed_del = faithfulness.auc(deletion).mean(axis=1) if deletion.size else np.zeros(0)
+    per_seed_ins = faithfulness.auc(insertion).mean(axis=1) if insertion.size else np.zeros(0)
+    return {"deletion_auc": _round(per_seed_del.mean()) if len(per_seed_del) else None,
+            "insertion_auc": _round(per_seed_ins.mean()) if len(per_seed_ins) else None,
+            "deletion_auc_per_seed": _json_floats(per_seed_del),
+            "insertion_auc_per_seed": _json_floats(per_seed_ins),
+            "curves": {"deletion": _json_floats(deletion.mean(axis=(0, 1))) if deletion.size else [],
+                       "insertion": _json_floats(insertion.mean(axis=(0, 1))) if insertion.size else []}}
+
+
+def _faithfulness(deletion: np.ndarray, insertion: np.ndarray, random: dict, config: Config) -> dict:
+    """AUCs of one method ``[n, steps + 1]`` and their margins over the random maps (positive = better)."""
+    if not deletion.size or random["deletion_auc"] is None:
+        return {"deletion_auc": None, "insertion_auc": None, "deletion_margin": None,
+                "insertion_margin": None, "passed": None, "curves": {"deletion": [], "insertion": []}}
+    d, i = float(faithfulness.auc(deletion).mean()), float(faithfulness.auc(insertion).mean())
+    d_margin, i_margin = random["deletion_auc"] - d, i - random["insertion_auc"]
+    return {"deletion_auc": _round(d), "insertion_auc": _round(i),
+            "deletion_margin": _round(d_margin), "insertion_margin": _round(i_margin),
+            "passed": bool(d_margin > config["trust.min_margin"] and i_margin > config["trust.min_margin"]),
+            "curves": {"deletion": _json_floats(deletion.mean(axis=0)),
+                       "insertion": _json_floats(insertion.mean(axis=0))}}
+
+
+def _sanity(method: str, cascade: list[dict], logit: dict | None, config: Config) -> dict:
+    steps = [{"step": s["step"], "top_layer": s["top_layer"], "layers": s["layers"],
+              "spearman": _round(s["methods"][method]["spearman"]), "ssim": _round(s["methods"][method]["ssim"])}
+             for s in cascade]
+    final = steps[-1]["spearman"] if steps else None
+    cascade_ok = None if final is None else bool(abs(final) < config["trust.max_spearman"])
+    rl = logit.get(method) if logit else None
+    rl_out = None if rl is None else {"spearman": _round(rl["spearman"]), "ssim": _round(rl["ssim"]),
+                                      "passed": bool(abs(rl["spearman"]) < config["trust.max_random_logit_spearman"])}
+    checks = [c for c in (cascade_ok, None if rl_out is None else rl_out["passed"]) if c is not None]
+    return {"cascading": steps, "final_spearman": final, "cascading_passed": cascade_ok,
+            "random_logit": rl_out, "passed": all(checks) if checks else None}
+
+
+def _gap(config: Config, root: Path, classifier, maps: dict, paths: list[str], targets: np.ndarray,
+         rows: np.ndarray) -> dict | None:
+    """IG completeness gap over every attributed image (in chunks of ``attribution.partition_size``)."""
+    if IG not in maps or not len(rows):
+        return None
+    ig_maps = _aligned(maps[IG], rows)
+    explainer = explainer_for(config, IG)
+    size = config["attribution.partition_size"]
+    gaps, diffs = [], []
+    for start in range(0, len(rows), size):
+        part = slice(start, start + size)
+        g, d = completeness.gaps(classifier, explainer, _load(config, root, classifier, paths[part]),
+                                 targets[part], ig_maps[part])
+        gaps.append(g)
+        diffs.append(d)
+    gap, diff = np.concatenate(gaps), np.concatenate(diffs)
+    relative = np.abs(gap) / np.maximum(np.abs(diff), 1e-6)
+    counts, edges = np.histogram(gap, bins=GAP_BINS)
+    return {"n": int(len(gap)), "mean": _round(gap.mean()), "mean_abs": _round(np.abs(gap).mean()),
+            "median_abs": _round(np.median(np.abs(gap))), "p90_abs": _round(np.quantile(np.abs(gap), 0.9)),
+            "median_relative": _round(np.median(relative)),
+            "histogram": {"counts": counts.tolist(), "edges": _json_floats(edges)},
+            "values": _json_floats(gap)}
+
+
+def _round(x, digits: int = 6) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), digits)
+
+
+def _json_floats(values) -> list[float | None]:
+    return [_round(v) for v in np.asarray(values, np.float64).ravel()]
