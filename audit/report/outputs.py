@@ -22,8 +22,9 @@ _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 def md(text) -> str:
-    """Text safe inside a Markdown table cell: HTML escaped, inline Markdown punctuation backslashed, one line."""
-    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Text safe inside a Markdown table cell: control characters dropped, HTML escaped, inline
+    Markdown punctuation backslashed, on one line."""
+    s = _XML_BAD.sub("", str(text)).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     s = _MD_SPECIAL.sub(r"\\\1", s)
     return " ".join(s.split())
 
