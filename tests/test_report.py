@@ -286,7 +286,7 @@ def test_single_file_is_self_contained(rendered):
     for item in page.gallery():
         assert item["thumb"].startswith("data:image/jpeg;base64,")
         if item["view"]:
-            assert all(src.startswith("data:image/") for _, src in item["view"]["maps"])
+            assert item["view"]["src"].startswith("data:image/jpeg;base64,")
 
 
 def test_montage_shows_the_cue(rendered):
@@ -306,11 +306,18 @@ def test_montage_shows_the_cue(rendered):
 def test_exemplars_show_one_overlay_per_method(rendered):
     _, _, html, page = rendered
     for r in (0, 1, 13):
-        alts = [a["alt"] for a in page.find("img") if a.get("alt", "").endswith(ROWS[r][0])]
-        assert f"image {ROWS[r][0]}" in alts and f"gradcam overlay of {ROWS[r][0]}" in alts, (r, alts)
-        overlay = next(a for a in page.find("img") if a.get("alt") == f"gradcam overlay of {ROWS[r][0]}")
-        assert _decode(overlay["src"]).size == (64, 64)  # the model's square aspect, at most the original's longer side
-    assert "gradcam overlay of pool/p2.png" not in html  # a member, not an exemplar
+        strip = page.find("img", alt=f"image, gradcam of {ROWS[r][0]}")
+        assert len(strip) == 1, r
+        # one panel per picture (the model's square aspect, at most the original's longer side), 2 px apart
+        assert _decode(strip[0]["src"]).size == (2 * 64 + plots.GAP, 64)
+    panels = re.findall(r'<figcaption class="panels">(.*?)</figcaption>', html)
+    assert panels and all(p == "<span>image</span><span>gradcam</span>" for p in panels)
+    assert "image, gradcam of pool/p2.png" not in html  # a member, not an exemplar
+    # the overlay panel is coloured by the map: redder (jet) at its peak than far from it
+    im = np.asarray(_decode(page.find("img", alt=f"image, gradcam of {ROWS[0][0]}")[0]["src"]).convert("RGB")).astype(int)
+    redness = im[..., 0] - im[..., 2]
+    x0 = 64 + plots.GAP
+    assert redness[PEAK[0] * 2, x0 + PEAK[1] * 2] > redness[60, x0 + 4] + 80
 
 
 def test_confusion_matrix_links_to_pair_sections(rendered):
@@ -361,8 +368,9 @@ def test_gallery_items_and_image_views(rendered):
     assert by_row[5]["reason"] == "low_confidence" and by_row[0]["reason"] == "misclassified"
     assert by_row[0]["pair"] == "pool\u2192bathroom" and by_row[0]["pair_anchor"] == "pair-pool--bathroom"
     assert by_row[0]["top"][0] == ["bathroom", 0.81] and len(by_row[0]["top"]) == 3
-    assert [m for m, _ in by_row[0]["view"]["maps"]] == ["gradcam"]
-    assert by_row[5]["view"]["maps"] and by_row[12]["view"]["maps"]
+    assert by_row[0]["view"]["panels"] == ["image", "gradcam"]
+    assert by_row[5]["view"]["panels"] == ["image", "gradcam"] == by_row[12]["view"]["panels"]
+    assert _decode(by_row[0]["view"]["src"]).size == (2 * 64 + plots.GAP, 64)
     assert by_row[0]["confidence"] == pytest.approx(0.81)
 
 
@@ -487,7 +495,8 @@ def test_folder_layout_writes_assets(tmp_path):
     set_report_config(run_dir, layout="folder")
     html = render(run_dir).read_text(encoding="utf-8")
     page = _Page(html)
-    srcs = [a["src"] for a in page.find("img")] + [it["thumb"] for it in page.gallery()]
+    srcs = [a["src"] for a in page.find("img")] + [it["thumb"] for it in page.gallery()] \
+        + [it["view"]["src"] for it in page.gallery()]
     assert srcs and all(s.startswith("assets/") for s in srcs)
     for s in srcs:
         assert _decode(s, run_dir).size[0] > 0
@@ -579,7 +588,7 @@ def test_partial_run_folder_renders(tmp_path):
     assert not page.find("img", alt=f"cue montage of {F1}")
     items = page.gallery()   # no selection: every misclassified readable image, without overlays
     assert sorted(it["row"] for it in items) == [0, 1, 2, 12, 13]
-    assert all(it["view"]["maps"] == [] for it in items)
+    assert all(it["view"]["panels"] == ["image"] for it in items)
 
 
 def test_render_does_not_import_tensorflow(tmp_path):

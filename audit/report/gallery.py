@@ -58,11 +58,10 @@ def section(run: Run, assets: Assets) -> dict | None:
             "pair": f"{true}{ARROW}{other}", "pair_anchor": pair_anchor if pair_anchor in anchors else None,
             "finding": f["id"] if f else None, "finding_anchor": f["anchor"] if f else None,
             "thumb": thumb(run, assets, row),
-            "view": ({"image": view["image"], "width": view["width"], "height": view["height"],
-                      "maps": [[m["method"], m["src"]] for m in view["maps"]]}
-                     if with_view and view["image"] else None),
+            "view": ({"src": view["strip"], "panels": view["panels"], "width": view["width"],
+                      "height": view["height"]} if with_view and view["strip"] else None),
             "top": [[t["label"], t["p"]] for t in view["top"]],
-            "error": view["error"] if view["image"] is None and with_view else None,
+            "error": view["error"] if view["strip"] is None and with_view else None,
         })
     n_views = sum(1 for it in items if it["view"])
     return {"items": items, "n": len(items), "n_views": n_views, "limit": limit,

@@ -13,7 +13,7 @@ from audit.report.assets import Assets
 from audit.report.fmt import finite, str_or_none
 from audit.report.loading import Run
 
-THUMB = 72      # px, gallery and strip thumbnails (box side)
+THUMB = 64      # px, gallery and pair-strip thumbnails (box side)
 VIEW = 160      # px, per-image view and exemplars (box side; small originals are not upscaled)
 TOP_K = 5
 
@@ -40,13 +40,13 @@ def thumb(run: Run, assets: Assets, row: int) -> str | None:
     img = run.image(row)
     if img is None:
         return None
-    return assets.image(name, _sized(run, row, img, THUMB), quality=75)
+    return assets.image(name, _sized(run, row, img, THUMB), quality=70)
 
 
 def top_k(run: Run, row: int, k: int = TOP_K) -> list[dict]:
     """The k most probable classes of a row: [{"label", "p"}], from ``probs`` in predictions."""
     info = run.info(row)
-    if info is None or "probs" not in info.index:
+    if info is None or info.get("probs") is None:
         return []
     try:
         probs = np.asarray(info["probs"], dtype=float).ravel()
@@ -56,25 +56,29 @@ def top_k(run: Run, row: int, k: int = TOP_K) -> list[dict]:
         return []
     order = np.argsort(-np.nan_to_num(probs, nan=-1.0), kind="stable")[:k]
     names = run.classes
-    return [{"label": names[i] if i < len(names) else f"class {i}", "p": float(probs[i])} for i in order]
+    return [{"label": names[i] if i < len(names) else f"class {i}", "p": float(probs[i])}
+            for i in order if np.isfinite(probs[i])]
 
 
 def image_view(run: Run, assets: Assets, row: int, lut: np.ndarray | None = None,
                box_method: str | None = None, with_pictures: bool = True) -> dict:
-    """Everything the report shows of one image; pictures only when ``with_pictures``.
+    """Everything the report shows of one image; the picture only when ``with_pictures``.
 
-    Returns ``{"row", "path", "label", "predicted", "confidence", "margin", "error",
-    "image": src|None, "width", "height", "maps": [{"method", "src"}], "top": [...]}``.
-    ``box_method``: outline that method's peak box (the cue patch of the montage).
+    The picture is one strip: the image as the model saw it, then one overlay per
+    stored attribution method, side by side (one file per image in the folder
+    layout). Returns ``{"row", "path", "label", "predicted", "confidence",
+    "margin", "error", "strip": src|None, "panels": ["image", "<method>", ...],
+    "width", "height" (of one panel), "top": [...]}``. ``box_method``: outline
+    that method's peak box (the cue patch of the montage).
     """
     info = run.info(row)
     view = {"row": int(row), "path": run.path(row), "label": None, "predicted": None, "confidence": None,
-            "margin": None, "error": None, "image": None, "width": None, "height": None, "maps": [],
+            "margin": None, "error": None, "strip": None, "panels": [], "width": None, "height": None,
             "top": top_k(run, row)}
     if info is not None:
         view.update(label=str_or_none(info["label"]), predicted=str_or_none(info["predicted"]),
                     confidence=finite(info.get("confidence")), margin=finite(info.get("margin")),
-                    error=str_or_none(info.get("error")) if "error" in info.index else None)
+                    error=str_or_none(info.get("error")))
     if not with_pictures:
         return view
     img = run.image(row)
@@ -83,14 +87,14 @@ def image_view(run: Run, assets: Assets, row: int, lut: np.ndarray | None = None
         return view
     base = _sized(run, row, img, VIEW)
     view["height"], view["width"] = base.shape[:2]
-    view["image"] = assets.image(f"row-{row}-image", base)
+    panels, names = [base], ["image"]
     for method in run.methods:
         cam = run.cam(method, row)
-        if cam is None:
-            continue
-        box = plots.peak_box(cam) if method == box_method else None
-        name = f"row-{row}-{method}" + ("-box" if box else "")
-        src = assets.image(name, None) if assets.has(name) else assets.image(
-            name, plots.overlay(base, cam, box=box, lut=lut))
-        view["maps"].append({"method": method, "src": src})
+        if cam is not None:
+            box = plots.peak_box(cam) if method == box_method else None
+            panels.append(plots.overlay(base, cam, box=box, lut=lut))
+            names.append(method)
+    name = f"row-{row}-view" + (f"-box-{box_method}" if box_method else "")
+    view["strip"] = assets.image(name, plots.montage(panels, cols=len(panels), gap=plots.GAP))
+    view["panels"] = names
     return view

@@ -42,7 +42,7 @@ class Run:
     slugs: dict[str, str] = field(default_factory=dict)
     findings: list[dict] = field(default_factory=list)
     pairs: list[dict] = field(default_factory=list)
-    by_row: pd.DataFrame | None = None
+    rows: dict[int, dict] = field(default_factory=dict)    # manifest row id -> its predictions record
     image_errors: dict[int, str] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)   # per-render results sections share
     _images: dict[int, np.ndarray] = field(default_factory=dict)
@@ -65,7 +65,8 @@ class Run:
                 r.notes.append(f"{artifacts.PREDICTIONS} lacks column(s) {', '.join(missing)}")
                 r.predictions = None
             else:
-                r.by_row = r.predictions.set_index(r.predictions["row"].astype(int), drop=False)
+                for rec in r.predictions.to_dict("records"):
+                    r.rows.setdefault(int(rec["row"]), rec)
         r._load_maps()
         r._derive()
         return r
@@ -134,7 +135,7 @@ class Run:
             if len(rows) != len(members):
                 if members:
                     rows = [path_to_row.get(p, -1) for p in members]
-                elif self.by_row is not None:
+                elif self.rows:
                     members = [self.path(r) for r in rows]
             exemplars = []
             member_row = dict(zip(members, rows))
@@ -209,11 +210,9 @@ class Run:
         i = index.get(int(row))
         return None if i is None else maps[i]
 
-    def info(self, row: int) -> pd.Series | None:
-        if self.by_row is None or row not in self.by_row.index:
-            return None
-        hit = self.by_row.loc[row]
-        return hit.iloc[0] if isinstance(hit, pd.DataFrame) else hit
+    def info(self, row: int) -> dict | None:
+        """The predictions record of a manifest row (column -> value), or None."""
+        return self.rows.get(int(row))
 
     def path(self, row: int) -> str:
         info = self.info(row)
@@ -234,8 +233,9 @@ class Run:
         except Exception as exc:  # moved, deleted or undecodable since the run
             self.image_errors[row] = f"{type(exc).__name__}: {exc}".splitlines()[0]
             return None
-        if len(self._images) < 512:   # a small cache: findings, pairs and gallery share images
-            self._images[row] = img
+        self._images[row] = img          # a small cache of the latest images: one image is
+        while len(self._images) > 64:    # often drawn twice in a row (thumbnail, then its view)
+            self._images.pop(next(iter(self._images)))
         return img
 
     def correct(self) -> pd.Series:

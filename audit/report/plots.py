@@ -112,10 +112,10 @@ def overlay(thumb: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALPHA, cm
     ``lut``: a colour table from ``colour_table(cmap)`` to reuse over many overlays.
     """
     th, tw = thumb.shape[:2]
-    cam01 = normalise(cam)
-    resized = np.asarray(Image.fromarray(cam01.astype(np.float32)).resize((tw, th), Image.Resampling.BILINEAR))
-    heat = colorize(resized, cmap, lut).astype(np.float32)
-    out = ((1.0 - alpha) * thumb.astype(np.float32) + alpha * heat + 0.5).clip(0, 255).astype(np.uint8)
+    table = _lut(cmap) if lut is None else lut
+    heat = table[(normalise(cam) * 255.0 + 0.5).astype(np.uint8)]   # coloured at map resolution,
+    heat_img = Image.fromarray(heat).resize((tw, th), Image.Resampling.BILINEAR)  # then scaled (fast)
+    out = np.asarray(Image.blend(Image.fromarray(np.ascontiguousarray(thumb)), heat_img, alpha))
     if box is not None:
         mh, mw = cam.shape
         top, left, bottom, right = box
