@@ -642,3 +642,17 @@ def test_reliability_by_hand():
     # bin 0.9-1.0: acc 0.5 vs conf 0.95 (gap 0.45); bin 0.5-0.6: acc 1.0 vs conf 0.55 (gap 0.45)
     assert cal["ece"] == pytest.approx(0.45)
     assert cal["count"].tolist() == [0, 0, 0, 0, 0, 2, 0, 0, 0, 2]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("report.layout=zip", "`report.layout` must be single or folder (got 'zip')"),
+    ("report.max_bytes=0", "`report.max_bytes` must be a positive int (bytes) (got 0)"),
+    ("report.max_image_views=-1", "`report.max_image_views` must be a non-negative int (got -1)"),
+])
+def test_report_settings_are_validated(setting, message):
+    from audit.config import resolve
+    from audit.errors import UsageError
+
+    with pytest.raises(UsageError) as err:
+        resolve(None, [setting])
+    assert str(err.value) == message

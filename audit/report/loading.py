@@ -18,8 +18,7 @@ import pandas as pd
 
 from audit import artifacts
 from audit import data as audit_data
-from audit.report.fmt import (class_slugs, correct_mask, finding_key, finite, pair_anchor, readable_mask,
-                              str_or_none)
+from audit.report.fmt import class_slugs, finding_key, finite, pair_anchor, readable_mask, str_or_none
 
 HISTORY = "history.parquet"   # in the run folder's parent: one row per (run, confusion pair)
 MAX_PAIRS = 60                # confusion pairs with a section of their own (most confused first)
@@ -237,6 +236,3 @@ class Run:
         while len(self._images) > 64:    # often drawn twice in a row (thumbnail, then its view)
             self._images.pop(next(iter(self._images)))
         return img
-
-    def correct(self) -> pd.Series:
-        return correct_mask(self.predictions)

@@ -98,13 +98,6 @@ def _lut(cmap: str) -> np.ndarray:
     return (matplotlib.colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
 
 
-def colorize(cam01: np.ndarray, cmap: str = CMAP, lut: np.ndarray | None = None) -> np.ndarray:
-    """A [0, 1] map to uint8 RGB through a matplotlib colormap (256 levels)."""
-    table = _lut(cmap) if lut is None else lut
-    index = (np.clip(np.nan_to_num(cam01), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return table[index]
-
-
 def overlay(thumb: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALPHA, cmap: str = CMAP,
             box: tuple[int, int, int, int] | None = None, lut: np.ndarray | None = None) -> np.ndarray:
     """Blend the (per-image min-max normalised) map over ``thumb``; optionally outline ``box`` (map coords).
@@ -130,17 +123,8 @@ def overlay(thumb: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALPHA, cm
 
 
 def colour_table(cmap: str = CMAP) -> np.ndarray:
-    """The 256-entry colour table ``colorize``/``overlay`` use, to compute once per render."""
+    """The 256-entry colour table ``overlay`` uses, to compute once per render."""
     return _lut(cmap)
-
-
-def fit(image: np.ndarray, box: int) -> np.ndarray:
-    """The image scaled down (never up) to fit a ``box`` x ``box`` square, aspect kept."""
-    h, w = image.shape[:2]
-    if max(h, w) <= box:
-        return np.ascontiguousarray(image)
-    w2, h2 = fit_size((h, w), box)
-    return np.asarray(Image.fromarray(image).resize((w2, h2), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def montage_shape(n: int, cols: int = MONTAGE_COLS, tile: int = TILE, gap: int = GAP) -> tuple[int, int]:
