@@ -18,11 +18,11 @@ import pandas as pd
 
 from audit import artifacts
 from audit import data as audit_data
+from audit.config import DEFAULTS
 from audit.report.fmt import class_slugs, finding_key, finite, pair_anchor, readable_mask, str_or_none
 
 HISTORY = "history.parquet"   # in the run folder's parent: one row per (run, confusion pair)
 MAX_PAIRS = 60                # confusion pairs with a section of their own (most confused first)
-REPORT_DEFAULTS = {"layout": "single", "max_bytes": 10_000_000, "max_image_views": 300, "exemplars": 6}
 
 
 @dataclass
@@ -189,8 +189,9 @@ class Run:
         return section if isinstance(section, dict) else {}
 
     def report_setting(self, key: str) -> Any:
+        """``report.<key>`` as the run recorded it, else today's default (runs older than the key)."""
         value = self.config_section("report").get(key)
-        return REPORT_DEFAULTS[key] if value is None else value
+        return DEFAULTS["report"][key] if value is None else value
 
     @property
     def data_root(self) -> Path:
