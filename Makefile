@@ -5,15 +5,26 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS ?= cpu,test
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install browser demo test test-fast bench clean
 
-install: $(STAMP)
+install: $(STAMP) browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
+
+# tests/test_browser.py drives Debian chromium (headless, through playwright): install it when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	  elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	  else echo "make: chromium is missing and installing it needs root or sudo: apt-get install chromium" >&2; exit 1; fi; \
+	  echo "installing Debian chromium for the browser test (apt-get)"; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium \
+	    || { echo "make: apt-get could not install chromium (needed by tests/test_browser.py)" >&2; exit 1; }; \
+	  command -v chromium >/dev/null 2>&1 || { echo "make: chromium still not found after apt-get" >&2; exit 1; }; }
 
 demo: install
 	$(BIN)/audit demo --out reports/demo
@@ -32,6 +43,7 @@ bench: install
 	$(BIN)/python benchmarks/discovery.py --out benchmarks/results
 	$(BIN)/python benchmarks/scale.py --out benchmarks/results
 	$(BIN)/python benchmarks/trust.py --out benchmarks/results
+	$(BIN)/python benchmarks/report.py --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) reports/demo reports/.cache build *.egg-info

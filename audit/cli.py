@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if not (Path(args.run_dir) / "summary.json").is_file():
                 raise UsageError(f"{args.run_dir}: not a finished run folder (no summary.json)")
-            print(render(Path(args.run_dir)))
+            print(render(Path(args.run_dir), layout=args.layout))
             return EXIT_OK
         _import_tensorflow_quietly()
         from audit import pipeline
@@ -148,6 +148,8 @@ def _parser() -> argparse.ArgumentParser:
 
     render = sub.add_parser("render", help="re-render the report of a run folder (no TensorFlow needed)")
     render.add_argument("run_dir")
+    render.add_argument("--layout", choices=("single", "folder"),
+                        help="one self-contained index.html, or index.html + assets/ (default: report.layout of the run)")
     render.add_argument("--quiet", action="store_true")
 
     compare = sub.add_parser("compare", help="diff two run folders (no TensorFlow needed)")

@@ -115,6 +115,9 @@ DEFAULTS: dict[str, Any] = {
     },
     "report": {
         "exemplars": 6,
+        "layout": "single",          # single: one self-contained index.html | folder: index.html + assets/
+        "max_bytes": 10_000_000,     # size budget of the report; a warning line when exceeded
+        "max_image_views": 300,      # single layout: gallery images with embedded overlays (folder: all)
     },
 }
 
@@ -236,6 +239,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str | Callable[[], str]]] = {
     "dask.scheduler": (_optional(_str), "null (local) or a scheduler address such as tcp://host:8786"),
     "dask.workers": (_positive_int, "a positive int"),
     "report.exemplars": (_positive_int, "a positive int"),
+    "report.layout": (lambda v: v in ("single", "folder"), "single or folder"),
+    "report.max_bytes": (_positive_int, "a positive int (bytes)"),
+    "report.max_image_views": (_nonneg_int, "a non-negative int"),
 }
 
 

@@ -1,8 +1,14 @@
-"""The HTML report: rendered from a small synthetic run folder built here (no model, no TensorFlow)."""
+"""The HTML report and its short forms, rendered from a small synthetic run folder built here
+(no model, no TensorFlow). Class ``<script>alert(1)</script>`` and file ``a "b" & c.png`` are
+hostile on purpose: they must come out as text, never as markup."""
 from __future__ import annotations
 
+import base64
+import io
+import json
 import re
 import subprocess
+import xml.etree.ElementTree as ET
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -15,6 +21,7 @@ from PIL import Image, ImageDraw
 
 from audit import artifacts  # noqa: E402
 from audit.report import plots  # noqa: E402
+from audit.report import findings as findings_module  # noqa: E402
 from audit.report.render import render  # noqa: E402
 
 EVIL = "<script>alert(1)</script>"
@@ -172,6 +179,14 @@ def build_run(root: Path, with_maps: bool = True) -> Path:
     return run_dir
 
 
+
+def set_report_config(run_dir: Path, **report) -> None:
+    """Change ``report.*`` settings in the run's recorded config (what `audit render` reads)."""
+    run = artifacts.read_json(run_dir / artifacts.RUN_JSON)
+    run["config"].setdefault("report", {}).update(report)
+    artifacts.write_json(run_dir / artifacts.RUN_JSON, run)
+
+
 class _Page(HTMLParser):
     """Tags with attributes, element ids, and the page's visible text (entities decoded)."""
 
@@ -179,19 +194,46 @@ class _Page(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.tags: list[tuple[str, dict]] = []
         self.text: list[str] = []
+        self.scripts: list[tuple[dict, str]] = []
+        self._in_script: dict | None = None
         self.feed(html)
 
     def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, {k: (v or "") for k, v in attrs}))
+        a = {k: (v or "") for k, v in attrs}
+        self.tags.append((tag, a))
+        if tag == "script":
+            self._in_script = a
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._in_script = None
 
     def handle_data(self, data):
-        self.text.append(data)
+        if self._in_script is not None:
+            self.scripts.append((self._in_script, data))
+        else:
+            self.text.append(data)
 
     def ids(self) -> set[str]:
         return {a["id"] for _, a in self.tags if "id" in a}
 
     def find(self, tag: str, **attrs) -> list[dict]:
         return [a for t, a in self.tags if t == tag and all(a.get(k.replace("_", "-")) == v for k, v in attrs.items())]
+
+    def gallery(self) -> list[dict]:
+        return json.loads(next(d for a, d in self.scripts if a.get("id") == "gallery-data"))
+
+
+def _decode(src: str, run_dir: Path | None = None) -> Image.Image:
+    """The picture behind an img src: a data URI, or a file relative to the run folder."""
+    if src.startswith("data:"):
+        head, payload = src.split(",", 1)
+        assert head in ("data:image/jpeg;base64", "data:image/png;base64"), head
+        im = Image.open(io.BytesIO(base64.b64decode(payload)))
+    else:
+        im = Image.open(run_dir / src)
+    im.load()
+    return im
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +254,10 @@ def test_render_writes_index(rendered):
     metrics = {a["data-metric"] for a in page.find("div") if "data-metric" in a}
     assert {"n_images", "n_unreadable", "accuracy", "n_selected"} <= metrics
     assert "66.7%" in html  # accuracy 10/15
+    # the summary comes first: verdict, gates, changes, top findings before any finding section
+    assert html.index('id="verdict"') < html.index('id="gates"') < html.index('id="changes"') \
+        < html.index('id="top-findings"') < html.index(f'id="{F1}"')
+    assert "No baseline" in html
 
 
 def test_finding_sections_and_anchors(rendered):
@@ -219,82 +265,127 @@ def test_finding_sections_and_anchors(rendered):
     sections = {a["id"] for a in page.find("section") if "id" in a}
     assert {F1, F2} <= sections
     assert f'href="#{F1}"' in html and f'href="#{F2}"' in html
-    # ranked: finding 1 before finding 2
     assert html.index(f'<section class="finding" id="{F1}"') < html.index(f'<section class="finding" id="{F2}"')
+    ids = page.ids()
+    for a in page.find("a"):
+        if a.get("href", "").startswith("#"):
+            assert a["href"][1:] in ids, a["href"]
 
 
-def _png_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as im:
-        im.verify()
-    with Image.open(path) as im:
-        assert im.format == "PNG"
-        return im.size
-
-
-def test_montage_and_overlays_exist_are_referenced_and_valid(rendered):
-    run_dir, _, _, page = rendered
+def test_single_file_is_self_contained(rendered):
+    run_dir, _, html, page = rendered
+    assert not (run_dir / "assets").exists()
     srcs = [a["src"] for a in page.find("img")]
-    assert srcs and all(s.startswith("assets/") for s in srcs)
-    for s in srcs:
-        assert (run_dir / s).is_file(), s
-    montage = f"assets/{F1}-montage.png"
-    assert montage in srcs
-    assert _png_size(run_dir / montage) == plots.montage_shape(len(RAILS)) == (3 * 128 + 2 * plots.GAP, 128)
-    assert _png_size(run_dir / f"assets/{F2}-montage.png") == (128, 128)
-    for r in (0, 1, 13):  # exemplars: image + overlay at the model's aspect, 128 px
-        for kind in ("image", "overlay"):
-            name = f"assets/row-{r}-{kind}.png"
-            assert name in srcs
-            assert _png_size(run_dir / name) == (128, 128)
-    assert "assets/row-2-overlay.png" not in srcs  # a member, not an exemplar
-    assert _png_size(run_dir / f"assets/{F1}-mean.png")[0] > 50
-    assert "assets/confidence.png" in srcs and "assets/embedding.png" in srcs
+    assert len(srcs) > 10 and all(s.startswith(("data:image/jpeg;base64,", "data:image/png;base64,")) for s in srcs)
+    for forbidden in ("http://", "https://", "//fonts", "<link", "@import", "url(", "localStorage",
+                      "sessionStorage", "fetch(", "XMLHttpRequest", "<iframe", "file://"):
+        assert forbidden not in html, forbidden
+    csp = page.find("meta", http_equiv="Content-Security-Policy")
+    assert csp and "img-src data:;" in csp[0]["content"] and "default-src 'none'" in csp[0]["content"]
+    # every gallery thumbnail and image-view picture is a data URI too
+    for item in page.gallery():
+        assert item["thumb"].startswith("data:image/jpeg;base64,")
+        if item["view"]:
+            assert item["view"]["src"].startswith("data:image/jpeg;base64,")
 
 
-def test_montage_tiles_show_the_cue(rendered):
+def test_montage_shows_the_cue(rendered):
     """The first tile is cut around the map peak: it holds the silver rails, the pool around them is blue."""
-    run_dir = rendered[0]
-    with Image.open(run_dir / f"assets/{F1}-montage.png") as im:
-        tile = np.asarray(im.convert("RGB"))[:, :128].astype(int)
+    _, _, _, page = rendered
+    src = page.find("img", alt=f"cue montage of {F1}")[0]["src"]
+    im = _decode(src)
+    assert im.size == plots.montage_shape(len(RAILS)) == (3 * 128 + 2 * plots.GAP, 128)
+    tile = np.asarray(im.convert("RGB"))[:, :128].astype(int)
     grey = (np.abs(tile[..., 0] - tile[..., 2]) < 30) & (tile[..., 0] > 150)
     assert grey.mean() > 0.1  # rails
     whole = np.asarray(_image("pool", True, 0)).astype(int)
     assert ((np.abs(whole[..., 0] - whole[..., 2]) < 30) & (whole[..., 0] > 150)).mean() < grey.mean() / 2
+    assert _decode(page.find("img", alt=f"cue montage of {F2}")[0]["src"]).size == (128, 128)
 
 
-def test_asset_names_are_safe(rendered):
-    run_dir = rendered[0]
-    names = [p.name for p in (run_dir / "assets").iterdir()]
-    assert names and all(re.fullmatch(r"[A-Za-z0-9_.-]+", n) for n in names), names
+def test_exemplars_show_one_overlay_per_method(rendered):
+    _, _, html, page = rendered
+    for r in (0, 1, 13):
+        strip = page.find("img", alt=f"image, gradcam of {ROWS[r][0]}")
+        assert len(strip) == 1, r
+        # one panel per picture (the model's square aspect, at most the original's longer side), 2 px apart
+        assert _decode(strip[0]["src"]).size == (2 * 64 + plots.GAP, 64)
+    panels = re.findall(r'<figcaption class="panels">(.*?)</figcaption>', html)
+    assert panels and all(p == "<span>image</span><span>gradcam</span>" for p in panels)
+    assert "image, gradcam of pool/p2.png" not in html  # a member, not an exemplar
+    # the overlay panel is coloured by the map: redder (jet) at its peak than far from it
+    im = np.asarray(_decode(page.find("img", alt=f"image, gradcam of {ROWS[0][0]}")[0]["src"]).convert("RGB")).astype(int)
+    redness = im[..., 0] - im[..., 2]
+    x0 = 64 + plots.GAP
+    assert redness[PEAK[0] * 2, x0 + PEAK[1] * 2] > redness[60, x0 + 4] + 80
 
 
-def test_confusion_matrix_counts(rendered):
+def test_confusion_matrix_links_to_pair_sections(rendered):
     _, _, html, page = rendered
     cells = {(a["data-true"], a["data-pred"]): int(a["data-count"]) for a in page.find("td") if "data-count" in a}
     for t in CLASSES:
         for p in CLASSES:
             assert cells[(t, p)] == EXPECTED_CONFUSION.get((t, p), 0), (t, p)
-    ids = page.ids()
-    assert "pair-pool--bathroom" in ids
-    assert "pair-bathroom--script-alert-1-script" in ids
-    assert "pair-script-alert-1-script--pool" in ids
-    assert "pair-pool--pool" not in ids            # diagonal: no pair anchor
-    assert "pair-bathroom--pool" not in ids         # zero count: no anchor
-    # the pair's finding is linked from its cell
-    cell = re.search(r'<td id="pair-pool--bathroom".*?</td>', html, re.S).group(0)
-    assert f'href="#{F1}"' in cell
-    assert 'href="#pair-pool--bathroom"' in html    # and back from the finding
+    sections = {a["id"]: a for a in page.find("section", **{"class": "pair-section"})}
+    assert set(sections) == {"pair-pool--bathroom", "pair-bathroom--script-alert-1-script",
+                             "pair-script-alert-1-script--pool"}
+    assert sections["pair-script-alert-1-script--pool"]["data-true"] == EVIL
+    links = {a["href"] for a in page.find("a", **{"class": "cell"})}
+    assert links == {"#" + k for k in sections}   # diagonal and empty cells have no link
+    pair = re.search(r'<section class="pair-section" id="pair-pool--bathroom".*?</section>', html, re.S).group(0)
+    assert f'href="#{F1}"' in pair and "3 of 8" in pair and "37.5%" in pair
+    assert pair.count("data-open-row=") == 3      # its three errors, most confident first
+    rows = re.findall(r'data-open-row="(\d+)"', pair)
+    assert rows == ["0", "1", "2"]
+    finding = re.search(rf'<section class="finding" id="{F1}".*?</section>', html, re.S).group(0)
+    assert 'href="#pair-pool--bathroom"' in finding  # and back from the finding
 
 
 def test_escaping(rendered):
-    _, _, html, page = rendered
+    run_dir, _, html, page = rendered
     assert "<script>alert(1)" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert QUOTED not in html
-    assert "<script" not in html.lower()
+    assert html.lower().count("<script") == 2  # the page's own script and the gallery's JSON, nothing else
     text = "".join(page.text)
     assert EVIL in text and QUOTED in text  # shown as text once decoded
     assert any(a.get("title") == f"evil/{QUOTED}" for a in page.find("img"))  # attribute values decode back
+    raw_json = next(d for a, d in page.scripts if a.get("id") == "gallery-data")
+    assert "\\u003cscript\\u003e" in raw_json and "<" not in raw_json and "&" not in raw_json
+    items = {it["row"]: it for it in page.gallery()}
+    assert items[13]["path"] == f"evil/{QUOTED}" and items[13]["label"] == EVIL
+    assert items[12]["predicted"] == EVIL
+
+
+def test_gallery_items_and_image_views(rendered):
+    _, _, _, page = rendered
+    items = page.gallery()
+    # misclassified and low-confidence rows, never contrast; finding members first (by rank)
+    assert sorted(it["row"] for it in items) == [0, 1, 2, 5, 12, 13]
+    assert [it["row"] for it in items][:4] == [0, 1, 2, 13]
+    by_row = {it["row"]: it for it in items}
+    assert by_row[0]["finding"] == F1 and by_row[13]["finding"] == F2 and by_row[5]["finding"] is None
+    assert by_row[5]["reason"] == "low_confidence" and by_row[0]["reason"] == "misclassified"
+    assert by_row[0]["pair"] == "pool\u2192bathroom" and by_row[0]["pair_anchor"] == "pair-pool--bathroom"
+    assert by_row[0]["top"][0] == ["bathroom", 0.81] and len(by_row[0]["top"]) == 3
+    assert by_row[0]["view"]["panels"] == ["image", "gradcam"]
+    assert by_row[5]["view"]["panels"] == ["image", "gradcam"] == by_row[12]["view"]["panels"]
+    assert _decode(by_row[0]["view"]["src"]).size == (2 * 64 + plots.GAP, 64)
+    assert by_row[0]["confidence"] == pytest.approx(0.81)
+
+
+def test_calibration_ece(rendered):
+    _, _, html, page = rendered
+    readable = [(conf, label == pred) for _, label, pred, conf, _ in ROWS if pred is not None]
+    bins = np.linspace(0, 1, 16)
+    ece = 0.0
+    for lo, hi in zip(bins[:-1], bins[1:]):
+        inside = [(c, ok) for c, ok in readable if (lo <= c < hi) or (hi == 1.0 and c == 1.0)]
+        if inside:
+            ece += len(inside) / len(readable) * abs(np.mean([ok for _, ok in inside]) - np.mean([c for c, _ in inside]))
+    shown = float(page.find("strong", **{"data-ece": next(a["data-ece"] for a in page.find("strong") if "data-ece" in a)})[0]["data-ece"])
+    assert shown == pytest.approx(ece, abs=1e-4)
+    assert page.find("img", alt="reliability diagram") and page.find("img", alt="confidence histogram, correct vs. wrong")
 
 
 def test_slices_show_accuracy(rendered):
@@ -324,18 +415,166 @@ def test_selection_unreadable_and_metadata(rendered):
     assert '&#34;low_confidence&#34;: 0.6' in html  # config as pretty JSON
 
 
-def test_offline_and_no_script(rendered):
-    _, _, html, _ = rendered
-    assert "http://" not in html and "https://" not in html
-    assert "<link" not in html and "@import" not in html and "url(" not in html
+def test_summary_markdown(rendered):
+    run_dir = rendered[0]
+    md = (run_dir / "summary.md").read_text(encoding="utf-8")
+    assert md.startswith("## cnn-audit run-test-001: **FAIL**")
+    assert "1 of 2 gate(s) failed: accuracy." in md
+    assert "| accuracy | 0.667 | 0.900 | **FAIL** |" in md
+    assert "| max\\_finding\\_size | 3 | 10 | pass |" in md
+    assert f"| 1 | {F1} | pool → bathroom | 3 | 2.500 |" in md
+    assert f"| 2 | {F2} | &lt;script&gt;alert(1)&lt;/script&gt; → pool |" in md
+    assert "<script" not in md
+    assert "No baseline" in md
 
 
-def test_rerender_is_stable_and_prunes(rendered):
+def test_junit_xml(rendered):
+    run_dir = rendered[0]
+    root = ET.parse(run_dir / "junit.xml").getroot()
+    suite = root.find("testsuite")
+    assert suite.get("tests") == "2" and suite.get("failures") == "1"
+    cases = {c.get("name"): c for c in suite.findall("testcase")}
+    assert set(cases) == {"accuracy", "max_finding_size"}
+    assert cases["accuracy"].find("failure") is not None
+    assert "0.667" in cases["accuracy"].find("failure").get("message")
+    assert cases["max_finding_size"].find("failure") is None
+
+
+def test_junit_and_markdown_escape_hostile_gate_names(tmp_path):
+    run_dir = build_run(tmp_path)
+    summary = artifacts.read_json(run_dir / artifacts.SUMMARY)
+    summary["gates"].append({"name": f'{EVIL} "q" & |pipe|\x01', "passed": False, "value": 1, "threshold": 0})
+    artifacts.write_json(run_dir / artifacts.SUMMARY, summary)
+    render(run_dir)
+    root = ET.parse(run_dir / "junit.xml").getroot()
+    names = [c.get("name") for c in root.iter("testcase")]
+    assert f'{EVIL} "q" & |pipe|' in names     # escaped in the file, decoded back by the parser
+    assert "<script>" not in (run_dir / "junit.xml").read_text(encoding="utf-8")
+    md = (run_dir / "summary.md").read_text(encoding="utf-8")
+    assert "| &lt;script&gt;alert(1)&lt;/script&gt; \"q\" &amp; \\|pipe\\| | 1 | 0 | **FAIL** |" in md
+
+
+def test_changes_since_baseline(tmp_path):
+    run_dir = build_run(tmp_path)
+    summary = artifacts.read_json(run_dir / artifacts.SUMMARY)
+    summary["baseline"] = {"run_id": "night-41", "run_dir": "reports/night-41"}
+    summary["findings"][0].update(status="new", triage=None)
+    summary["findings"][1].update(status="persisting", triage="acknowledged")
+    summary["resolved"] = [{"id": "F-gone0001", "true_label": "bathroom", "predicted_label": "pool", "size": 4,
+                            "score": 0.7}]
+    summary["pairs"] = [
+        {"true_label": "pool", "predicted_label": "bathroom", "n_true": 8, "n_confused": 3, "error_rate": 0.375,
+         "baseline_error_rate": 0.125},
+        {"true_label": EVIL, "predicted_label": "pool", "n_true": 3, "n_confused": 1, "error_rate": 1 / 3,
+         "baseline_error_rate": None},
+        {"true_label": "bathroom", "predicted_label": EVIL, "n_true": 4, "n_confused": 1, "error_rate": 0.25,
+         "baseline_error_rate": 0.25},
+    ]
+    artifacts.write_json(run_dir / artifacts.SUMMARY, summary)
+    html = render(run_dir).read_text(encoding="utf-8")
+    page = _Page(html)
+    changes = re.search(r'<h2 id="changes">.*?<h2 id="top-findings">', html, re.S).group(0)
+    assert 'data-baseline="night-41"' in changes
+    assert "<strong>1</strong> new, 1 persisting, 1 resolved" in changes
+    assert f'href="#{F1}"' in changes and "F-gone0001" in changes
+    assert "+25.0 pt" in changes and "new pair" in changes   # unchanged pairs are not listed
+    assert changes.count("<tr>") == 3  # heading + the two changed pairs
+    assert "1 acknowledged" in changes
+    pair = re.search(r'<section class="pair-section" id="pair-pool--bathroom".*?</section>', html, re.S).group(0)
+    assert "12.5%" in pair and "+25.0 pt" in pair
+    assert page.find("span", **{"class": "badge status-new"}) and page.find("span", **{"class": "badge triage-acknowledged"})
+    md = (run_dir / "summary.md").read_text(encoding="utf-8")
+    assert "Baseline night\\-41" not in md and "Baseline night-41: 1 new finding(s), 1 persisting, 1 resolved." in md
+    assert f"- new: {F1} pool → bathroom (3 images)" in md
+    assert "- resolved: F-gone0001 bathroom → pool" in md
+    assert "- error rate pool → bathroom: 12.5% → 37.5%" in md
+
+
+def test_folder_layout_writes_assets(tmp_path):
+    run_dir = build_run(tmp_path)
+    set_report_config(run_dir, layout="folder")
+    html = render(run_dir).read_text(encoding="utf-8")
+    page = _Page(html)
+    srcs = [a["src"] for a in page.find("img")] + [it["thumb"] for it in page.gallery()] \
+        + [it["view"]["src"] for it in page.gallery()]
+    assert srcs and all(s.startswith("assets/") for s in srcs)
+    for s in srcs:
+        assert _decode(s, run_dir).size[0] > 0
+    names = [p.name for p in (run_dir / "assets").iterdir()]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+", n) for n in names), names
+    assert "data:image" not in html
+    # a stale file of an earlier render is pruned; the single layout removes the folder
+    (run_dir / "assets" / "row-999-gradcam.jpg").write_bytes(b"old")
+    assert render(run_dir, layout="folder").read_text(encoding="utf-8") == html
+    assert not (run_dir / "assets" / "row-999-gradcam.jpg").exists()
+    render(run_dir, layout="single")
+    assert not (run_dir / "assets").exists()
+
+
+def test_image_views_are_capped_in_single_layout(tmp_path):
+    run_dir = build_run(tmp_path)
+    set_report_config(run_dir, max_image_views=2)
+    page = _Page(render(run_dir).read_text(encoding="utf-8"))
+    items = page.gallery()
+    assert [it["row"] for it in items if it["view"]] == [0, 1]   # by priority: finding members first
+    assert all(it["thumb"] for it in items)
+    assert "report.max_image_views" in "".join(page.text)
+    # the folder layout draws every view
+    folder = _Page(render(run_dir, layout="folder").read_text(encoding="utf-8"))
+    assert all(it["view"] for it in folder.gallery())
+
+
+def test_size_budget_warning(tmp_path, capsys):
+    run_dir = build_run(tmp_path)
+    warnings: list[str] = []
+    render(run_dir, warn=warnings.append)
+    assert warnings == []
+    size = (run_dir / "index.html").stat().st_size
+    set_report_config(run_dir, max_bytes=size // 2)
+    render(run_dir, warn=warnings.append)
+    assert len(warnings) == 1 and "over report.max_bytes" in warnings[0] and "--layout folder" in warnings[0]
+    render(run_dir)  # default: one line on stderr
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("audit: warning: report is")
+
+
+def _history(path: Path) -> None:
+    rows = []
+    for i, (run_id, rate, n_find, acc) in enumerate([("n1", 0.10, 0, 0.9), ("n2", 0.20, 1, 0.85), ("n3", 0.375, 2, 0.8)]):
+        created = f"2025-01-0{i + 1}T03:00:00+00:00"
+        rows.append({"run_id": run_id, "created": created, "true_label": "pool", "predicted_label": "bathroom",
+                     "n_true": 8, "n_confused": round(rate * 8), "error_rate": rate, "n_findings": n_find,
+                     "top_score": 1.0, "accuracy": acc, "status": "fail"})
+        if run_id != "n2":  # absent in n2: counted as 0 that night
+            rows.append({"run_id": run_id, "created": created, "true_label": EVIL, "predicted_label": "pool",
+                         "n_true": 3, "n_confused": 1, "error_rate": 1 / 3, "n_findings": 0,
+                         "top_score": None, "accuracy": acc, "status": "fail"})
+    pd.DataFrame(rows[::-1]).to_parquet(path, index=False)   # not in time order on disk
+
+
+def test_trend_from_history(tmp_path):
+    run_dir = build_run(tmp_path)
+    html = render(run_dir).read_text(encoding="utf-8")
+    assert 'id="trend"' not in html                       # no history: no trend section
+    _history(run_dir.parent / "history.parquet")
+    html = render(run_dir).read_text(encoding="utf-8")
+    page = _Page(html)
+    assert 'id="trend"' in html and 'href="#trend"' in html
+    trend = re.search(r'<section class="part" id="trend">.*?</section>', html, re.S).group(0)
+    assert "3 runs" in trend and "<code>n1</code> to <code>n3</code>" in trend
+    rows = {a["data-pair"]: a for a in page.find("tr") if "data-pair" in a}
+    assert set(rows) == {"pool\u2192bathroom", f"{EVIL}\u2192pool"}
+    pool = re.search(r'<tr data-pair="pool→bathroom">(.*?)</tr>', trend, re.S).group(1)
+    assert re.findall(r'<td class="n">([^<]*)</td>', pool) == ["37.5%", "20.0%", "+17.5 pt", "37.5%", "2"]
+    evil = re.search(r'<tr data-pair="&lt;script&gt;alert\(1\)&lt;/script&gt;→pool">(.*?)</tr>', trend, re.S).group(1)
+    assert re.findall(r'<td class="n">([^<]*)</td>', evil)[:3] == ["33.3%", "0.0%", "+33.3 pt"]
+    assert page.find("img", alt="error rate per confusion pair over runs")
+    assert "latest: 2 findings, accuracy 80.0%" in trend
+
+
+def test_rerender_is_stable(rendered):
     run_dir, index, html, _ = rendered
-    stale = run_dir / "assets" / "row-999-overlay.png"
-    stale.write_bytes(b"old")
     assert render(run_dir).read_text(encoding="utf-8") == html
-    assert not stale.exists()
 
 
 def test_partial_run_folder_renders(tmp_path):
@@ -346,7 +585,10 @@ def test_partial_run_folder_renders(tmp_path):
     page = _Page(html)
     assert {F1, F2} <= page.ids()
     assert "no attribution maps" in html and "discovery.parquet is missing" in html
-    assert not list((run_dir / "assets").glob("*montage*"))
+    assert not page.find("img", alt=f"cue montage of {F1}")
+    items = page.gallery()   # no selection: every misclassified readable image, without overlays
+    assert sorted(it["row"] for it in items) == [0, 1, 2, 12, 13]
+    assert all(it["view"]["panels"] == ["image"] for it in items)
 
 
 def test_render_does_not_import_tensorflow(tmp_path):
@@ -354,25 +596,31 @@ def test_render_does_not_import_tensorflow(tmp_path):
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from audit.report.render import render\n"
-        f"render(Path({str(run_dir)!r}))\n"
+        "from audit.cli import main\n"
+        f"code = main(['render', {str(run_dir)!r}, '--layout', 'folder'])\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
         "assert not bad, bad\n"
-        "print('ok')\n"
+        "print('exit', code)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "ok"
-    assert (run_dir / "index.html").is_file()
+    assert res.stdout.strip().splitlines() == [str(run_dir / "index.html"), "exit 0"]
+    assert (run_dir / "assets").is_dir() and (run_dir / "summary.md").is_file()
+
+
+def test_render_cli_rejects_a_bad_layout(tmp_path):
+    run_dir = build_run(tmp_path)
+    res = subprocess.run([sys.executable, "-m", "audit.cli", "render", str(run_dir), "--layout", "zip"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "--layout" in res.stderr
 
 
 def test_montage_is_capped(tmp_path, monkeypatch):
-    import audit.report.render as render_module
-
-    monkeypatch.setattr(render_module, "MAX_MONTAGE", 2)
+    monkeypatch.setattr(findings_module, "MAX_MONTAGE", 2)
     run_dir = build_run(tmp_path)
     html = render(run_dir).read_text(encoding="utf-8")
-    assert _png_size(run_dir / f"assets/{F1}-montage.png") == plots.montage_shape(2) == (2 * 128 + plots.GAP, 128)
+    src = _Page(html).find("img", alt=f"cue montage of {F1}")[0]["src"]
+    assert _decode(src).size == plots.montage_shape(2) == (2 * 128 + plots.GAP, 128)
     assert "the first 2 of the 3 members" in html
 
 
@@ -387,6 +635,27 @@ def test_peak_box_and_normalise():
     assert not plots.normalise(np.full((4, 4), 3.0)).any()
     signed = plots.normalise(np.array([[-2.0, 0.0], [2.0, np.nan]]))
     assert signed.min() == 0.0 and signed.max() == 1.0
+
+
+def test_reliability_by_hand():
+    cal = plots.reliability(np.array([0.95, 0.95, 0.55, 0.55]), np.array([True, False, True, True]), bins=10)
+    # bin 0.9-1.0: acc 0.5 vs conf 0.95 (gap 0.45); bin 0.5-0.6: acc 1.0 vs conf 0.55 (gap 0.45)
+    assert cal["ece"] == pytest.approx(0.45)
+    assert cal["count"].tolist() == [0, 0, 0, 0, 0, 2, 0, 0, 0, 2]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("report.layout=zip", "`report.layout` must be single or folder (got 'zip')"),
+    ("report.max_bytes=0", "`report.max_bytes` must be a positive int (bytes) (got 0)"),
+    ("report.max_image_views=-1", "`report.max_image_views` must be a non-negative int (got -1)"),
+])
+def test_report_settings_are_validated(setting, message):
+    from audit.config import resolve
+    from audit.errors import UsageError
+
+    with pytest.raises(UsageError) as err:
+        resolve(None, [setting])
+    assert str(err.value) == message
 
 
 def _trust_summary() -> dict:
@@ -448,7 +717,7 @@ def trust_pictures(html: str, run_dir: Path) -> dict[str, tuple[int, int]]:
     import base64
     import io
 
-    start = html.index('<section id="trust">')
+    start = html.index('id="trust"')
     section = html[start:html.index("</section>", start)]
     out = {}
     for tag, attrs in _Page(section).tags:

@@ -364,7 +364,7 @@ def test_trust_disabled_gives_null(audit_case, tmp_path):
 def test_report_shows_trust_badges(trust_run):
     _, out, summary, _ = trust_run
     html = (out / "index.html").read_text(encoding="utf-8")
-    assert '<section id="trust">' in html and "<h2>Trust</h2>" in html
+    assert '<section class="part" id="trust">' in html and "<h2>Trust</h2>" in html
     assert f'data-method="{EDGE}" data-trusted="false" data-sanity="false"' in html
     assert 'data-method="gradcam" data-trusted="true" data-sanity="true"' in html
     assert f'data-untrusted="{EDGE}"' in html and 'data-untrusted="gradcam"' not in html

@@ -1,8 +1,9 @@
 """Pictures of the report: heat-map overlays, cue montages and matplotlib plots.
 
-Everything here writes PNG files and keeps no global state: figures are
-``matplotlib.figure.Figure`` objects drawn on an explicit Agg canvas (pyplot is
-never imported), image composition is numpy + Pillow.
+Everything here returns pictures and keeps no global state: image composition
+(numpy + Pillow) returns uint8 RGB arrays, plots return ``matplotlib.figure.Figure``
+objects drawn on an explicit Agg canvas (pyplot is never imported). The report
+embeds either through ``audit.report.assets.Assets.image``.
 
 Geometry: attribution maps live at the model's input resolution ``(H, W)``.
 Originals are decoded at their own size; a box in map coordinates is mapped
@@ -12,7 +13,6 @@ resolution original but cover exactly what the model saw.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import matplotlib
@@ -30,7 +30,6 @@ OVERLAY_ALPHA = 0.45
 CMAP = "jet"
 BACKGROUND = (255, 255, 255)
 
-_PNG_META = {"Software": None}  # keep re-renders byte-identical
 
 
 # ---------------------------------------------------------------- geometry
@@ -94,20 +93,22 @@ def thumbnail(image: np.ndarray, map_hw: Sequence[int], box: int = TILE) -> np.n
     return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
-def colorize(cam01: np.ndarray, cmap: str = CMAP) -> np.ndarray:
-    """A [0, 1] map to uint8 RGB through a matplotlib colormap."""
-    rgba = matplotlib.colormaps[cmap](np.clip(cam01, 0.0, 1.0))
-    return (rgba[..., :3] * 255.0 + 0.5).astype(np.uint8)
+def _lut(cmap: str) -> np.ndarray:
+    """uint8 RGB [256, 3] table of a matplotlib colormap (built per call: no global state)."""
+    return (matplotlib.colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
 
 
 def overlay(thumb: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALPHA, cmap: str = CMAP,
-            box: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """Blend the (per-image min-max normalised) map over ``thumb``; optionally outline ``box`` (map coords)."""
+            box: tuple[int, int, int, int] | None = None, lut: np.ndarray | None = None) -> np.ndarray:
+    """Blend the (per-image min-max normalised) map over ``thumb``; optionally outline ``box`` (map coords).
+
+    ``lut``: a colour table from ``colour_table(cmap)`` to reuse over many overlays.
+    """
     th, tw = thumb.shape[:2]
-    cam01 = normalise(cam)
-    resized = np.asarray(Image.fromarray(cam01.astype(np.float32)).resize((tw, th), Image.Resampling.BILINEAR))
-    heat = colorize(resized, cmap).astype(np.float32)
-    out = ((1.0 - alpha) * thumb.astype(np.float32) + alpha * heat + 0.5).clip(0, 255).astype(np.uint8)
+    table = _lut(cmap) if lut is None else lut
+    heat = table[(normalise(cam) * 255.0 + 0.5).astype(np.uint8)]   # coloured at map resolution,
+    heat_img = Image.fromarray(heat).resize((tw, th), Image.Resampling.BILINEAR)  # then scaled (fast)
+    out = np.asarray(Image.blend(Image.fromarray(np.ascontiguousarray(thumb)), heat_img, alpha))
     if box is not None:
         mh, mw = cam.shape
         top, left, bottom, right = box
@@ -119,6 +120,11 @@ def overlay(thumb: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALPHA, cm
         draw.rectangle(rect, outline=(255, 255, 255), width=1)
         out = np.asarray(im)
     return out
+
+
+def colour_table(cmap: str = CMAP) -> np.ndarray:
+    """The 256-entry colour table ``overlay`` uses, to compute once per render."""
+    return _lut(cmap)
 
 
 def montage_shape(n: int, cols: int = MONTAGE_COLS, tile: int = TILE, gap: int = GAP) -> tuple[int, int]:
@@ -145,12 +151,6 @@ def montage(tiles: Sequence[np.ndarray], cols: int = MONTAGE_COLS, gap: int = GA
     return out
 
 
-def save_png(image: np.ndarray, path: Path) -> Path:
-    path = Path(path)
-    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(path, format="PNG")
-    return path
-
-
 # ---------------------------------------------------------------- figures
 
 def _new_figure(width_in: float, height_in: float) -> Figure:
@@ -159,13 +159,7 @@ def _new_figure(width_in: float, height_in: float) -> Figure:
     return fig
 
 
-def _save_figure(fig: Figure, path: Path) -> Path:
-    path = Path(path)
-    fig.savefig(path, format="png", dpi=100, metadata=_PNG_META, facecolor="white")
-    return path
-
-
-def mean_map(mean01: np.ndarray, path: Path, n: int, cmap: str = CMAP) -> Path:
+def mean_map(mean01: np.ndarray, n: int, cmap: str = CMAP) -> Figure:
     """The mean (per-image normalised) map of a finding's members, with a colour bar."""
     fig = _new_figure(2.6, 2.2)
     ax = fig.add_subplot()
@@ -175,10 +169,10 @@ def mean_map(mean01: np.ndarray, path: Path, n: int, cmap: str = CMAP) -> Path:
     ax.set_title(f"mean of {n} map{'s' if n != 1 else ''}", fontsize=8)
     cbar = fig.colorbar(im, ax=ax, shrink=0.85)
     cbar.ax.tick_params(labelsize=7)
-    return _save_figure(fig, path)
+    return fig
 
 
-def confidence_histogram(correct: np.ndarray, wrong: np.ndarray, path: Path, bins: int = 20) -> Path:
+def confidence_histogram(correct: np.ndarray, wrong: np.ndarray, bins: int = 20) -> Figure:
     """Histogram of top-1 confidence, correct vs. wrong predictions."""
     fig = _new_figure(6.4, 2.6)
     ax = fig.add_subplot()
@@ -195,11 +189,11 @@ def confidence_histogram(correct: np.ndarray, wrong: np.ndarray, path: Path, bin
     ax.tick_params(labelsize=7)
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(fontsize=8, frameon=False)
-    return _save_figure(fig, path)
+    return fig
 
 
 def embedding_scatter(x: np.ndarray, y: np.ndarray, cluster: np.ndarray, is_contrast: np.ndarray,
-                      labels: dict[int, str], path: Path) -> Path:
+                      labels: dict[int, str]) -> Figure:
     """2-D embedding of the clustered images: colour = cluster, grey = unclustered, hollow = contrast.
 
     ``labels`` maps a cluster id to the text written at its centroid (the finding id).
@@ -235,10 +229,10 @@ def embedding_scatter(x: np.ndarray, y: np.ndarray, cluster: np.ndarray, is_cont
     ax.set_yticks([])
     for side in ("top", "right", "left", "bottom"):
         ax.spines[side].set_color("#cccccc")
-    return _save_figure(fig, path)
+    return fig
 
 
-def eigenvalues(values: Sequence[float], k: int | None, path: Path) -> Path:
+def eigenvalues(values: Sequence[float], k: int | None) -> Figure:
     """The smallest eigenvalues of a pair's normalised graph Laplacian, with the eigengap
     that chose ``k`` clusters marked between eigenvalues ``k - 1`` and ``k`` (0-based)."""
     values = np.asarray(values, dtype=float)
@@ -255,10 +249,10 @@ def eigenvalues(values: Sequence[float], k: int | None, path: Path) -> Path:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.tick_params(labelsize=7)
     ax.spines[["top", "right"]].set_visible(False)
-    return _save_figure(fig, path)
+    return fig
 
 
-def verification_bars(tests: Sequence[tuple[str, float | None, float | None]], path: Path) -> Path:
+def verification_bars(tests: Sequence[tuple[str, float | None, float | None]]) -> Figure:
     """Paired horizontal bars per intervention: the rate with the top-attributed region
     against the rate with a random region of the same area (``tests``: (label, rate,
     random_rate); a ``None`` rate is drawn as an empty row)."""
@@ -278,4 +272,101 @@ def verification_bars(tests: Sequence[tuple[str, float | None, float | None]], p
     ax.tick_params(axis="x", labelsize=7)
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(fontsize=7, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
-    return _save_figure(fig, path)
+    return fig
+
+
+def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> dict:
+    """Calibration of top-1 confidence over ``bins`` equal-width bins of [0, 1].
+
+    Returns ``{"ece", "edges", "count", "accuracy", "confidence"}``: ECE is the
+    count-weighted mean of |accuracy - mean confidence| over the bins (empty bins
+    have NaN accuracy and confidence and weigh nothing).
+    """
+    conf = np.asarray(confidence, float)
+    ok = np.asarray(correct, bool)
+    keep = np.isfinite(conf)
+    conf, ok = conf[keep], ok[keep]
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, bins - 1)
+    count = np.bincount(index, minlength=bins).astype(int)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.bincount(index, weights=ok.astype(float), minlength=bins) / count
+        mean_conf = np.bincount(index, weights=conf, minlength=bins) / count
+    n = int(count.sum())
+    gaps = np.where(count > 0, np.abs(np.nan_to_num(acc) - np.nan_to_num(mean_conf)), 0.0)
+    ece = float((gaps * count).sum() / n) if n else float("nan")
+    return {"ece": ece, "edges": edges, "count": count, "accuracy": acc, "confidence": mean_conf}
+
+
+def reliability_diagram(cal: dict) -> Figure:
+    """Accuracy per confidence bin against the diagonal of perfect calibration, counts below."""
+    fig = _new_figure(4.2, 3.6)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    edges, count = cal["edges"], cal["count"]
+    centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    filled = count > 0
+    top.plot([0, 1], [0, 1], "--", color="#888888", linewidth=0.9, label="perfect calibration")
+    top.bar(centres[filled], np.nan_to_num(cal["accuracy"][filled]), width=width[filled] * 0.92,
+            color="#0b5cad", alpha=0.75, label="accuracy")
+    top.bar(centres[filled], np.nan_to_num(cal["confidence"][filled] - cal["accuracy"][filled]),
+            bottom=np.nan_to_num(cal["accuracy"][filled]), width=width[filled] * 0.92,
+            color="#c0392b", alpha=0.3, label="gap to confidence")
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy", fontsize=8)
+    top.set_title(f"ECE {cal['ece']:.3f}" if np.isfinite(cal["ece"]) else "ECE —", fontsize=9)
+    top.legend(fontsize=7, frameon=False, loc="upper left")
+    bottom.bar(centres, count, width=width * 0.92, color="#59636e")
+    bottom.set_xlim(0, 1)
+    bottom.set_xlabel("top-1 confidence", fontsize=8)
+    bottom.set_ylabel("images", fontsize=8)
+    bottom.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=3))
+    for ax in (top, bottom):
+        ax.tick_params(labelsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def trend_lines(runs: Sequence[str], series: dict[str, Sequence[float]], ylabel: str) -> Figure:
+    """One line per series over runs (x: run order, labelled by run id); NaN = absent that night."""
+    fig = _new_figure(7.0, 3.0)
+    ax = fig.add_subplot()
+    x = np.arange(len(runs))
+    palette = matplotlib.colormaps["tab10"]
+    for i, (label, values) in enumerate(series.items()):
+        ax.plot(x, np.asarray(values, float), "o-", color=palette(i % 10), markersize=3.5,
+                linewidth=1.2, label=label)
+    _run_axis(ax, runs)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_ylim(bottom=0)
+    if series:
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def trend_bars(runs: Sequence[str], counts: Sequence[float], accuracy: Sequence[float]) -> Figure:
+    """Findings per run (bars) and accuracy (line, right axis)."""
+    fig = _new_figure(7.0, 2.6)
+    ax = fig.add_subplot()
+    x = np.arange(len(runs))
+    ax.bar(x, counts, color="#c0392b", alpha=0.7, width=0.6, label="findings")
+    ax.set_ylabel("findings", fontsize=8)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    _run_axis(ax, runs)
+    acc = np.asarray(accuracy, float)
+    if np.isfinite(acc).any():
+        ax2 = ax.twinx()
+        ax2.plot(x, acc, "o-", color="#1a7f37", markersize=3.5, linewidth=1.2)
+        ax2.set_ylabel("accuracy", fontsize=8, color="#1a7f37")
+        ax2.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax2.tick_params(labelsize=7)
+    return fig
+
+
+def _run_axis(ax, runs: Sequence[str]) -> None:
+    x = np.arange(len(runs))
+    step = max(1, len(runs) // 12)
+    ax.set_xticks(x[::step], [str(r) for r in runs][::step], rotation=30, ha="right", fontsize=7)
+    ax.set_xlim(-0.5, len(runs) - 0.5)
+    ax.tick_params(labelsize=7)
+    ax.spines[["top", "right"]].set_visible(False)

@@ -1,0 +1,116 @@
+"""Pictures of the report, embedded the same way in both layouts: ``Assets.image``.
+
+``Assets.image(name, picture) -> src`` is the one function a section calls to put
+a picture on the page. ``picture`` is a uint8 RGB array ``[H, W, 3]`` (encoded as
+JPEG: thumbnails, overlays, montages), already encoded PNG/JPEG/WebP bytes (kept
+as they are), or a matplotlib ``Figure`` (saved as PNG). The returned string goes
+straight into ``<img src="...">``:
+
+* ``single`` layout: a ``data:`` URI, so ``index.html`` is the whole report
+  (offline, e-mailable, works in a sandboxed iframe);
+* ``folder`` layout: ``assets/<name>.<ext>``, a file written next to ``index.html``
+  (for runs too large for one file).
+
+``name`` identifies the picture within one render (asking twice for the same name
+returns the first src without encoding again). It must never hold class or file
+names: use row ids, finding keys and fixed words (``row-12-gradcam``); anything
+outside ``[A-Za-z0-9_.-]`` is replaced by a hash.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+LAYOUTS = ("single", "folder")
+FOLDER = "assets"
+JPEG_QUALITY = 82
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,100}")
+_MIME = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
+
+
+class Assets:
+    """Hands out ``src`` strings for pictures and counts the bytes they add to the report."""
+
+    def __init__(self, run_dir: Path, layout: str = "single"):
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)} (got {layout!r})")
+        self.layout = layout
+        self.folder = Path(run_dir) / FOLDER
+        self.bytes = 0                       # encoded picture bytes (before base64)
+        self.count = 0
+        self._src: dict[str, str] = {}
+        self._written: set[str] = set()
+
+    def image(self, name: str, picture: Any, quality: int = JPEG_QUALITY) -> str:
+        """The ``src`` of ``picture`` (uint8 RGB array, encoded bytes or matplotlib Figure)."""
+        name = safe_name(name)
+        if name in self._src:
+            return self._src[name]
+        data, ext = encode(picture, quality)
+        self.bytes += len(data)
+        self.count += 1
+        if self.layout == "single":
+            src = f"data:{_MIME[ext]};base64,{base64.b64encode(data).decode('ascii')}"
+        else:
+            file = f"{name}.{ext}"
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / file).write_bytes(data)
+            self._written.add(file)
+            src = f"{FOLDER}/{file}"
+        self._src[name] = src
+        return src
+
+    def has(self, name: str) -> bool:
+        return safe_name(name) in self._src
+
+    def prune(self) -> None:
+        """Remove what an earlier render left in ``assets/`` and this one did not write
+        (in the single layout: the whole folder)."""
+        if not self.folder.is_dir():
+            return
+        if self.layout == "single":
+            shutil.rmtree(self.folder, ignore_errors=True)
+            return
+        for p in self.folder.iterdir():
+            if p.is_file() and p.name not in self._written:
+                p.unlink(missing_ok=True)
+
+
+def safe_name(name: str) -> str:
+    name = str(name)
+    if _SAFE_NAME.fullmatch(name):
+        return name
+    return "h-" + hashlib.sha1(name.encode("utf-8")).hexdigest()[:16]
+
+
+def encode(picture: Any, quality: int = JPEG_QUALITY) -> tuple[bytes, str]:
+    """(bytes, extension) of a picture: arrays as JPEG, figures as PNG, bytes sniffed."""
+    if isinstance(picture, (bytes, bytearray)):
+        data = bytes(picture)
+        if data.startswith(b"\x89PNG\r\n\x1a\n"):
+            return data, "png"
+        if data.startswith(b"\xff\xd8"):
+            return data, "jpg"
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            return data, "webp"
+        raise ValueError("picture bytes are not PNG, JPEG or WebP")
+    if isinstance(picture, np.ndarray):
+        arr = np.asarray(picture)
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+            raise ValueError(f"picture array must be uint8 [H, W, 3] (got {arr.dtype} {arr.shape})")
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=quality, optimize=False)
+        return buf.getvalue(), "jpg"
+    if hasattr(picture, "savefig"):  # a matplotlib Figure
+        buf = io.BytesIO()
+        picture.savefig(buf, format="png", dpi=100, metadata={"Software": None}, facecolor="white")
+        return buf.getvalue(), "png"
+    raise TypeError(f"cannot embed a {type(picture).__name__} as a picture")

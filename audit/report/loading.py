@@ -1,0 +1,239 @@
+"""Read a run folder once into a ``Run``: the artifacts plus what every section shares.
+
+Every artifact is optional: a missing or unreadable one is recorded in
+``Run.notes`` (shown at the top of the report) and the sections that need it are
+left out. Shared, derived once here: the class list and their slugs, the findings
+(ids, anchors, member rows), the confusion pairs that get a section, and the
+original images (decoded on demand, cached, read errors remembered).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from audit import artifacts
+from audit import data as audit_data
+from audit.config import DEFAULTS
+from audit.report.fmt import class_slugs, finding_key, finite, pair_anchor, readable_mask, str_or_none
+
+HISTORY = "history.parquet"   # in the run folder's parent: one row per (run, confusion pair)
+MAX_PAIRS = 60                # confusion pairs with a section of their own (most confused first)
+
+
+@dataclass
+class Run:
+    dir: Path
+    run: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    predictions: pd.DataFrame | None = None
+    selection: pd.DataFrame | None = None
+    discovery: pd.DataFrame | None = None
+    history: pd.DataFrame | None = None
+    methods: list[str] = field(default_factory=list)
+    maps: dict[str, tuple[dict[int, int], np.ndarray]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    slugs: dict[str, str] = field(default_factory=dict)
+    findings: list[dict] = field(default_factory=list)
+    pairs: list[dict] = field(default_factory=list)
+    rows: dict[int, dict] = field(default_factory=dict)    # manifest row id -> its predictions record
+    image_errors: dict[int, str] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)   # per-render results sections share
+    _images: dict[int, np.ndarray] = field(default_factory=dict)
+
+    # ------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, run_dir: Path) -> "Run":
+        r = cls(dir=Path(run_dir))
+        r.run = r._read(artifacts.RUN_JSON, artifacts.read_json) or {}
+        r.summary = r._read(artifacts.SUMMARY, artifacts.read_json) or {}
+        r.predictions = r._read(artifacts.PREDICTIONS, artifacts.read_table)
+        r.selection = r._read(artifacts.SELECTION, artifacts.read_table)
+        r.discovery = r._read(artifacts.DISCOVERY, artifacts.read_table)
+        history = r.dir.parent / HISTORY
+        if history.is_file():
+            r.history = r._read(history, artifacts.read_table)
+        if r.predictions is not None:
+            missing = [c for c in ("row", "path", "label", "predicted") if c not in r.predictions.columns]
+            if missing:
+                r.notes.append(f"{artifacts.PREDICTIONS} lacks column(s) {', '.join(missing)}")
+                r.predictions = None
+            else:
+                for rec in r.predictions.to_dict("records"):
+                    r.rows.setdefault(int(rec["row"]), rec)
+        r._load_maps()
+        r._derive()
+        return r
+
+    def _read(self, name, reader):
+        path = self.dir / name if not isinstance(name, Path) else name
+        label = name if not isinstance(name, Path) else str(name)
+        if not path.exists():
+            self.notes.append(f"{label} is missing")
+            return None
+        try:
+            return reader(path)
+        except Exception as exc:
+            self.notes.append(f"{label} is unreadable ({type(exc).__name__}: {exc})")
+            return None
+
+    def _load_maps(self) -> None:
+        try:
+            methods = artifacts.map_methods(self.dir)
+        except OSError as exc:
+            self.notes.append(f"attribution maps unreadable: {exc}")
+            return
+        configured = list((self.config_section("attribution") or {}).get("methods") or [])
+        methods = sorted(methods, key=lambda m: (configured.index(m) if m in configured else len(configured), m))
+        for method in methods:
+            try:
+                rows, maps = artifacts.read_maps(self.dir, method)
+            except Exception as exc:  # a broken chunk must not cost the whole report
+                self.notes.append(f"{artifacts.MAPS}/{method}: unreadable ({type(exc).__name__}: {exc})")
+                continue
+            if len(rows):
+                self.maps[method] = ({int(row): i for i, row in enumerate(rows.tolist())}, maps)
+                self.methods.append(method)
+        if not self.methods:
+            self.notes.append(f"no attribution maps in {artifacts.MAPS}/: findings are shown without pictures")
+
+    def _derive(self) -> None:
+        self.classes = [str(c) for c in self.run.get("classes") or []]
+        pred = self.predictions
+        if pred is not None:  # labels and predictions the model list lacks still get a matrix row
+            readable = readable_mask(pred)
+            for name in list(pd.unique(pred["label"].astype(str))) + list(pd.unique(pred["predicted"][readable].astype(str))):
+                if name not in self.classes:
+                    self.classes.append(name)
+        self.slugs = class_slugs(self.classes)
+        self.findings = self._parse_findings()
+        self.pairs = self._pairs()
+
+    def _parse_findings(self) -> list[dict]:
+        raw = sorted((f for f in self.summary.get("findings") or [] if isinstance(f, dict)),
+                     key=lambda f: math.inf if finite(f.get("rank")) is None else finite(f.get("rank")))
+        path_to_row: dict[str, int] = {}
+        if self.predictions is not None:
+            for p, r in zip(self.predictions["path"].astype(str), self.predictions["row"].astype(int)):
+                path_to_row.setdefault(p, int(r))
+        used: set[str] = set()
+        out = []
+        for n, f in enumerate(raw):
+            fid = str(f.get("id") or f"finding-{n + 1}")
+            key = finding_key(fid)
+            if key in used:
+                key = f"{key}-{n + 1}"
+            used.add(key)
+            members = [str(p) for p in f.get("members") or []]
+            rows = [int(r) for r in f.get("rows") or [] if finite(r) is not None]
+            if len(rows) != len(members):
+                if members:
+                    rows = [path_to_row.get(p, -1) for p in members]
+                elif self.rows:
+                    members = [self.path(r) for r in rows]
+            exemplars = []
+            member_row = dict(zip(members, rows))
+            for p in f.get("exemplars") or []:
+                r = member_row.get(str(p), path_to_row.get(str(p)))
+                if r is not None and r >= 0 and r not in exemplars:
+                    exemplars.append(r)
+            out.append({"raw": f, "id": fid, "anchor": key, "rank": f.get("rank", n + 1),
+                        "true_label": str(f.get("true_label", "")), "predicted_label": str(f.get("predicted_label", "")),
+                        "members": members, "rows": rows, "exemplar_rows": exemplars,
+                        "size": f.get("size", len(members)), "score": f.get("score"),
+                        "status": str_or_none(f.get("status")), "triage": str_or_none(f.get("triage")),
+                        "pair_anchor": None})
+        return out
+
+    def _pairs(self) -> list[dict]:
+        """Off-diagonal confusion pairs with at least one image, most confused first (capped)."""
+        pred = self.predictions
+        if pred is None:
+            return []
+        readable = readable_mask(pred)
+        labels, predicted = pred["label"].astype(str)[readable], pred["predicted"].astype(str)[readable]
+        n_true = labels.value_counts()
+        counts = pd.crosstab(labels, predicted)
+        baseline = {}
+        for p in self.summary.get("pairs") or []:
+            if isinstance(p, dict):
+                baseline[(str(p.get("true_label")), str(p.get("predicted_label")))] = finite(p.get("baseline_error_rate"))
+        by_pair: dict[tuple[str, str], list[dict]] = {}
+        for f in self.findings:
+            by_pair.setdefault((f["true_label"], f["predicted_label"]), []).append(f)
+        pairs = []
+        for t in counts.index:
+            for p in counts.columns:
+                c = int(counts.at[t, p])
+                if t == p or c == 0:
+                    continue
+                pairs.append({"true_label": t, "predicted_label": p, "n_confused": c, "n_true": int(n_true[t]),
+                              "error_rate": c / int(n_true[t]), "baseline_error_rate": baseline.get((t, p)),
+                              "findings": by_pair.get((t, p), []),
+                              "anchor": pair_anchor(self.slugs[t], self.slugs[p])})
+        pairs.sort(key=lambda q: (not q["findings"], -q["n_confused"], q["true_label"], q["predicted_label"]))
+        pairs = pairs[:MAX_PAIRS]
+        for q in pairs:
+            for f in q["findings"]:
+                f["pair_anchor"] = q["anchor"]
+        return pairs
+
+    # ------------------------------------------------------------ access
+    def config_section(self, name: str) -> dict:
+        section = (self.run.get("config") or {}).get(name)
+        return section if isinstance(section, dict) else {}
+
+    def report_setting(self, key: str) -> Any:
+        """``report.<key>`` as the run recorded it, else today's default (runs older than the key)."""
+        value = self.config_section("report").get(key)
+        return DEFAULTS["report"][key] if value is None else value
+
+    @property
+    def data_root(self) -> Path:
+        return Path(str((self.run.get("data") or {}).get("root") or "."))
+
+    @property
+    def input_hw(self) -> tuple[int, int] | None:
+        size = (self.run.get("model") or {}).get("input_size")
+        try:
+            return int(size[0]), int(size[1])
+        except (TypeError, ValueError, IndexError):
+            return None
+
+    def cam(self, method: str, row: int) -> np.ndarray | None:
+        index, maps = self.maps.get(method, ({}, None))
+        i = index.get(int(row))
+        return None if i is None else maps[i]
+
+    def info(self, row: int) -> dict | None:
+        """The predictions record of a manifest row (column -> value), or None."""
+        return self.rows.get(int(row))
+
+    def path(self, row: int) -> str:
+        info = self.info(row)
+        return str(info["path"]) if info is not None else "?"
+
+    def image(self, row: int) -> np.ndarray | None:
+        """The original image of a manifest row (uint8 RGB at its own size), or None (error remembered)."""
+        if row in self._images:
+            return self._images[row]
+        if row in self.image_errors:
+            return None
+        info = self.info(row)
+        if info is None:
+            self.image_errors[row] = "row not in predictions"
+            return None
+        try:
+            img = audit_data.read_image(audit_data.resolve(self.data_root, str(info["path"])))
+        except Exception as exc:  # moved, deleted or undecodable since the run
+            self.image_errors[row] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            return None
+        self._images[row] = img          # a small cache of the latest images: one image is
+        while len(self._images) > 64:    # often drawn twice in a row (thumbnail, then its view)
+            self._images.pop(next(iter(self._images)))
+        return img

@@ -1,0 +1,205 @@
+"""Report benchmark: render a synthetic run folder with 5,000 selected images.
+
+Builds (once, into ``--work``) a finished run folder that looks like a large
+nightly audit: ``--images`` selected images (default 5,000: 80% misclassified, 20%
+low confidence) plus 1,000 correctly classified ones over 10 classes, 96x128 PNG
+originals, maps of three methods (gradcam, integrated_gradients, occlusion) at a
+32x32 model input for every selected image, 10 findings of 100 members with
+verification results, a discovery embedding and a 14-night ``history.parquet``.
+No model and no TensorFlow: rendering reads only artifacts.
+
+Then times ``audit.report.render.render`` in this process, best of ``--repeats``
+(wall time, and the CPU time of the same render: on a shared machine the wall time
+grows with the load average, which is recorded too):
+
+* ``single`` layout (one self-contained ``index.html``, image views embedded for
+  the first ``report.max_image_views`` gallery images, thumbnails for all);
+* ``folder`` layout (``index.html`` + ``assets/``, image views for every image:
+  3 overlays + original + thumbnail per selected image).
+
+Acceptance: each layout renders in <= 30 s. Also recorded: report size, number
+of pictures, whether the size-budget warning fired.
+
+    python benchmarks/report.py [--images 5000] [--out benchmarks/results] [--repeats 1]
+
+Writes ``report.json`` and ``report.md`` into ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from audit import artifacts  # noqa: E402
+from audit.report.render import render, report_size  # noqa: E402
+
+CLASSES = [f"class_{i}" for i in range(10)]
+METHODS = ["gradcam", "integrated_gradients", "occlusion"]
+INPUT = (32, 32)
+ORIGINAL = (96, 128)
+LIMIT_S = 30.0
+
+
+def build(work: Path, n_selected: int, seed: int = 0) -> Path:
+    """The synthetic run folder (reused when ``work/run/summary.json`` exists with the same size)."""
+    run_dir, data_root = work / "run", work / "data"
+    stamp = work / "built.json"
+    if stamp.is_file() and json.loads(stamp.read_text()).get("n_selected") == n_selected:
+        return run_dir
+    shutil.rmtree(work, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    n_correct = 1000
+    n = n_selected + n_correct
+    k = len(CLASSES)
+    label_idx = rng.integers(0, k, n)
+    n_mis = int(0.8 * n_selected)
+    predicted_idx = label_idx.copy()
+    predicted_idx[:n_mis] = (label_idx[:n_mis] + rng.integers(1, k, n_mis)) % k
+    logits = rng.normal(0, 1, (n, k))
+    logits[np.arange(n), predicted_idx] += 3.0
+    logits[n_mis:n_selected, (label_idx[n_mis:n_selected] + 1) % k] += 2.9   # low confidence: close runner-up
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    top2 = np.sort(probs, 1)[:, -2:]
+    paths = []
+    (data_root / "images").mkdir(parents=True)
+    base = np.linspace(40, 220, ORIGINAL[1], dtype=np.float32)[None, :, None]
+    for i in range(n):
+        arr = np.clip(base + rng.normal(0, 25, (ORIGINAL[0], 1, 3)) + 20 * label_idx[i] % 60, 0, 255).astype(np.uint8)
+        arr = np.broadcast_to(arr, (*ORIGINAL, 3)).copy()
+        y, x = rng.integers(0, ORIGINAL[0] - 20), rng.integers(0, ORIGINAL[1] - 20)
+        arr[y:y + 20, x:x + 4] = 210
+        path = f"images/{i:06d}.png"
+        Image.fromarray(arr).save(data_root / path, compress_level=1)
+        paths.append(path)
+    pred = pd.DataFrame({
+        "row": np.arange(n), "path": paths, "label": [CLASSES[j] for j in label_idx], "label_idx": label_idx,
+        "predicted_idx": predicted_idx, "predicted": [CLASSES[j] for j in predicted_idx],
+        "confidence": top2[:, 1], "margin": top2[:, 1] - top2[:, 0],
+        "runner_up": [CLASSES[j] for j in np.argsort(probs, 1)[:, -2]], "probs": list(probs.round(5)),
+        "error": [None] * n, "site": rng.choice(["north", "south", "east"], n), "camera": rng.integers(0, 4, n),
+    })
+    artifacts.write_table(run_dir / artifacts.PREDICTIONS, pred)
+    sel = pred.iloc[:n_selected].copy()
+    sel["reason"] = ["misclassified"] * n_mis + ["low_confidence"] * (n_selected - n_mis)
+    sel["true_label"] = sel["label"]
+    sel["pair_label"] = np.where(sel["reason"] == "misclassified", sel["predicted"], sel["runner_up"])
+    sel["pair"] = sel["true_label"] + " -> " + sel["pair_label"]
+    artifacts.write_table(run_dir / artifacts.SELECTION, sel.reset_index(drop=True))
+    yy, xx = np.mgrid[0:INPUT[0], 0:INPUT[1]]
+    for method in METHODS:
+        for chunk, start in enumerate(range(0, n_selected, 1000)):
+            rows = np.arange(start, min(start + 1000, n_selected))
+            cy, cx = rng.integers(0, INPUT[0], (len(rows), 1, 1)), rng.integers(0, INPUT[1], (len(rows), 1, 1))
+            maps = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 20.0) + rng.normal(0, 0.05, (len(rows), *INPUT))
+            artifacts.write_map_chunk(run_dir, method, chunk, rows, maps.astype(np.float32))
+    findings, disc_rows = [], []
+    for f in range(10):
+        members = np.arange(f * 100, f * 100 + 100)   # misclassified rows
+        t, p = CLASSES[label_idx[members[0]]], CLASSES[predicted_idx[members[0]]]
+        fid = f"F-{f:08x}"
+        findings.append({"id": fid, "rank": f + 1, "true_label": t, "predicted_label": p, "size": 100,
+                         "score": round(1.0 / (f + 1), 4), "members": [paths[r] for r in members],
+                         "rows": members.tolist(), "n_errors": 100, "coherence": 0.5,
+                         "exemplars": [paths[r] for r in members[:6]],
+                         "eigenvalues": np.linspace(0, 1, 16).round(4).tolist(), "eigengap_k": 2,
+                         "verification": {"verified": True, "members_tested": 8, "mean_area": 0.12,
+                                          "occlusion": {"n": 8, "flipped": 7, "rate": 0.875, "random_flipped": 1,
+                                                        "random_rate": 0.125, "lift": 0.75, "se": 0.1}}})
+        disc_rows += [{"row": int(r), "path": paths[r], "cluster": f, "finding_id": fid, "is_contrast": False,
+                       "x": float(rng.normal(f, 0.3)), "y": float(rng.normal(0, 0.3))} for r in members]
+    artifacts.write_table(run_dir / artifacts.DISCOVERY, pd.DataFrame(disc_rows))
+    accuracy = float((label_idx == predicted_idx).mean())
+    artifacts.write_json(run_dir / artifacts.SUMMARY, {
+        "run_id": "bench", "status": "fail",
+        "metrics": {"n_images": n, "n_unreadable": 0, "accuracy": accuracy, "n_selected": n_selected},
+        "findings": findings,
+        "gates": [{"name": "max_error_rate", "passed": False, "value": 1 - accuracy, "threshold": 0.1}]})
+    artifacts.write_json(run_dir / artifacts.RUN_JSON, {
+        "run_id": "bench", "created": "2025-01-15T03:00:00+00:00", "config": {"report": {}},
+        "versions": {"python": platform.python_version()},
+        "model": {"path": "model.keras", "input_size": list(INPUT)},
+        "data": {"path": str(data_root / "manifest.csv"), "root": str(data_root), "n_rows": n},
+        "classes": CLASSES, "timings": {"predict": 1.0}})
+    history = []
+    for night in range(14):
+        for a in range(3):
+            history.append({"run_id": f"night-{night:02d}", "created": f"2025-01-{night + 1:02d}T03:00:00+00:00",
+                            "true_label": CLASSES[a], "predicted_label": CLASSES[a + 1], "n_true": 500,
+                            "n_confused": 10 + night * a, "error_rate": (10 + night * a) / 500,
+                            "n_findings": a % 2, "top_score": 0.5, "accuracy": 0.8, "status": "fail"})
+    pd.DataFrame(history).to_parquet(work / "history.parquet", index=False)
+    stamp.write_text(json.dumps({"n_selected": n_selected}))
+    return run_dir
+
+
+def time_render(run_dir: Path, layout: str, repeats: int) -> dict:
+    """Best wall time of ``repeats`` renders from a clean run folder (no assets/ of an earlier
+    render to prune), with the CPU time of that render and the one-minute load average."""
+    best, cpu, warned = None, None, []
+    for _ in range(repeats):
+        shutil.rmtree(run_dir / "assets", ignore_errors=True)
+        warnings: list[str] = []
+        t0, c0 = time.perf_counter(), time.process_time()
+        render(run_dir, layout=layout, warn=warnings.append)
+        elapsed, used = time.perf_counter() - t0, time.process_time() - c0
+        if best is None or elapsed < best:
+            best, cpu, warned = elapsed, used, warnings
+    html = (run_dir / "index.html").read_text(encoding="utf-8")
+    folder = run_dir / "assets"
+    pictures = html.count("data:image/") + (len(list(folder.iterdir())) if folder.is_dir() else 0)
+    return {"layout": layout, "seconds": round(best, 2), "cpu_seconds": round(cpu, 2),
+            "load_average": round(os.getloadavg()[0], 1), "bytes": report_size(run_dir), "pictures": pictures,
+            "size_warning": warned[0] if warned else None, "pass": best <= LIMIT_S}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--work", default=None, help="where the synthetic run is built (default <out>/report-run)")
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work) if args.work else out / "report-run"
+    t0 = time.perf_counter()
+    run_dir = build(work, args.images)
+    print(f"synthetic run: {run_dir} ({time.perf_counter() - t0:.1f} s to build or reuse)", flush=True)
+    results = []
+    for layout in ("single", "folder"):
+        r = time_render(run_dir, layout, args.repeats)
+        results.append(r)
+        print(f"{layout:>6}: {r['seconds']:.2f} s wall ({r['cpu_seconds']:.2f} s CPU, load {r['load_average']}), "
+              f"{r['bytes'] / 1e6:.1f} MB, {r['pictures']} pictures"
+              f"{' (size warning)' if r['size_warning'] else ''}: {'PASS' if r['pass'] else 'FAIL'} (<= {LIMIT_S:.0f} s)",
+              flush=True)
+    report = {"benchmark": "report", "n_selected": args.images, "methods": METHODS, "limit_seconds": LIMIT_S,
+              "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+              "results": results}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# Report rendering: {args.images} selected images, maps of {len(METHODS)} methods", "",
+             "| layout | wall s | CPU s | load avg | size (MB) | pictures | size warning | <= 30 s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    for r in results:
+        lines.append(f"| {r['layout']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['load_average']} "
+                     f"| {r['bytes'] / 1e6:.1f} | {r['pictures']} "
+                     f"| {'yes' if r['size_warning'] else 'no'} | {'PASS' if r['pass'] else 'FAIL'} |")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return 0 if all(r["pass"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""The report in a real browser: Debian chromium, headless, driven by playwright.
+
+Generic checks that cover every section, present and future: no console error
+(a CSP violation or a script error counts), no dialog (an injected ``alert``
+would open one), every ``<img>`` decoded (``naturalWidth > 0``) on every gallery
+page and in the per-image view, every in-page ``href="#..."`` resolves to an
+element. Then the interactions: a confusion-matrix cell reaches its pair section,
+``#<finding id>`` anchors land on the finding, the report works inside a
+sandboxed iframe. Screenshots go to ``reports/browser-test/`` (printed).
+
+The browser is part of the set-up (``make install`` installs Debian chromium), so
+a missing browser FAILS these tests, it never skips them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_report import CLASSES, EVIL, F1, F2, QUOTED, build_run
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "reports" / "browser-test"
+METHODS = ["gradcam", "integrated_gradients", "occlusion"]
+
+# every image element decoded, every in-page link target present
+_PAGE_STATE = """() => ({
+  images: Array.from(document.images).map(i => ({src: i.getAttribute('src').slice(0, 60), ok: i.complete && i.naturalWidth > 0})),
+  missing_targets: Array.from(document.querySelectorAll('a[href^="#"]')).map(a => a.getAttribute('href').slice(1))
+      .filter(id => id && !document.getElementById(decodeURIComponent(id))),
+  external: Array.from(document.querySelectorAll('[src],[href]')).map(e => e.getAttribute('src') || e.getAttribute('href'))
+      .filter(u => /^(https?:)?\\/\\//i.test(u)),
+})"""
+
+
+def chromium_path() -> str:
+    path = os.environ.get("AUDIT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("Debian chromium is not installed: run `make install` (it installs chromium with apt-get)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: run `make install` (test extra)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+class Watched:
+    """A page that records console errors, page errors and dialogs."""
+
+    def __init__(self, browser, width: int = 1280, height: int = 900):
+        self.page = browser.new_page(viewport={"width": width, "height": height})
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+
+    def open(self, url: str) -> None:
+        self.page.goto(url, wait_until="load")
+
+    def state(self) -> dict:
+        return self.page.evaluate(_PAGE_STATE)
+
+
+def _assert_clean(w: Watched, what: str) -> dict:
+    state = w.state()
+    bad = [i["src"] for i in state["images"] if not i["ok"]]
+    assert not bad, f"{what}: {len(bad)} image(s) did not load: {bad[:5]}"
+    assert not state["missing_targets"], f"{what}: links to missing ids: {state['missing_targets'][:10]}"
+    assert not state["external"], f"{what}: external URLs: {state['external'][:5]}"
+    assert not w.errors, f"{what}: {w.errors[:5]}"
+    assert not w.dialogs, f"{what}: dialogs opened: {w.dialogs}"
+    return state
+
+
+def _walk_gallery(w: Watched) -> int:
+    """Visit every gallery page; every image on each must load. Returns the number of tiles seen."""
+    page = w.page
+    page.select_option("#gallery-controls select[name=size]", "24")
+    seen = 0
+    for _ in range(1000):
+        tiles = page.locator("#gallery-grid .tile").count()
+        seen += tiles
+        _assert_clean(w, "gallery page")
+        info = page.inner_text("#gallery-info")
+        current, total = [int(x) for x in info.split(" · ")[0].replace("page ", "").split(" of ")]
+        if current == total:
+            return seen
+        page.click(".pager button[data-page='1']")
+    raise AssertionError("gallery pager never reached its last page")
+
+
+def _check_report(w: Watched, run_dir: Path, shots: str, methods: list[str]) -> dict:
+    page = w.page
+    url = (run_dir / "index.html").as_uri()
+    w.open(url)
+    state = _assert_clean(w, "first load")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{shots}-summary.png"))
+
+    # a confusion-matrix cell reaches its pair section
+    cell = page.locator("table.cm a.cell").first
+    target = cell.get_attribute("href")
+    assert target and target.startswith("#pair-")
+    cell.click()
+    assert page.evaluate("location.hash") == target
+    section = page.locator(f"section{target}")
+    assert section.count() == 1 and section.is_visible()
+    assert page.evaluate("id => { const r = document.getElementById(id).getBoundingClientRect();"
+                         " return r.top >= -2 && r.top < window.innerHeight; }", target[1:])
+    page.screenshot(path=str(SHOTS / f"{shots}-pair.png"))
+
+    # #<finding id> anchors land on the finding
+    fid = page.locator("section.finding").first.get_attribute("id")
+    w.open(f"{url}#{fid}")
+    assert page.evaluate("document.querySelector(':target') && document.querySelector(':target').id") == fid
+    assert 0 <= page.evaluate("id => document.getElementById(id).getBoundingClientRect().top", fid) < 80
+    page.screenshot(path=str(SHOTS / f"{shots}-finding.png"))
+
+    # gallery: every page loads; the image view shows the original and one overlay per method
+    w.open(url)
+    n_tiles = _walk_gallery(w)
+    n_items = len(json.loads(page.inner_text("#gallery-data")))
+    assert n_tiles == n_items
+    page.select_option("#gallery-controls select[name=size]", "48")
+    page.locator("#gallery-grid .tile").first.click()
+    assert page.locator("#image-view").is_visible()
+    captions = page.locator("#image-view figcaption.panels span").all_inner_texts()
+    assert captions == ["image"] + methods, captions
+    assert page.locator("#image-view .view-top tbody tr").count() >= 2
+    _assert_clean(w, "image view")
+    page.screenshot(path=str(SHOTS / f"{shots}-image-view.png"))
+    page.keyboard.press("Escape")
+    assert not page.locator("#image-view").is_visible()
+
+    # a filter narrows the gallery to one pair
+    pair_option = page.locator("#gallery-controls select[name=pair] option").nth(1)
+    pair = pair_option.get_attribute("value")
+    page.select_option("#gallery-controls select[name=pair]", pair)
+    labels = page.locator("#gallery-grid .tile .cap:not(.muted)").all_inner_texts()
+    assert labels and len(set(labels)) <= 2  # misclassified "t → p" and low-confidence "t → t"
+    return state
+
+
+def _sandboxed(browser, run_dir: Path) -> None:
+    """The report inside <iframe sandbox="allow-scripts">: no storage, opaque origin; still no error."""
+    wrapper = run_dir / "sandbox.html"
+    wrapper.write_text('<!DOCTYPE html><html><body><iframe sandbox="allow-scripts" src="index.html" '
+                       'style="width:1200px;height:800px"></iframe></body></html>', encoding="utf-8")
+    w = Watched(browser)
+    w.open(wrapper.as_uri())
+    frame = w.page.frames[1]
+    frame.wait_for_load_state("load")
+    assert frame.locator("#gallery-grid .tile").count() > 0
+    bad = frame.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).length")
+    assert bad == 0
+    assert not w.errors, w.errors[:5]
+    wrapper.unlink()
+    w.page.close()
+
+
+# ---------------------------------------------------------------- synthetic run: hostile names
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    from audit.report.render import render
+
+    run_dir = build_run(tmp_path_factory.mktemp("browser"))
+    render(run_dir)
+    return run_dir
+
+
+def test_synthetic_report_in_browser(browser, synthetic, capsys):
+    w = Watched(browser)
+    _check_report(w, synthetic, "synthetic", ["gradcam"])
+    text = w.page.inner_text("body")
+    assert EVIL in text and QUOTED in text          # shown as text, never run (no dialog above)
+    w.open((synthetic / "index.html").as_uri() + f"#{F2}")
+    assert w.page.evaluate("document.querySelector(':target').id") == F2
+    assert w.page.locator(f"section#{F1}").count() == 1
+    assert set(CLASSES) <= set(w.page.locator("table.cm tbody th[scope=row]").all_inner_texts())
+    _sandboxed(browser, synthetic)
+    with capsys.disabled():
+        print(f"\n  screenshots: {SHOTS}/synthetic-*.png")
+
+
+def test_folder_layout_in_browser(browser, tmp_path):
+    from audit.report.render import render
+
+    run_dir = build_run(tmp_path)
+    render(run_dir, layout="folder")
+    assert (run_dir / "assets").is_dir()
+    w = Watched(browser)
+    state = _check_report(w, run_dir, "folder", ["gradcam"])
+    assert any(i["src"].startswith("assets/") for i in state["images"])
+
+
+# ---------------------------------------------------------------- the demo report
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo-browser") / "demo"
+    result = subprocess.run([sys.executable, "-m", "audit.cli", "demo", "--out", str(out),
+                             "--cache", str(ROOT / "reports" / ".cache" / "demo"),
+                             "--set", f"attribution.methods=[{','.join(METHODS)}]"],
+                            capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+@pytest.mark.slow
+def test_demo_report_in_browser(browser, demo_run, capsys):
+    html = demo_run / "index.html"
+    size = html.stat().st_size
+    assert size <= 10_000_000, f"single-file demo report is {size} bytes"
+    assert not (demo_run / "assets").exists()
+    w = Watched(browser)
+    state = _check_report(w, demo_run, "demo", METHODS)
+    assert len(state["images"]) > 20
+    summary = json.loads((demo_run / "summary.json").read_text())
+    top = summary["findings"][0]
+    w.open(html.as_uri() + f"#{top['id']}")
+    assert w.page.evaluate("document.querySelector(':target').id") == top["id"]
+    # the exemplars of the top finding show one overlay per method
+    captions = w.page.locator(f"section#{top['id']} .exemplar").first.locator("figcaption.panels span").all_inner_texts()
+    assert captions == ["image"] + METHODS
+    _sandboxed(browser, demo_run)
+    with capsys.disabled():
+        print(f"\n  demo report: {size / 1e6:.2f} MB; screenshots: {SHOTS}/demo-*.png")
