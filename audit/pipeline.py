@@ -8,7 +8,9 @@ the run folder (``audit.artifacts`` names the files):
    get the model *path*; each worker process loads the model once.
 2. select: misclassified, low-confidence and contrast images (in the driver).
 3. attribute: the selection in partitions; each task writes its map chunks.
-4. discover, gate, render: on the collected, small results, in the driver.
+4. discover, verify, gate: on the collected, small results, in the driver.
+5. internals: what the model learned, for the top findings (``audit.stages.internals``).
+6. render.
 
 The local threaded scheduler runs by default; ``dask.scheduler``
 (``--scheduler tcp://host:8786``) runs the same graph on a distributed cluster
@@ -130,6 +132,11 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
     log(f"  {len(findings)} finding(s)")
     artifacts.write_json(run_dir / artifacts.RUN_JSON, record)
 
+    with _timed(timings, "internals", log):
+        from audit.stages.internals import run_internals
+
+        run_internals(config, root, classes, predictions, findings, map_rows, maps, classifier, keys["internals"], log)
+
     with _timed(timings, "render", log):
         render(run_dir)
     artifacts.write_json(run_dir / artifacts.RUN_JSON, record)
@@ -162,8 +169,9 @@ def _stage_keys(config: Config, record: dict) -> dict[str, str]:
     """Content keys of the stages: a stage's stored output is reused only under the same key.
 
     predict: model file, data, data/model settings and code; attribute: predict plus
-    the selection and attribution settings; run: everything in the config but its
-    output and run id.
+    the selection and attribution settings; internals: attribute plus the settings
+    that shape the findings and the ``internals`` section; run: everything in the
+    config but its output and run id.
     """
     settings = config.to_dict()
     code = _code_version()
@@ -171,7 +179,8 @@ def _stage_keys(config: Config, record: dict) -> dict[str, str]:
                       settings["model"], code)
     attribute = _digest(predict, settings["select"], settings["attribution"], settings["seed"])
     rest = {k: v for k, v in settings.items() if k not in ("run_id", "out", "dask")}
-    return {"predict": predict, "attribute": attribute, "run": _digest(attribute, rest)}
+    internals = _digest(attribute, {k: settings[k] for k in ("discovery", "verify", "internals", "report")})
+    return {"predict": predict, "attribute": attribute, "run": _digest(attribute, rest), "internals": internals}
 
 
 def _digest(*parts) -> str:

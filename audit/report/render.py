@@ -32,6 +32,7 @@ import pandas as pd
 from audit import artifacts
 from audit import data as audit_data
 from audit.report import plots
+from audit.report.internals import context as internals_section
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 ASSETS = "assets"
@@ -54,6 +55,7 @@ def render(run_dir: Path) -> Path:
     run = _Run.load(run_dir)
     assets = _Assets(run_dir / ASSETS)
     context = _context(run, assets)
+    context.update(internals_section(run.summary, run_dir, lambda name, png: _embed_png(assets, name, png)))
     html = _environment().get_template("index.html.j2").render(**context)
     out = run_dir / INDEX
     tmp = out.with_name(out.name + ".tmp")
@@ -162,6 +164,13 @@ class _Assets:
         for p in self.folder.glob("*.png"):
             if p.name not in self.written:
                 p.unlink(missing_ok=True)
+
+
+def _embed_png(assets: "_Assets", name: str, png: bytes) -> str:
+    """Write PNG bytes into assets/ under ``name`` (``.png`` appended if missing); return its src."""
+    name = name if name.endswith(".png") else name + ".png"
+    assets.path(name).write_bytes(png)
+    return assets.rel(name)
 
 
 # ---------------------------------------------------------------- helpers
