@@ -101,41 +101,51 @@ def layer_shape(layer) -> tuple[int, int, int]:
     return int(shape[1]), int(shape[2]), int(shape[3])
 
 
-def receptive_field(classifier, layer, low: np.ndarray, high: np.ndarray, seed: int = 0) -> tuple[int, int, int, int]:
-    """Input pixels a unit of ``layer`` sees, relative to the unit's centre mapped onto the input.
+def receptive_field(classifier, layer, low: np.ndarray, high: np.ndarray, seed: int = 0) -> dict:
+    """Input pixels a unit of ``layer`` sees.
 
-    Measured, not derived from the architecture (which may hold any layers): the
-    gradient of the central unit's channels, summed, with respect to 4 random
-    inputs in the model's valid range; the box of pixels with a non-zero gradient.
-    Returns ``(top, left, bottom, right)`` offsets (bottom/right exclusive) from the
-    centre ``((i + 0.5) * H / h, (j + 0.5) * W / w)`` of unit ``(i, j)``; the whole
-    image when the gradient is zero everywhere (a dead unit).
+    Measured, not derived from the architecture (which may hold any layers): for the
+    central unit ``(ci, cj)`` and its lower-right neighbour, the box of input pixels
+    where the gradient of the unit's channels (summed) is non-zero for any of 4 random
+    inputs in the model's valid range. The difference of the two boxes is the stride.
+
+    Returns ``{"unit": (ci, cj), "box": (top, left, bottom, right), "stride": (sy, sx)}``
+    (input pixels, bottom/right exclusive); a dead unit (zero gradient everywhere) gets
+    the whole image and the stride ``input size / layer size``.
     """
     import tensorflow as tf
 
     height, width = classifier.input_size
     h, w, _ = layer_shape(layer)
-    ci, cj = h // 2, w // 2
+    units = [(h // 2, w // 2), (min(h // 2 + 1, h - 1), min(w // 2 + 1, w - 1))]
 
     def grad(images):
-        captured: dict = {}
-        with tf.GradientTape() as tape:
-            tape.watch(images)
-            with capturing([layer], captured, linear=True):
-                classifier.forward(images)
-            value = tf.reduce_sum(captured[layer.name][:, ci, cj, :])
-        return tf.reduce_sum(tf.abs(tape.gradient(value, images)), axis=(0, 3))
+        out = []
+        for ui, uj in units:
+            captured: dict = {}
+            with tf.GradientTape() as tape:
+                tape.watch(images)
+                with capturing([layer], captured, linear=True):
+                    classifier.forward(images)
+                value = tf.reduce_sum(captured[layer.name][:, ui, uj, :])
+            out.append(tf.reduce_sum(tf.abs(tape.gradient(value, images)), axis=(0, 3)))
+        return tf.stack(out)
 
     fn = classifier.function(("internals.rf", layer.name), grad, classifier.image_spec())
     rng = np.random.default_rng(seed)
     images = (low + (high - low) * rng.uniform(0, 1, (4, height, width, classifier.input_shape[2]))).astype(np.float32)
-    g = fn(images).numpy()
-    ys, xs = np.nonzero(g > 0)
-    cy, cx = (ci + 0.5) * height / h, (cj + 0.5) * width / w
-    if not len(ys):
-        return -int(np.ceil(cy)), -int(np.ceil(cx)), height - int(cy), width - int(cx)
-    return (int(ys.min() - np.floor(cy)), int(xs.min() - np.floor(cx)),
-            int(ys.max() + 1 - np.floor(cy)), int(xs.max() + 1 - np.floor(cx)))
+    boxes = []
+    for g in fn(images).numpy():
+        ys, xs = np.nonzero(g > 0)
+        boxes.append((int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1) if len(ys) else None)
+    stride = (height / h, width / w)
+    if boxes[0] is None:
+        return {"unit": units[0], "box": (0, 0, height, width), "stride": stride}
+    if boxes[1] is not None and units[1] != units[0]:
+        sy = boxes[1][0] - boxes[0][0] if units[1][0] != units[0][0] else stride[0]
+        sx = boxes[1][1] - boxes[0][1] if units[1][1] != units[0][1] else stride[1]
+        stride = (sy, sx)
+    return {"unit": units[0], "box": boxes[0], "stride": stride}
 
 
 def input_range(mode: str, channels: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,8 +4,8 @@ One pass over the images (``batch`` per model call, all requested channels at
 once): for every image and channel, the largest activation of the channel over
 space and where it is. A channel's top patches are its ``k`` best images (one
 patch per image, so a single image cannot fill a channel's grid), each cropped to
-the unit's receptive field mapped back to input pixels (``receptive_field``),
-shifted to stay inside the image.
+the unit's receptive field in input pixels (measured by ``receptive_field`` for
+one unit and moved by the measured stride), shifted to stay inside the image.
 """
 from __future__ import annotations
 
@@ -70,24 +70,22 @@ def top_patches(classifier, layer, batches: Iterable[tuple[np.ndarray, np.ndarra
     best = np.take_along_axis(values_all.T, order, axis=1)
     pos = np.take_along_axis(where_all.T, order, axis=1)
     rf = receptive_field(classifier, layer, low, high, seed)
-    boxes = unit_boxes(pos, layer_shape(layer)[:2], classifier.input_size, rf)
+    boxes = unit_boxes(pos, layer_shape(layer)[1], classifier.input_size, rf)
     out_ids = np.where(best > 0, ids_all[order], -1)
     return {"ids": out_ids, "values": best.astype(np.float32), "boxes": boxes}
 
 
-def unit_boxes(flat_positions: np.ndarray, grid: tuple[int, int], size: tuple[int, int],
-               rf: tuple[int, int, int, int]) -> np.ndarray:
+def unit_boxes(flat_positions: np.ndarray, width_units: int, size: tuple[int, int], rf: dict) -> np.ndarray:
     """Input-pixel boxes ``(top, left, bottom, right)`` of the units at ``flat_positions``
-    of an ``h x w`` grid, for receptive-field offsets ``rf``; shifted to lie inside the
-    ``H x W`` input (and cut to it when larger)."""
-    (h, w), (height, width) = grid, size
-    i, j = np.divmod(np.asarray(flat_positions, np.int64), w)
-    cy = np.floor((i + 0.5) * height / h).astype(np.int64)
-    cx = np.floor((j + 0.5) * width / w).astype(np.int64)
-    top, left, bottom, right = rf
+    (row-major over ``width_units`` columns), from the measured receptive field ``rf``
+    (``receptive_field``) moved by the stride; shifted to lie inside the ``H x W`` input
+    (and cut to it when larger)."""
+    height, width = size
+    i, j = np.divmod(np.asarray(flat_positions, np.int64), width_units)
+    (ui, uj), (top, left, bottom, right), (sy, sx) = rf["unit"], rf["box"], rf["stride"]
     box_h, box_w = min(bottom - top, height), min(right - left, width)
-    y0 = np.clip(cy + top, 0, height - box_h)
-    x0 = np.clip(cx + left, 0, width - box_w)
+    y0 = np.clip(np.round(top + (i - ui) * sy).astype(np.int64), 0, height - box_h)
+    x0 = np.clip(np.round(left + (j - uj) * sx).astype(np.int64), 0, width - box_w)
     return np.stack([y0, x0, y0 + box_h, x0 + box_w], axis=-1)
 
 
