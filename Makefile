@@ -31,6 +31,7 @@ bench: install
 	$(BIN)/python benchmarks/attribution.py --out benchmarks/results
 	$(BIN)/python benchmarks/discovery.py --out benchmarks/results
 	$(BIN)/python benchmarks/scale.py --out benchmarks/results
+	$(BIN)/python benchmarks/internals.py --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) reports/demo reports/.cache build *.egg-info
