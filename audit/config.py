@@ -95,7 +95,8 @@ DEFAULTS: dict[str, Any] = {
         "learning_rate": 0.05,     # step, as a share of the input range (gradient normalised per image)
         "jitter": 4,               # random shift of up to this many input pixels per step
         "blur_every": 4,           # Gaussian blur every this many steps (0: never)
-        "blur_sigma": 1.0,         # in input pixels
+        "blur_sigma": 0.5,         # in input pixels, filter visualization
+        "class_blur_sigma": 1.0,   # in input pixels, class visualization (a whole-model objective needs more)
         "octaves": 3,              # multiscale: resolutions, ending at the input size
         "octave_scale": 1.4,       # ratio between octaves
         "l2": 0.01,                # class visualization: S_c(I) - l2 * ||I||^2 (I in half-range units)
@@ -203,6 +204,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str | Callable[[], str]]] = {
     "internals.jitter": (_nonneg_int, "a non-negative int"),
     "internals.blur_every": (_nonneg_int, "a non-negative int"),
     "internals.blur_sigma": (lambda v: _number(v) and 0 <= v <= 10, "a number in [0, 10]"),
+    "internals.class_blur_sigma": (lambda v: _number(v) and 0 <= v <= 10, "a number in [0, 10]"),
     "internals.octaves": (_positive_int, "a positive int"),
     "internals.octave_scale": (lambda v: _number(v) and 1 <= v <= 4, "a number in [1, 4]"),
     "internals.l2": (lambda v: _number(v) and v >= 0, "a non-negative number"),

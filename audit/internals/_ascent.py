@@ -47,7 +47,7 @@ class Ascent:
     learning_rate: float = 0.05
     jitter: int = 4
     blur_every: int = 4
-    blur_sigma: float = 1.0
+    blur_sigma: float = 0.5
     octaves: int = 3
     octave_scale: float = 1.4
     l2: float = 0.0
@@ -56,12 +56,14 @@ class Ascent:
     seed: int = 0
 
     @classmethod
-    def from_config(cls, config, l2: float = 0.0) -> "Ascent":
-        """The ``internals.*`` settings; ``l2`` is separate (class visualization only)."""
+    def from_config(cls, config, classes: bool = False) -> "Ascent":
+        """The ``internals.*`` settings of filter visualization, or with ``classes`` of class
+        visualization (``internals.l2`` and ``internals.class_blur_sigma``)."""
         return cls(steps=config["internals.steps"], learning_rate=config["internals.learning_rate"],
                    jitter=config["internals.jitter"], blur_every=config["internals.blur_every"],
-                   blur_sigma=config["internals.blur_sigma"], octaves=config["internals.octaves"],
-                   octave_scale=config["internals.octave_scale"], l2=l2,
+                   blur_sigma=config["internals.class_blur_sigma" if classes else "internals.blur_sigma"],
+                   octaves=config["internals.octaves"], octave_scale=config["internals.octave_scale"],
+                   l2=config["internals.l2"] if classes else 0.0,
                    batch_size=config["internals.batch_size"], seed=config["seed"])
 
 

@@ -61,7 +61,7 @@ def run_internals(config: Config, root: Path, classes: list[str], predictions: p
 
 
 def _internals(config, root, classes, predictions, top, map_rows, maps, classifier, out: Path) -> dict:
-    from audit.internals import Ascent, input_range, resolve_layers
+    from audit.internals import Ascent, attributed_channels, input_range, resolve_layers
     from audit.stages.attribute import area_pool
     from audit.stages.verify import top_regions
 
@@ -83,17 +83,15 @@ def _internals(config, root, classes, predictions, top, map_rows, maps, classifi
         pixels, errors = load(rows)
         ok = [i for i, e in enumerate(errors) if e is None]
         rows, pixels = [rows[i] for i in ok], pixels[ok]
-        scores = np.zeros(int(layer.output.shape[-1]), np.float32)
-        if rows:
+        best: list[int] = []
+        if rows:   # no member with a map and a readable image: no channels to rank
             regions = top_regions(maps[[map_of[r] for r in rows]], config["discovery.grid"], config["verify.max_area"])
             weights = np.stack([area_pool(m.astype(np.float64), h, w) if m is not None else np.zeros((h, w))
                                 for m in regions])
             targets = np.array([classes.index(str(table.at[r, "predicted"])) for r in rows], np.int32)
-            from audit.internals import attributed_channels
-
             scores = attributed_channels(classifier, layer, preprocess(pixels, config["data.preprocess"]), targets,
                                          weights, config["internals.batch_size"])
-        best = [int(c) for c in np.argsort(-scores, kind="stable")[:config["internals.finding_channels"]]]
+            best = [int(c) for c in np.argsort(-scores, kind="stable")[:config["internals.finding_channels"]]]
         entries.append({"id": str(f["id"]), "rank": f.get("rank"), "true_label": f["true_label"],
                         "predicted_label": f["predicted_label"], "n_members_used": len(rows),
                         "classes": [classes.index(f["true_label"]), classes.index(f["predicted_label"])],
@@ -103,7 +101,7 @@ def _internals(config, root, classes, predictions, top, map_rows, maps, classifi
     class_ids = sorted({c for e in entries for c in e["classes"]})
     channel_ids = sorted({c["channel"] for e in entries for c in e["channels"]})
     index = {"classes": class_entries(classifier, class_ids, classes, low, high,
-                                      Ascent.from_config(config, l2=config["internals.l2"]), out)}
+                                      Ascent.from_config(config, classes=True), out)}
     ids = readable["row"].astype(int).tolist()
     if len(ids) > config["internals.max_images"]:
         rng = np.random.default_rng([config["seed"], 7])
@@ -237,8 +235,6 @@ def explore(config: Config, layer_name: str, class_names: list[str] | None, only
     (layer,) = resolve_layers(classifier.model, [layer_name], 1, key="--layer")
     out = Path(config.run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*.png"):
-        stale.unlink()
     frame = root = None
     if config["data.path"] is not None:
         frame, root = load_manifest(Path(config["data.path"]))
@@ -259,7 +255,7 @@ def explore(config: Config, layer_name: str, class_names: list[str] | None, only
     index = {"model": str(config["model.path"]), "layer": layer.name, "classes": {}, "channels": {},
              "activations": [], "scanned_images": 0}
     index["classes"] = class_entries(classifier, class_ids, class_names, low, high,
-                                     Ascent.from_config(config, l2=config["internals.l2"]), out)
+                                     Ascent.from_config(config, classes=True), out)
     channels = list(range(int(layer.output.shape[-1])))
     ids: list[int] = []
     load = None
