@@ -146,6 +146,9 @@ def test_top_patches_find_the_brightest_squares_and_crop_the_receptive_field():
     none = top_patches(clf, model.get_layer("box"), [(np.arange(2), np.zeros((2, 16, 16, 3), np.float32))],
                        np.array([0]), 9, low, high)
     assert none["ids"].tolist() == [[-1, -1]]                    # nothing excites the channel
+    flat = top_patches(clf, model.get_layer("box"), [(np.arange(2), np.full((2, 16, 16, 3), 9.0, np.float32))],
+                       np.array([0]), 9, low, high)
+    assert flat["ids"].tolist() == [[-1, -1]]                    # the same peak everywhere ranks nothing
 
 
 def test_unit_boxes_stay_inside_the_image():

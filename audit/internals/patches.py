@@ -48,7 +48,8 @@ def top_patches(classifier, layer, batches: Iterable[tuple[np.ndarray, np.ndarra
     ``{"ids": int [m, k'], "values": float32 [m, k'], "boxes": int [m, k', 4]}`` with
     ``k' = min(k, number of images)``, best first; a box is ``(top, left, bottom,
     right)`` in model-input pixels (bottom/right exclusive). ``ids`` is -1 where a
-    channel was never above zero (nothing excites it).
+    channel was not above zero, or where its peak is the same on every image (a dead
+    unit behind a bias: nothing excites it more on one image than on another).
     """
     channels = np.asarray(channels, np.int64)
     fn = max_activations_function(classifier, layer)
@@ -71,7 +72,8 @@ def top_patches(classifier, layer, batches: Iterable[tuple[np.ndarray, np.ndarra
     pos = np.take_along_axis(where_all.T, order, axis=1)
     rf = receptive_field(classifier, layer, low, high, seed)
     boxes = unit_boxes(pos, layer_shape(layer)[1], classifier.input_size, rf)
-    out_ids = np.where(best > 0, ids_all[order], -1)
+    varies = (values_all.max(axis=0) > values_all.min(axis=0))[:, None]   # a constant channel ranks nothing
+    out_ids = np.where((best > 0) & varies, ids_all[order], -1)
     return {"ids": out_ids, "values": best.astype(np.float32), "boxes": boxes}
 
 
