@@ -44,6 +44,7 @@ bench: install
 	$(BIN)/python benchmarks/scale.py --out benchmarks/results
 	$(BIN)/python benchmarks/trust.py --out benchmarks/results
 	$(BIN)/python benchmarks/report.py --out benchmarks/results
+	$(BIN)/python benchmarks/internals.py --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) reports/demo reports/.cache build *.egg-info

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
             print(render(Path(args.run_dir), layout=args.layout))
             return EXIT_OK
         _import_tensorflow_quietly()
+        if args.command == "internals":
+            return _internals(args, log)
         from audit import pipeline
         from audit.config import resolve
 
@@ -146,6 +148,20 @@ def _parser() -> argparse.ArgumentParser:
                             "json: one JSON object per line on stderr")
         p.add_argument("--quiet", action="store_true", help="print only the result")
 
+    internals = sub.add_parser("internals", help="look inside a model: filter, class and activation pictures of a layer")
+    internals.add_argument("--model", required=True, help=".keras or .h5 classifier")
+    internals.add_argument("--layer", required=True, help="the layer whose channels are shown (a spatial layer)")
+    internals.add_argument("--data", help="images for top patches and activation maps (folder or CSV/parquet manifest)")
+    internals.add_argument("--classes", help="text file, one class name per line, in the model's output order")
+    internals.add_argument("--class", dest="only", action="append", metavar="NAME",
+                           help="visualize only this class (repeatable; default every class)")
+    internals.add_argument("--out", required=True, help="folder for the pictures, index.json and index.html")
+    internals.add_argument("--config", help="optional pipeline YAML (its data.preprocess and internals.* apply)")
+    internals.add_argument("--trust-model", action="store_true", help="allow Lambda layers (they run arbitrary code)")
+    internals.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                           help="override one config key, e.g. --set internals.steps=256 (repeatable)")
+    internals.add_argument("--quiet", action="store_true", help="print only the result")
+
     render = sub.add_parser("render", help="re-render the report of a run folder (no TensorFlow needed)")
     render.add_argument("run_dir")
     render.add_argument("--layout", choices=("single", "folder"),
@@ -168,6 +184,25 @@ def _demo_run_id(args: argparse.Namespace) -> str | None:
         return None
     name = Path(args.out).name
     return name if name.replace("-", "").replace("_", "").isalnum() else "demo"
+
+
+def _internals(args, log) -> int:
+    """``audit internals``: pictures of one layer's channels and of the classes into ``--out``."""
+    from audit.config import resolve
+    from audit.data import load_classes
+    from audit.report.internals import write_page
+    from audit.stages.internals import explore
+
+    config = resolve(args.config, args.set, {"model.path": args.model, "data.path": args.data,
+                                             "data.classes": args.classes, "out": args.out,
+                                             "model.trust": args.trust_model or None})
+    names = load_classes(args.classes, None, None) if args.classes else None
+    index = explore(config, args.layer, names, args.only, log)
+    page = write_page(config.run_dir)
+    print(f"{len(index['channels'])} channel(s) of {index['layer']}, {len(index['classes'])} class(es)"
+          + (f", patches from {index['scanned_images']} image(s)" if index["scanned_images"] else "")
+          + f": {page}")
+    return EXIT_OK
 
 
 def _demo_epilogue(run_dir: Path, log) -> None:

@@ -119,6 +119,28 @@ DEFAULTS: dict[str, Any] = {
         "max_bytes": 10_000_000,     # size budget of the report; a warning line when exceeded
         "max_image_views": 300,      # single layout: gallery images with embedded overlays (folder: all)
     },
+    "internals": {                 # look inside the model (audit.internals), for the top findings
+        "enabled": True,
+        "findings": 3,             # the best-ranked findings get a "Model internals" entry
+        "layers": None,            # activation-map layers; default: n_layers spread shallow to deep
+        "n_layers": 3,
+        "channels": 8,             # channels shown per layer in activation maps, by attribution
+        "exemplars": 2,            # a finding's exemplars shown as activation maps
+        "finding_channels": 3,     # target-layer channels most attributed in a finding's cue area
+        "max_members": 64,         # members used to rank those channels
+        "patches": 9,              # maximally activating dataset patches per channel
+        "max_images": 2000,        # audit images scanned for patches (a seeded sample beyond this)
+        "steps": 128,              # gradient-ascent steps (filter and class visualization)
+        "learning_rate": 0.05,     # step, as a share of the input range (gradient normalised per image)
+        "jitter": 4,               # random shift of up to this many input pixels per step
+        "blur_every": 4,           # Gaussian blur every this many steps (0: never)
+        "blur_sigma": 0.5,         # in input pixels, filter visualization
+        "class_blur_sigma": 1.0,   # in input pixels, class visualization (a whole-model objective needs more)
+        "octaves": 3,              # multiscale: resolutions, ending at the input size
+        "octave_scale": 1.4,       # ratio between octaves
+        "l2": 0.01,                # class visualization: S_c(I) - l2 * ||I||^2 (I in half-range units)
+        "batch_size": 64,          # images per model call (ascent batches, patch scan)
+    },
 }
 
 
@@ -135,7 +157,7 @@ def _fraction(v: Any) -> bool:
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
 
 def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -242,6 +264,27 @@ RULES: dict[str, tuple[Callable[[Any], bool], str | Callable[[], str]]] = {
     "report.layout": (lambda v: v in ("single", "folder"), "single or folder"),
     "report.max_bytes": (_positive_int, "a positive int (bytes)"),
     "report.max_image_views": (_nonneg_int, "a non-negative int"),
+    "internals.enabled": (lambda v: isinstance(v, bool), "true or false"),
+    "internals.findings": (_nonneg_int, "a non-negative int"),
+    "internals.layers": (_optional(lambda v: isinstance(v, list) and len(v) > 0 and all(_str(x) for x in v)),
+                         "null or a non-empty list of layer names"),
+    "internals.n_layers": (_positive_int, "a positive int"),
+    "internals.channels": (_positive_int, "a positive int"),
+    "internals.exemplars": (_nonneg_int, "a non-negative int"),
+    "internals.finding_channels": (_positive_int, "a positive int"),
+    "internals.max_members": (_positive_int, "a positive int"),
+    "internals.patches": (_positive_int, "a positive int"),
+    "internals.max_images": (_positive_int, "a positive int"),
+    "internals.steps": (_positive_int, "a positive int"),
+    "internals.learning_rate": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "internals.jitter": (_nonneg_int, "a non-negative int"),
+    "internals.blur_every": (_nonneg_int, "a non-negative int"),
+    "internals.blur_sigma": (lambda v: _number(v) and 0 <= v <= 10, "a number in [0, 10]"),
+    "internals.class_blur_sigma": (lambda v: _number(v) and 0 <= v <= 10, "a number in [0, 10]"),
+    "internals.octaves": (_positive_int, "a positive int"),
+    "internals.octave_scale": (lambda v: _number(v) and 1 <= v <= 4, "a number in [1, 4]"),
+    "internals.l2": (lambda v: _number(v) and v >= 0, "a non-negative number"),
+    "internals.batch_size": (_positive_int, "a positive int"),
 }
 
 

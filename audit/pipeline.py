@@ -9,11 +9,13 @@ the run folder (``audit.artifacts`` names the files):
 2. select: misclassified, low-confidence and contrast images (in the driver).
 3. attribute: the selection in partitions; each task writes its map chunks.
 4. trust: faithfulness, sanity checks and agreement of the maps (in the driver).
-5. discover, verify, render: on the collected, small results, in the driver;
+5. discover, verify: on the collected, small results, in the driver;
    ``audit.nightly.finish`` matches the findings to the baseline, applies triage,
    gates, writes ``summary.json`` and appends the history. A complete run asked
    again with the same inputs and settings only repeats that last step (so new
    gates, a new baseline or triage take effect at once).
+6. internals: what the model learned, for the top findings (``audit.stages.internals``).
+7. render.
 
 The local threaded scheduler runs by default; ``dask.scheduler``
 (``--scheduler tcp://host:8786``) runs the same graph on a distributed cluster
@@ -158,6 +160,11 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
     log(f"  {len(findings)} finding(s)")
     artifacts.write_json(run_dir / artifacts.RUN_JSON, record)
 
+    with _timed(timings, "internals", log):
+        from audit.stages.internals import run_internals
+
+        run_internals(config, root, classes, predictions, findings, map_rows, cells, classifier, keys["internals"], log)
+
     with _timed(timings, "render", log):
         render(run_dir)
     artifacts.write_json(run_dir / artifacts.RUN_JSON, record)
@@ -191,8 +198,10 @@ def _stage_keys(config: Config, record: dict) -> dict[str, str]:
 
     predict: model file, data, data/model settings and code; attribute: predict plus
     the selection and attribution settings; trust: attribute plus the trust settings;
-    run: everything in the config but its output, run id, scheduler and nightly
-    settings (gates, baseline, triage, history: re-applied to a complete run in moments).
+    internals: attribute plus the settings that shape the findings and the
+    ``internals`` section; run: everything in the config but its output, run id,
+    scheduler and nightly settings (gates, baseline, triage, history: re-applied to a
+    complete run in moments).
     """
     settings = config.to_dict()
     code = _code_version()
@@ -201,8 +210,9 @@ def _stage_keys(config: Config, record: dict) -> dict[str, str]:
     attribute = _digest(predict, settings["select"], settings["attribution"], settings["seed"])
     rest = {k: v for k, v in settings.items()
             if k not in ("run_id", "out", "dask", "gates", "baseline", "triage", "history", "demo")}
+    internals = _digest(attribute, {k: settings[k] for k in ("discovery", "verify", "internals", "report")})
     return {"predict": predict, "attribute": attribute, "trust": _digest(attribute, settings["trust"]),
-            "run": _digest(attribute, rest)}
+            "run": _digest(attribute, rest), "internals": internals}
 
 
 def _digest(*parts) -> str:

@@ -214,8 +214,7 @@ def test_folder_layout_in_browser(browser, tmp_path):
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo-browser") / "demo"
     result = subprocess.run([sys.executable, "-m", "audit.cli", "demo", "--out", str(out),
-                             "--cache", str(ROOT / "reports" / ".cache" / "demo"),
-                             "--set", f"attribution.methods=[{','.join(METHODS)}]"],
+                             "--cache", str(ROOT / "reports" / ".cache" / "demo")],
                             capture_output=True, text=True, timeout=1200, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     return out
@@ -237,6 +236,27 @@ def test_demo_report_in_browser(browser, demo_run, capsys):
     # the exemplars of the top finding show one overlay per method
     captions = w.page.locator(f"section#{top['id']} .exemplar").first.locator("figcaption.panels span").all_inner_texts()
     assert captions == ["image"] + METHODS
+    # trust: a badge row per method with the figures of summary.json, its plots decoded
+    trust = w.page.locator("section#trust")
+    assert trust.is_visible()
+    rows = {r.get_attribute("data-method"): r for r in trust.locator("tr[data-method]").all()}
+    assert set(rows) == set(METHODS)
+    for method in METHODS:
+        figures = summary["trust"]["methods"][method]
+        assert rows[method].get_attribute("data-sanity") == str(figures["badge"]["sanity"]).lower()
+        auc = f"{figures['faithfulness']['deletion_auc']:.3f}"
+        assert auc in rows[method].inner_text(), (method, auc, rows[method].inner_text())
+    assert trust.locator("img").count() >= 3
+    trust.scroll_into_view_if_needed()
+    w.page.screenshot(path=str(SHOTS / "demo-trust.png"))
+    # model internals: reached from the top finding, its pictures decoded
+    w.page.locator(f"section#{top['id']} a[href='#internals-{top['id']}']").click()
+    assert w.page.evaluate("location.hash") == f"#internals-{top['id']}"
+    entry = w.page.locator(f"section#internals-{top['id']}")
+    assert entry.is_visible() and entry.locator("img").count() >= 3
+    assert entry.evaluate("e => Array.from(e.querySelectorAll('img')).every(i => i.complete && i.naturalWidth > 0)")
+    w.page.screenshot(path=str(SHOTS / "demo-internals.png"))
+    _assert_clean(w, "trust and internals")
     _sandboxed(browser, demo_run)
     with capsys.disabled():
         print(f"\n  demo report: {size / 1e6:.2f} MB; screenshots: {SHOTS}/demo-*.png")

@@ -731,3 +731,72 @@ def trust_pictures(html: str, run_dir: Path) -> dict[str, tuple[int, int]]:
 def test_no_trust_section_without_trust_figures(rendered):
     _, _, html, page = rendered
     assert "trust" not in page.ids() and "Spearman" not in html
+
+
+# ---------------------------------------------------------------- model internals section
+
+def _internals_run(root: Path, missing: str | None = None) -> Path:
+    """The synthetic run plus an ``internals/`` folder as the internals stage writes it."""
+    from audit.internals import grids
+
+    run_dir = build_run(root)
+    folder = run_dir / "internals"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    pictures = {"class-0.png": grids.tile(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), 128),
+                "class-1.png": grids.tile(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), 128),
+                "conv5-channel-7-filter.png": grids.tile(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), 128),
+                "conv5-channel-7-patches.png": grids.square_grid([rng.integers(0, 255, (9, 9, 3), dtype=np.uint8)] * 9),
+                f"{F1}-row-1-activations.png": grids.activation_grid(
+                    rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), [[rng.uniform(0, 1, (8, 8))] * 3] * 2)}
+    for name, picture in pictures.items():
+        if name != missing:
+            (folder / name).write_bytes(grids.png(picture))
+    index = {"key": "k", "enabled": True, "layer": "conv5", "layers": ["conv1", "conv5"], "scanned_images": 15,
+             "classes": {"0": {"name": "pool", "image": "class-0.png", "logit_start": -1.0, "logit_end": 9.5,
+                               "probability": 0.99},
+                         "1": {"name": "bathroom", "image": "class-1.png", "logit_start": -2.0, "logit_end": 12.0,
+                               "probability": 1.0}},
+             "channels": {"7": {"layer": "conv5", "filter": "conv5-channel-7-filter.png", "mean_start": 0.1,
+                                "mean_end": 3.2, "patches": "conv5-channel-7-patches.png", "patch_rows": [0, 1, 2]}},
+             "findings": [{"id": F1, "rank": 1, "true_label": "pool", "predicted_label": "bathroom",
+                           "n_members_used": 3, "classes": [0, 1], "channels": [{"channel": 7, "score": 0.5}],
+                           "activations": [{"row": 1, "path": ROWS[1][0], "predicted": "bathroom",
+                                            "image": f"{F1}-row-1-activations.png",
+                                            "layers": [{"layer": "conv1", "channels": [3], "attribution": [0.2]},
+                                                       {"layer": "conv5", "channels": [7], "attribution": [0.5]}]}]}]}
+    artifacts.write_json(folder / "index.json", index)
+    return run_dir
+
+
+def _internals_images(html: str) -> list[str]:
+    start = html.index('<section class="part" id="internals">')
+    end = html.find('<section class="part"', start + 1)
+    return re.findall(r'<img[^>]* src="([^"]+)"', html[start:end if end > 0 else len(html)])
+
+
+def test_internals_section_is_linked_from_its_finding(tmp_path):
+    run_dir = _internals_run(tmp_path)
+    html = render(run_dir).read_text(encoding="utf-8")
+    page = _Page(html)
+    assert f"internals-{F1}" in page.ids() and f"internals-{F2}" not in page.ids()
+    finding = html[html.index(f'<section class="finding" id="{F1}"'):html.index(f'<section class="finding" id="{F2}"')]
+    assert f'href="#internals-{F1}"' in finding
+    assert f'href="#internals-{F2}"' not in html
+    srcs = _internals_images(html)
+    assert len(srcs) == 5                                    # 2 classes, filter + patches, 1 activation grid
+    for src in srcs:
+        assert _decode(src, run_dir).size[0] > 0
+    assert "bathroom" in html[html.index('id="internals"'):] and "score 0.5000" in html
+
+
+def test_internals_section_absent_without_internals(rendered):
+    _, _, html, page = rendered
+    assert "internals" not in page.ids() and 'href="#internals' not in html
+
+
+def test_internals_missing_picture_is_a_note_not_a_broken_image(tmp_path):
+    run_dir = _internals_run(tmp_path, missing="conv5-channel-7-patches.png")
+    html = render(run_dir).read_text(encoding="utf-8")
+    assert len(_internals_images(html)) == 4
+    assert "internals/conv5-channel-7-patches.png" in html

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from audit.report import plots
+from audit.report import internals, plots
 from audit.report.assets import Assets
 from audit.report.fmt import finite, str_or_none
 from audit.report.images import image_view
@@ -42,6 +42,7 @@ def views(run: Run, assets: Assets) -> list[dict]:
     if "findings" in run.cache:
         return run.cache["findings"]
     lut = plots.colour_table()
+    with_internals = internals.finding_ids(run.dir)
     out = []
     for n, f in enumerate(run.findings):
         raw = f["raw"]
@@ -52,6 +53,7 @@ def views(run: Run, assets: Assets) -> list[dict]:
             "causal": raw.get("causal"), "verification": verification(raw.get("verification")),
             "detailed": n < MAX_DETAILED_FINDINGS, "montage": None, "mean": None, "exemplars": [],
             "notes": [], "members": [], "eigen": None, "verify_plot": None,
+            "internals_anchor": f"internals-{f['anchor']}" if f["id"] in with_internals else None,
         })
         exemplars = f["exemplar_rows"][:MAX_EXEMPLARS]
         for p, r in zip(f["members"], f["rows"]):

@@ -34,7 +34,7 @@ from typing import Callable
 
 import jinja2
 
-from audit.report import findings, gallery, outputs, summary, tables, trend, trust
+from audit.report import findings, gallery, internals, outputs, summary, tables, trend, trust
 from audit.report.assets import LAYOUTS, Assets
 from audit.report.fmt import fmt_num, fmt_pct, fmt_seconds
 from audit.report.loading import Run
@@ -54,6 +54,7 @@ SECTIONS: list[Section] = [
     Section("summary", "Summary", summary.section),
     Section("findings", "Findings", findings.section),
     Section("trust", "Trust", lambda run, assets: trust.context(run.summary, run.dir, assets.image)),
+    Section("internals", "Model internals", internals.section),
     Section("confusion", "Confusion pairs", tables.confusion),
     Section("gallery", "Gallery", gallery.section),
     Section("slices", "Metrics by metadata", tables.slices),

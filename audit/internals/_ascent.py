@@ -1,0 +1,217 @@
+"""Regularised gradient ascent in the model's input space, shared by filter and class visualization.
+
+``ascend`` maximises one objective per image of a batch (a channel's mean
+activation, or a class logit minus an L2 penalty), all images at once: one
+forward and one backward pass per step for the whole batch.
+
+Each step (Mordvintsev et al. 2015, Olah et al. 2017 "Feature Visualization"):
+
+* jitter: the images are rolled by a random offset of up to ``jitter`` pixels
+  before the forward pass and the gradient is rolled back, so no pattern can
+  rely on exact pixel positions;
+* the gradient of each image is divided by its own mean absolute value (one
+  step size suits every objective, and channels of very different scale can
+  share a batch); the step is ``learning_rate`` times the input range;
+* blur: every ``blur_every`` steps the images are smoothed with a Gaussian of
+  ``blur_sigma`` pixels (a penalty on high frequencies);
+* the images are clipped to the model's valid input range;
+* ReLUs are redirected during the first quarter of the steps (Lucid's ``redirected_relu``): a
+  unit that is off lets through a gradient that would turn it on, so a channel
+  that is silent on the starting noise, or sits behind silent units (a
+  BatchNormalization after a ReLU), still gets a direction to climb.
+
+Multiscale: the images are parameterised at a lower resolution first and
+resized (bilinear) to the model's input size inside the forward pass; after
+each of the ``octaves`` the parameterisation is upsampled by ``octave_scale``,
+ending at the input size. Steps are shared equally among the octaves.
+
+Everything random (starting noise, jitter offsets) comes from
+``numpy.random.default_rng(seed)``; with the same seed the result repeats.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+Objective = Callable[..., "object"]   # (model inputs [N, H, W, C], targets [N]) -> values [N], traced
+
+
+@dataclass(frozen=True)
+class Ascent:
+    """Settings of the ascent (``internals.*`` in the config)."""
+
+    steps: int = 128
+    learning_rate: float = 0.05
+    jitter: int = 4
+    blur_every: int = 4
+    blur_sigma: float = 0.5
+    octaves: int = 3
+    octave_scale: float = 1.4
+    l2: float = 0.0
+    noise: float = 0.05        # std of the starting noise around mid-range, share of the input range
+    batch_size: int = 64
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, config, classes: bool = False) -> "Ascent":
+        """The ``internals.*`` settings of filter visualization, or with ``classes`` of class
+        visualization (``internals.l2`` and ``internals.class_blur_sigma``)."""
+        return cls(steps=config["internals.steps"], learning_rate=config["internals.learning_rate"],
+                   jitter=config["internals.jitter"], blur_every=config["internals.blur_every"],
+                   blur_sigma=config["internals.class_blur_sigma" if classes else "internals.blur_sigma"],
+                   octaves=config["internals.octaves"], octave_scale=config["internals.octave_scale"],
+                   l2=config["internals.l2"] if classes else 0.0,
+                   batch_size=config["internals.batch_size"], seed=config["seed"])
+
+
+def _gaussian(sigma: float) -> np.ndarray:
+    radius = max(1, int(np.ceil(2 * sigma)))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / max(sigma, 1e-6)) ** 2)
+    return (k / k.sum()).astype(np.float32)
+
+
+def step_function(classifier, key, objective: Objective, low: np.ndarray, high: np.ndarray, blur_sigma: float):
+    """Traced ``(x [N, h, w, C], shift [2], lr, blur, l2, targets [N], redirect) -> (x', values [N])``.
+
+    ``x`` is the parameterisation at any resolution ``h x w``; it is resized to the
+    model's input size inside. ``values`` are the objective's values before the step.
+    """
+    import tensorflow as tf
+
+    height, width = classifier.input_size
+    channels = classifier.input_shape[2]
+    low_t, high_t = tf.constant(low.reshape(1, 1, 1, -1)), tf.constant(high.reshape(1, 1, 1, -1))
+    mid, half = (low_t + high_t) / 2.0, (high_t - low_t) / 2.0
+    k1 = _gaussian(blur_sigma)
+    kernel = tf.constant(np.tile(np.outer(k1, k1)[:, :, None, None], (1, 1, channels, 1)))
+    radius = len(k1) // 2
+
+    def blur(x):
+        padded = tf.pad(x, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="SYMMETRIC")
+        return tf.nn.depthwise_conv2d(padded, kernel, [1, 1, 1, 1], "VALID")
+
+    def step(x, shift, lr, blur_mix, l2, targets, redirect):
+        rolled = tf.roll(x, shift, axis=[1, 2])
+        with tf.GradientTape() as tape:
+            tape.watch(rolled)
+            inputs = tf.image.resize(rolled, (height, width), method="bilinear")
+            with redirected_relus(classifier.model, redirect):
+                values = objective(inputs, targets)
+            penalty = l2 * tf.reduce_sum(tf.square((rolled - mid) / half), axis=[1, 2, 3])
+            total = tf.reduce_sum(values - penalty)
+        grads = tf.roll(tape.gradient(total, rolled), -shift, axis=[1, 2])
+        grads = grads / (tf.reduce_mean(tf.abs(grads), axis=[1, 2, 3], keepdims=True) + 1e-12)
+        x = x + lr * (high_t - low_t) * grads
+        x = x + blur_mix * (blur(x) - x)
+        return tf.clip_by_value(x, low_t, high_t), values
+
+    specs = (tf.TensorSpec((None, None, None, channels), tf.float32), tf.TensorSpec((2,), tf.int32),
+             tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32),
+             tf.TensorSpec((None,), tf.int32), tf.TensorSpec((), tf.float32))
+    return classifier.function(key, step, *specs)
+
+
+def _redirected_relu(redirect):
+    """ReLU whose gradient, where the unit is off, still passes the part that would turn it on
+    (weighted by ``redirect``: 0 gives the plain ReLU gradient)."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def relu(x):
+        def grad(dy):
+            return tf.where(x > 0, dy, redirect * tf.maximum(dy, 0.0))
+        return tf.nn.relu(x), grad
+
+    return relu
+
+
+@contextlib.contextmanager
+def redirected_relus(model, redirect) -> Iterator[None]:
+    """While tracing: every ReLU of ``model`` (an ``activation="relu"`` or a ReLU layer) redirected."""
+    import keras
+
+    from audit.model_io import flat_layers
+
+    relu = _redirected_relu(redirect)
+    saved = []
+    for layer in flat_layers(model):
+        activation = getattr(layer, "activation", None)
+        if getattr(activation, "__name__", "") == "relu":
+            saved.append((layer, "activation", activation))
+            layer.activation = relu
+        elif isinstance(layer, keras.layers.ReLU) and layer.max_value is None and not layer.negative_slope \
+                and not layer.threshold and "call" not in layer.__dict__:
+            saved.append((layer, "call", None))
+            layer.call = lambda inputs, *a, **k: relu(inputs)
+    try:
+        yield
+    finally:
+        for layer, attr, value in saved:
+            if attr == "activation":
+                layer.activation = value
+            else:
+                del layer.call
+
+
+def ascend(step_fn, input_shape: tuple[int, int, int], targets: np.ndarray, low: np.ndarray, high: np.ndarray,
+           settings: Ascent) -> tuple[np.ndarray, np.ndarray]:
+    """Run the ascent for every target, ``settings.batch_size`` targets per batch.
+
+    Returns ``(images, start)``: float32 ``[N, H, W, C]`` in the model's input space,
+    the optimised images and the starting noise they came from.
+    """
+    targets = np.asarray(targets, np.int32)
+    height, width, channels = input_shape
+    out = np.zeros((len(targets), height, width, channels), np.float32)
+    begin = np.zeros_like(out)
+    sizes = _octave_sizes(height, width, settings.octaves, settings.octave_scale)
+    per_octave = _split(settings.steps, len(sizes))
+    for start in range(0, len(targets), settings.batch_size):
+        batch = targets[start:start + settings.batch_size]
+        # each batch draws from its own stream, so the result does not depend on the batch size
+        rng = np.random.default_rng([settings.seed, start // settings.batch_size])
+        mid, span = (low + high) / 2.0, high - low
+        h0, w0 = sizes[0]
+        x = (mid + settings.noise * span * rng.standard_normal((len(batch), h0, w0, channels))).astype(np.float32)
+        x = np.clip(x, low, high).astype(np.float32)
+        begin[start:start + len(batch)] = _resize(x, height, width) if (h0, w0) != (height, width) else x
+        n = 0
+        redirect_steps = max(1, settings.steps // 4)
+        for (h, w), steps in zip(sizes, per_octave):
+            if x.shape[1:3] != (h, w):
+                x = _resize(x, h, w)
+            jitter = max(0, int(round(settings.jitter * h / height)))
+            for _ in range(steps):
+                n += 1
+                shift = rng.integers(-jitter, jitter + 1, 2).astype(np.int32) if jitter else np.zeros(2, np.int32)
+                blur = 1.0 if settings.blur_every and settings.blur_sigma > 0 and n % settings.blur_every == 0 else 0.0
+                x, _ = step_fn(x, shift, np.float32(settings.learning_rate), np.float32(blur),
+                               np.float32(settings.l2), batch, np.float32(n <= redirect_steps))
+            x = x.numpy() if hasattr(x, "numpy") else x
+        out[start:start + len(batch)] = _resize(x, height, width) if x.shape[1:3] != (height, width) else x
+    return out, begin
+
+
+def _octave_sizes(height: int, width: int, octaves: int, scale: float) -> list[tuple[int, int]]:
+    sizes = []
+    for o in range(max(1, octaves) - 1, -1, -1):
+        f = scale ** o
+        sizes.append((max(4, int(round(height / f))), max(4, int(round(width / f)))))
+    return list(dict.fromkeys(sizes))
+
+
+def _split(steps: int, parts: int) -> list[int]:
+    base = [steps // parts] * parts
+    for i in range(steps - sum(base)):
+        base[-1 - i] += 1
+    return base
+
+
+def _resize(x: np.ndarray, h: int, w: int) -> np.ndarray:
+    import tensorflow as tf
+
+    return tf.image.resize(x, (h, w), method="bilinear").numpy().astype(np.float32)

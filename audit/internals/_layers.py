@@ -1,0 +1,169 @@
+"""Layers of a model as the internals techniques see them: choosing, capturing, receptive fields.
+
+``Classifier`` captures one layer (its target layer). The internals need several
+at once (activation maps of a few layers from shallow to deep) and sometimes a
+layer's output *before* its activation function (gradient ascent through a ReLU
+that is zero on the starting noise would never move). ``capturing`` patches the
+chosen layers' ``call`` while a function is traced inside ``Classifier.function``,
+so every traced function here also gets the classifier's softmax stripping.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import numpy as np
+
+from audit.errors import UsageError
+
+
+def _candidates(model) -> list:
+    """Layers with a spatial 4-D output, in order (nested models included), input layers excluded."""
+    import keras
+
+    from audit.model_io import spatial_layers
+
+    return [layer for layer in spatial_layers(model) if not isinstance(layer, keras.layers.InputLayer)]
+
+
+def resolve_layers(model, names: list[str] | tuple[str, ...] | None, n: int, key: str = "internals.layers") -> list:
+    """The named layers, or ``n`` spatial layers with weights spread from the shallowest to the deepest.
+
+    Raises ``UsageError`` naming ``key`` when a name is not a spatial layer of the model.
+    """
+    from audit.model_io import flat_layers
+
+    candidates = _candidates(model)
+    if not candidates:
+        raise UsageError(f"`{key}`: the model has no layer with a spatial 4-D output")
+    if names:
+        by_name = {layer.name: layer for layer in flat_layers(model)}
+        spatial = {layer.name for layer in candidates}
+        out = []
+        for name in names:
+            if name not in spatial:
+                tail = ", ".join(layer.name for layer in candidates[-5:])
+                what = "has no spatial 4-D output" if name in by_name else "is not a layer of the model"
+                raise UsageError(f"`{key}`: {name!r} {what} (spatial layers end with: {tail})")
+            out.append(by_name[name])
+        return out
+    learned = [layer for layer in candidates if layer.weights] or candidates   # skip rescaling, pooling, ...
+    picks = np.unique(np.round(np.linspace(0, len(learned) - 1, min(n, len(learned)))).astype(int))
+    return [learned[i] for i in picks]
+
+
+@contextlib.contextmanager
+def capturing(layers: list, out: dict, linear: bool = False) -> Iterator[None]:
+    """While tracing: store each layer's output tensor in ``out[layer.name]``.
+
+    With ``linear``, a layer with an ``activation`` attribute (Conv2D, Dense, ...)
+    is captured *before* its activation function, which is then applied to the
+    captured value so the rest of the model is unchanged.
+    """
+    import keras
+
+    saved = []
+    for layer in layers:
+        own = layer.__dict__.get("call")   # e.g. the classifier's own capture of its target layer
+        activation = getattr(layer, "activation", None) if linear else None
+        if activation is not None and activation is keras.activations.linear:
+            activation = None
+        original = layer.call
+
+        def call(*args, _layer=layer, _original=original, _activation=activation, **kwargs):
+            if _activation is None:
+                value = _original(*args, **kwargs)
+                out[_layer.name] = value
+                return value
+            _layer.activation = keras.activations.linear
+            try:
+                value = _original(*args, **kwargs)
+            finally:
+                _layer.activation = _activation
+            out[_layer.name] = value
+            return _activation(value)
+
+        layer.call = call
+        saved.append((layer, own))
+    try:
+        yield
+    finally:
+        for layer, own in saved:
+            if own is None:
+                del layer.call
+            else:
+                layer.call = own
+
+
+def layer_shape(layer) -> tuple[int, int, int]:
+    """``(h, w, channels)`` of a spatial layer's output."""
+    shape = tuple(layer.output.shape)
+    return int(shape[1]), int(shape[2]), int(shape[3])
+
+
+def receptive_field(classifier, layer, low: np.ndarray, high: np.ndarray, seed: int = 0) -> dict:
+    """Input pixels a unit of ``layer`` sees.
+
+    Measured, not derived from the architecture (which may hold any layers): for the
+    central unit ``(ci, cj)`` and its lower-right neighbour, the box of input pixels
+    where the gradient of the unit's channels (summed) is non-zero for any of 4 random
+    inputs in the model's valid range. The difference of the two boxes is the stride.
+
+    Returns ``{"unit": (ci, cj), "box": (top, left, bottom, right), "stride": (sy, sx)}``
+    (input pixels, bottom/right exclusive); a dead unit (zero gradient everywhere) gets
+    the whole image and the stride ``input size / layer size``.
+    """
+    import tensorflow as tf
+
+    height, width = classifier.input_size
+    h, w, _ = layer_shape(layer)
+    units = [(h // 2, w // 2), (min(h // 2 + 1, h - 1), min(w // 2 + 1, w - 1))]
+
+    def grad(images):
+        out = []
+        for ui, uj in units:
+            captured: dict = {}
+            with tf.GradientTape() as tape:
+                tape.watch(images)
+                with capturing([layer], captured, linear=True):
+                    classifier.forward(images)
+                value = tf.reduce_sum(captured[layer.name][:, ui, uj, :])
+            out.append(tf.reduce_sum(tf.abs(tape.gradient(value, images)), axis=(0, 3)))
+        return tf.stack(out)
+
+    fn = classifier.function(("internals.rf", layer.name), grad, classifier.image_spec())
+    rng = np.random.default_rng(seed)
+    images = (low + (high - low) * rng.uniform(0, 1, (4, height, width, classifier.input_shape[2]))).astype(np.float32)
+    boxes = []
+    for g in fn(images).numpy():
+        ys, xs = np.nonzero(g > 0)
+        boxes.append((int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1) if len(ys) else None)
+    stride = (height / h, width / w)
+    if boxes[0] is None:
+        return {"unit": units[0], "box": (0, 0, height, width), "stride": stride}
+    if boxes[1] is not None and units[1] != units[0]:
+        sy = boxes[1][0] - boxes[0][0] if units[1][0] != units[0][0] else stride[0]
+        sx = boxes[1][1] - boxes[0][1] if units[1][1] != units[0][1] else stride[1]
+        stride = (sy, sx)
+    return {"unit": units[0], "box": boxes[0], "stride": stride}
+
+
+def input_range(mode: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``(low, high)`` float32 ``[C]`` of the model's input space: what
+    ``data.preprocess`` maps pixel values 0 and 255 to (a Rescaling layer inside the
+    model is part of the model, so its input space is still 0..255)."""
+    from audit.data import preprocess
+
+    ends = preprocess(np.array([[[[0.0] * 3], [[255.0] * 3]]], np.float32), mode).reshape(2, 3)
+    low, high = ends[0], ends[1]
+    if channels != 3:
+        low, high = np.full(channels, low.min(), np.float32), np.full(channels, high.max(), np.float32)
+    return low.astype(np.float32), high.astype(np.float32)
+
+
+def to_pixels(images: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Model-input-space images ``[N, H, W, C]`` back to uint8 RGB ``[N, H, W, 3]`` for display."""
+    unit = np.clip((np.asarray(images, np.float32) - low) / (high - low), 0.0, 1.0)
+    if unit.shape[-1] == 1:
+        unit = np.repeat(unit, 3, axis=-1)
+    return np.round(unit[..., :3] * 255.0).astype(np.uint8)

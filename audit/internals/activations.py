@@ -1,0 +1,105 @@
+"""Activation maps: what chosen layers compute on given images, and which channels matter.
+
+``activation_maps`` runs the images through the model once per batch, capturing
+every chosen layer in the same pass together with the gradient of each image's
+target logit (pre-softmax) with respect to it. A channel's attribution to the
+target class is its first-order contribution ``sum_xy dS_c/dA_k * A_k``
+(gradient x activation, summed over space); channels are shown in that order.
+
+``attributed_channels`` ranks the channels of one layer for a group of images
+(a finding's members) by Grad-CAM weight x activation, ``w_k * A_k`` with ``w_k``
+the spatial mean of ``dS_c/dA_k``, pooled over each image's top-attributed area
+(weights ``[h, w]`` given by the caller) and averaged over the images.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from audit.internals._layers import capturing
+
+
+def _function(classifier, layers: list):
+    """Traced ``(images, targets) -> [A_1, g_1, A_2, g_2, ...]`` for ``layers``."""
+    import tensorflow as tf
+
+    names = tuple(layer.name for layer in layers)
+
+    def fn(images, targets):
+        captured: dict = {}
+        with tf.GradientTape() as tape:
+            with capturing(layers, captured):
+                logits, _ = classifier.forward(images)
+            score = tf.gather(logits, targets, batch_dims=1)
+        acts = [captured[name] for name in names]
+        grads = tape.gradient(score, acts, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return [t for pair in zip(acts, grads) for t in pair]
+
+    return classifier.function(("internals.activations", names), fn, classifier.image_spec(),
+                               tf.TensorSpec((None,), tf.int32))
+
+
+def _run(classifier, layers: list, images: np.ndarray, targets: np.ndarray, batch: int):
+    """``[(acts [N, h, w, K], grads [N, h, w, K]) per layer]``, ``batch`` images per pass."""
+    targets = np.asarray(targets, np.int32)
+    fn = _function(classifier, layers)
+    parts: list[list[np.ndarray]] = [[] for _ in range(2 * len(layers))]
+    for start in range(0, len(images), batch):
+        for n, t in enumerate(fn(images[start:start + batch], targets[start:start + batch])):
+            parts[n].append(t.numpy())
+    out = []
+    for n, layer in enumerate(layers):
+        if parts[2 * n]:
+            out.append((np.concatenate(parts[2 * n]).astype(np.float32),
+                        np.concatenate(parts[2 * n + 1]).astype(np.float32)))
+        else:
+            shape = tuple(int(d) for d in layer.output.shape[1:])
+            out.append((np.zeros((0, *shape), np.float32), np.zeros((0, *shape), np.float32)))
+    return out
+
+
+def activation_maps(classifier, layers: list, images: np.ndarray, targets: np.ndarray, batch: int = 32) -> list[dict]:
+    """Activations of ``layers`` on ``images`` and each channel's attribution to ``targets``.
+
+    Parameters
+    ----------
+    images : float32 ``[N, H, W, C]`` as the model takes them.
+    targets : int ``[N]`` class per image (e.g. the predicted class).
+
+    Returns
+    -------
+    One dict per layer: ``{"layer": name, "maps": float32 [N, h, w, K],
+    "attribution": float32 [N, K], "order": int [N, K]}`` with ``order[i]`` the
+    channels of image ``i`` by decreasing attribution.
+    """
+    result = []
+    for layer, (acts, grads) in zip(layers, _run(classifier, layers, images, targets, batch)):
+        attribution = np.einsum("nhwk,nhwk->nk", acts, grads).astype(np.float32)
+        result.append({"layer": layer.name, "maps": acts, "attribution": attribution,
+                       "order": np.argsort(-attribution, axis=1, kind="stable")})
+    return result
+
+
+def attributed_channels(classifier, layer, images: np.ndarray, targets: np.ndarray, weights: np.ndarray,
+                        batch: int = 32) -> np.ndarray:
+    """Score of each channel of ``layer`` for a group of images: mean over the images of
+    ``sum_xy weights * w_k * A_k / sum_xy weights`` (Grad-CAM weight x activation pooled
+    over the top-attributed area).
+
+    Parameters
+    ----------
+    weights : float ``[N, h, w]`` non-negative, at the layer's resolution (uniform
+        where an image's weights are all zero).
+
+    Returns
+    -------
+    float32 ``[K]``; rank with ``np.argsort(-scores)``.
+    """
+    ((acts, grads),) = _run(classifier, [layer], images, targets, batch)
+    if not len(images):
+        return np.zeros(acts.shape[-1], np.float32)
+    cam_weights = grads.mean(axis=(1, 2))                                  # [N, K]
+    w = np.asarray(weights, np.float64)
+    total = w.sum(axis=(1, 2), keepdims=True)
+    w = np.where(total > 0, w / np.where(total > 0, total, 1.0), 1.0 / (w.shape[1] * w.shape[2]))
+    pooled = np.einsum("nhw,nhwk->nk", w, acts)                            # activation in the area
+    return (cam_weights * pooled).mean(axis=0).astype(np.float32)

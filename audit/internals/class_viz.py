@@ -1,0 +1,50 @@
+"""Class visualization (Simonyan et al. 2014): ``argmax_I S_c(I) - lambda * ||I||^2``.
+
+``S_c`` is the pre-softmax logit of class ``c`` (the classifier strips a final
+softmax); ``||I||^2`` is the mean squared distance of the image from mid-range,
+in units of half the input range (so ``lambda``, ``internals.l2``, means the
+same for every input scaling). The ascent is the shared regularised one (jitter,
+blur, multiscale) of ``audit.internals._ascent``; all classes form one batch.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from audit.internals._ascent import Ascent, ascend, step_function
+
+
+def visualize_classes(classifier, classes: np.ndarray, low: np.ndarray, high: np.ndarray, settings: Ascent) -> dict:
+    """Optimise one image per class index of ``classes``.
+
+    Returns ``{"images": float32 [n, H, W, C] model input space, "start": float32 [n]
+    logit of each class on its starting noise, "end": float32 [n] on the optimised
+    image, "probability": float32 [n] softmax probability of the class at the end}``.
+    """
+    import tensorflow as tf
+
+    classes = np.asarray(classes, np.int32)
+    if len(classes) and (classes.min() < 0 or classes.max() >= classifier.n_classes):
+        raise ValueError(f"the model has {classifier.n_classes} classes; asked for {classes.tolist()}")
+
+    def objective(inputs, targets):
+        logits, _ = classifier.forward(inputs)
+        return tf.gather(logits, targets, batch_dims=1)
+
+    key = ("internals.classes", settings.blur_sigma)
+    fn = step_function(classifier, key, objective, low, high, settings.blur_sigma)
+    images, start = ascend(fn, classifier.input_shape, classes, low, high, settings)
+    out = {"images": images}
+    for name, batch in (("start", start), ("end", images)):
+        logits = _logits(classifier, batch, settings.batch_size)
+        out[name] = logits[np.arange(len(classes)), classes].astype(np.float32)
+        if name == "end":
+            z = logits - logits.max(axis=1, keepdims=True)
+            p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+            out["probability"] = p[np.arange(len(classes)), classes].astype(np.float32)
+    return out
+
+
+def _logits(classifier, images: np.ndarray, batch: int) -> np.ndarray:
+    if not len(images):
+        return np.zeros((0, classifier.n_classes), np.float32)
+    return np.concatenate([classifier.logits(images[i:i + batch]) for i in range(0, len(images), batch)])

@@ -1,0 +1,100 @@
+"""Maximally activating patches (Zeiler & Fergus 2014): the dataset crops that excite a channel most.
+
+One pass over the images (``batch`` per model call, all requested channels at
+once): for every image and channel, the largest activation of the channel over
+space and where it is. A channel's top patches are its ``k`` best images (one
+patch per image, so a single image cannot fill a channel's grid), each cropped to
+the unit's receptive field in input pixels (measured by ``receptive_field`` for
+one unit and moved by the measured stride), shifted to stay inside the image.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+
+from audit.internals._layers import capturing, layer_shape, receptive_field
+
+
+def max_activations_function(classifier, layer):
+    """Traced ``images [N, H, W, C] -> (max [N, K], argmax [N, K])``: each channel's
+    largest activation over space in ``layer``'s output and its flat position."""
+    import tensorflow as tf
+
+    h, w, k = layer_shape(layer)
+
+    def fn(images):
+        captured: dict = {}
+        with capturing([layer], captured):
+            classifier.forward(images)
+        flat = tf.reshape(captured[layer.name], (-1, h * w, k))
+        return tf.reduce_max(flat, axis=1), tf.argmax(flat, axis=1, output_type=tf.int32)
+
+    return classifier.function(("internals.max", layer.name), fn, classifier.image_spec())
+
+
+def top_patches(classifier, layer, batches: Iterable[tuple[np.ndarray, np.ndarray]], channels: np.ndarray,
+                k: int, low: np.ndarray, high: np.ndarray, seed: int = 0) -> dict:
+    """The ``k`` most activating images of each channel and the boxes to crop from them.
+
+    Parameters
+    ----------
+    batches : ``(ids int [n], images float32 [n, H, W, C])`` in the model's input
+        space; ``ids`` name the images (e.g. manifest rows).
+    channels : int ``[m]`` channel indices of ``layer``.
+
+    Returns
+    -------
+    ``{"ids": int [m, k'], "values": float32 [m, k'], "boxes": int [m, k', 4]}`` with
+    ``k' = min(k, number of images)``, best first; a box is ``(top, left, bottom,
+    right)`` in model-input pixels (bottom/right exclusive). ``ids`` is -1 where a
+    channel was not above zero, or where its peak is the same on every image (a dead
+    unit behind a bias: nothing excites it more on one image than on another).
+    """
+    channels = np.asarray(channels, np.int64)
+    fn = max_activations_function(classifier, layer)
+    ids, values, where = [], [], []
+    for batch_ids, images in batches:
+        if not len(images):
+            continue
+        v, a = fn(images)
+        ids.append(np.asarray(batch_ids, np.int64))
+        values.append(v.numpy()[:, channels])
+        where.append(a.numpy()[:, channels])
+    m = len(channels)
+    if not ids:
+        return {"ids": np.zeros((m, 0), np.int64), "values": np.zeros((m, 0), np.float32),
+                "boxes": np.zeros((m, 0, 4), np.int64)}
+    ids_all, values_all, where_all = np.concatenate(ids), np.concatenate(values), np.concatenate(where)
+    kk = min(k, len(ids_all))
+    order = np.argsort(-values_all, axis=0, kind="stable")[:kk].T          # [m, kk] image positions
+    best = np.take_along_axis(values_all.T, order, axis=1)
+    pos = np.take_along_axis(where_all.T, order, axis=1)
+    rf = receptive_field(classifier, layer, low, high, seed)
+    boxes = unit_boxes(pos, layer_shape(layer)[1], classifier.input_size, rf)
+    varies = (values_all.max(axis=0) > values_all.min(axis=0))[:, None]   # a constant channel ranks nothing
+    out_ids = np.where((best > 0) & varies, ids_all[order], -1)
+    return {"ids": out_ids, "values": best.astype(np.float32), "boxes": boxes}
+
+
+def unit_boxes(flat_positions: np.ndarray, width_units: int, size: tuple[int, int], rf: dict) -> np.ndarray:
+    """Input-pixel boxes ``(top, left, bottom, right)`` of the units at ``flat_positions``
+    (row-major over ``width_units`` columns), from the measured receptive field ``rf``
+    (``receptive_field``) moved by the stride; shifted to lie inside the ``H x W`` input
+    (and cut to it when larger)."""
+    height, width = size
+    i, j = np.divmod(np.asarray(flat_positions, np.int64), width_units)
+    (ui, uj), (top, left, bottom, right), (sy, sx) = rf["unit"], rf["box"], rf["stride"]
+    box_h, box_w = min(bottom - top, height), min(right - left, width)
+    y0 = np.clip(np.round(top + (i - ui) * sy).astype(np.int64), 0, height - box_h)
+    x0 = np.clip(np.round(left + (j - uj) * sx).astype(np.int64), 0, width - box_w)
+    return np.stack([y0, x0, y0 + box_h, x0 + box_w], axis=-1)
+
+
+def image_batches(load: Callable[[list], tuple[np.ndarray, list]], ids: list, batch: int):
+    """``(ids, images)`` batches from ``load(ids) -> (images, errors)``, unreadable images left out."""
+    for start in range(0, len(ids), batch):
+        part = ids[start:start + batch]
+        images, errors = load(part)
+        ok = [n for n, e in enumerate(errors) if e is None]
+        yield np.asarray([part[n] for n in ok], np.int64), images[ok]

@@ -1,0 +1,91 @@
+"""The "Model internals" section of the report, from ``<run>/internals/`` (``audit.stages.internals``).
+
+``context(summary, run_dir, embed_image)`` reads ``internals/index.json`` and the
+PNGs it names, hands each PNG to ``embed_image(name, png_bytes) -> src`` (the
+renderer decides how pictures reach the page) and returns ``{"internals": ...}``:
+one entry per finding, anchored ``internals-<finding anchor>``, in the summary's
+rank order. ``section(run, assets)`` is the report section (template
+``sections/internals.html.j2``); ``finding_ids(run_dir)`` the findings that have an
+entry, which the Findings section links to. No TensorFlow here.
+
+``write_page(folder)`` renders the standalone page of ``audit internals``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+FOLDER = "internals"
+INDEX = "index.json"
+
+
+def context(summary: dict, run_dir: Path, embed_image: Callable[[str, bytes], str]) -> dict:
+    """``{"internals": {...}}``, or ``{"internals": None}`` when the run has no internals."""
+    from audit.report.fmt import finding_key
+
+    folder = Path(run_dir) / FOLDER
+    try:
+        index = json.loads((folder / INDEX).read_text())
+    except (OSError, ValueError):
+        return {"internals": None}
+    by_id = {str(e.get("id")): e for e in index.get("findings") or [] if isinstance(e, dict)}
+    notes: list[str] = []
+
+    def src(name: Any) -> str | None:
+        if not name:
+            return None
+        try:
+            return embed_image(f"internals-{name}", (folder / str(name)).read_bytes())
+        except OSError as exc:
+            notes.append(f"{FOLDER}/{name}: {exc.strerror or exc}")
+            return None
+
+    classes = {key: dict(value, src=src(value.get("image"))) for key, value in (index.get("classes") or {}).items()}
+    channels = {key: dict(value, filter_src=src(value.get("filter")), patches_src=src(value.get("patches")))
+                for key, value in (index.get("channels") or {}).items()}
+    findings = []
+    for f in summary.get("findings") or []:
+        entry = by_id.get(str(f.get("id")))
+        if entry is None:
+            continue
+        findings.append({
+            "id": entry["id"], "anchor": "internals-" + finding_key(str(entry["id"])),
+            "finding_anchor": finding_key(str(entry["id"])),
+            "true_label": entry.get("true_label"), "predicted_label": entry.get("predicted_label"),
+            "n_members_used": entry.get("n_members_used"),
+            "classes": [classes[str(c)] for c in entry.get("classes") or [] if str(c) in classes],
+            "channels": [dict(channels[str(c["channel"])], channel=c["channel"], score=c.get("score"))
+                         for c in entry.get("channels") or [] if str(c.get("channel")) in channels],
+            "activations": [dict(a, src=src(a.get("image"))) for a in entry.get("activations") or []],
+        })
+    return {"internals": {"layer": index.get("layer"), "layers": index.get("layers") or [],
+                          "scanned_images": index.get("scanned_images"), "findings": findings,
+                          "ids": [f["id"] for f in findings], "notes": notes}}
+
+
+def section(run, assets) -> dict | None:
+    """The report section's context, or ``None`` when the run has no internals entries."""
+    ctx = context(run.summary, run.dir, assets.image)["internals"]
+    return ctx if ctx and ctx["findings"] else None
+
+
+def finding_ids(run_dir: Path) -> set[str]:
+    """IDs of the findings with an entry in ``internals/index.json`` (empty when there is none)."""
+    try:
+        index = json.loads((Path(run_dir) / FOLDER / INDEX).read_text())
+    except (OSError, ValueError):
+        return set()
+    return {str(e.get("id")) for e in index.get("findings") or [] if isinstance(e, dict)}
+
+
+def write_page(folder: Path) -> Path:
+    """``folder/index.html`` of ``audit internals``: its ``index.json`` with the PNGs beside it."""
+    from audit.report.render import _environment
+
+    folder = Path(folder)
+    index = json.loads((folder / INDEX).read_text())
+    html = _environment().get_template("internals_page.html.j2").render(index=index, layout="folder")  # PNGs beside it
+    out = folder / "index.html"
+    out.write_text(html, encoding="utf-8")
+    return out
