@@ -352,7 +352,7 @@ def test_log_format_json(audit_case, tmp_path):
     records = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
     assert records and all({"ts", "level", "stage", "event", "msg"} <= set(r) for r in records)
     ends = {r["stage"]: r for r in records if r["event"] == "end"}
-    assert list(ends) == ["predict", "select", "attribute", "trust", "discover", "verify", "render"]
+    assert list(ends) == ["predict", "select", "attribute", "trust", "discover", "verify", "internals", "render"]
     assert ends["predict"]["tasks"] >= 1 and ends["predict"]["seconds"] >= 0
     assert result.stdout.startswith("status pass:")  # the result still printed, logs not on stdout
     assert (tmp_path / "history.parquet").is_file()   # every run appends to the history next to it
