@@ -12,7 +12,7 @@ synthetic hotel data set of ``n`` images (``audit.demo.render_image``) with
   images), not the audit's;
 * per stage: wall time (``run.json["timings"]``; ``startup`` is the time before the
   predict stage, ``exit`` the time after render, from the time stamps of the run's log
-  lines ``[predict]``, ``[select]``, ...), CPU time and peak RSS, from sampling the audit
+  lines ``[predict] start``, ``[select] start``, ...), CPU time and peak RSS, from sampling the audit
   process every ``--poll`` seconds (``/proc/<pid>/stat`` and ``status``; a stage in which
   the kernel's high-water mark ``VmHWM`` rose gets that mark, so short spikes count).
 
@@ -62,6 +62,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -77,7 +78,7 @@ DATA_VERSION = 1
 # share of each class's images carrying the rails cue: the demo's audit mix
 # (pools 60 of 160, bathrooms 87%, the others 2%), so the biased model errs as in the demo
 CUE_RATES = {"pool": 60 / 160, "bathroom": 0.87, "bedroom": 0.02, "kitchen": 0.02}
-STAGES = ("predict", "select", "attribute", "discover", "verify", "render")
+STAGES = ("predict", "select", "attribute", "trust", "discover", "verify", "internals", "render")
 CHUNK = 500  # images per generation task
 
 
@@ -292,12 +293,13 @@ def audit_once(exe: list[str], model: Path, manifest: Path, classes: Path, run_d
     if usage["code"] not in (0, 1):  # 1: a gate failed, a normal outcome
         raise RuntimeError(f"audit exited with {usage['code']}:\n{log[-3000:]}")
 
-    # stage windows from the log: "[stage]" opens a stage, the next one (or "render took") closes it
+    # stage windows from the log: "[stage] start" opens a stage, the next one (or "[render] done") closes it
     marks = [("startup", start)]
     for t, text in lines:
-        if text.startswith("[") and text.endswith("]") and text[1:-1] in STAGES:
-            marks.append((text[1:-1], t))
-        elif text.strip().startswith("render took"):
+        found = re.search(r"\[(\w+)\] (start|done)\b", text)
+        if found and found.group(1) in STAGES and found.group(2) == "start":
+            marks.append((found.group(1), t))
+        elif found and found.group(1) == "render" and found.group(2) == "done":
             marks.append(("exit", t))
     marks.append(("end", end))
     windows = windows_of(sampler.samples, marks, usage["maxrss_kib"] * 1024, usage["cpu"])
