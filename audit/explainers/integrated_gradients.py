@@ -93,6 +93,14 @@ class IntegratedGradients(Explainer):
         """``(maps [N, H, W] float32, gaps [N] float64)``; ``gap = sum(map) - (f(x) - f(baseline))``."""
         images, targets = check_inputs(classifier, images, targets)
         maps, baselines = self._maps(classifier, images, targets)
+        return maps, maps.sum(axis=(1, 2), dtype=np.float64) - self.differences(classifier, images, targets,
+                                                                                baselines)
+
+    def differences(self, classifier, images: Images, targets: Targets, baselines: Images | None = None) -> np.ndarray:
+        """``f(x) - f(baseline)`` of the target logit per image, float64 ``[N]``: what a map should
+        sum to. ``baselines`` default to this explainer's (its ``baseline``, ``sigma`` and ``seed``)."""
+        if baselines is None:
+            baselines = resolve_baseline(self, self.baseline, images, self.sigma, self.seed)
         rows = np.arange(len(images))
         diff = np.zeros(len(images), np.float64)
         for start in range(0, len(images), self.batch_size):
@@ -100,7 +108,7 @@ class IntegratedGradients(Explainer):
             fx = classifier.logits(images[part])[rows[part] - start, targets[part]]
             fb = classifier.logits(baselines[part])[rows[part] - start, targets[part]]
             diff[part] = fx.astype(np.float64) - fb
-        return maps, maps.sum(axis=(1, 2), dtype=np.float64) - diff
+        return diff
 
     def _maps(self, classifier, images: Images, targets: Targets) -> tuple[Maps, Images]:
         import tensorflow as tf

@@ -19,17 +19,7 @@ def gaps(classifier, explainer, images: np.ndarray, targets: np.ndarray,
     The baselines are resolved exactly as ``explainer`` resolves them (its
     ``baseline``, ``sigma`` and ``seed``).
     """
-    from audit.explainers.base import resolve_baseline
-
     if not len(images):
         return np.zeros(0), np.zeros(0)
-    baselines = resolve_baseline(explainer, explainer.baseline, images, explainer.sigma, explainer.seed)
-    rows = np.arange(len(images))
-    diff = np.zeros(len(images), np.float64)
-    for start in range(0, len(images), explainer.batch_size):
-        part = slice(start, start + explainer.batch_size)
-        fx = classifier.logits(images[part])[rows[part] - start, targets[part]]
-        fb = classifier.logits(baselines[part])[rows[part] - start, targets[part]]
-        diff[part] = fx.astype(np.float64) - fb
+    diff = explainer.differences(classifier, images, targets)
     return np.asarray(maps, np.float64).sum(axis=(1, 2)) - diff, diff
-
