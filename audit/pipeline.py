@@ -143,8 +143,7 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
     if config["trust.enabled"]:
         with _timed(timings, "trust", log):
             path = _chunk_paths(run_dir, "trust", keys["trust"], 1, ".json", log)[0]
-            trusted = _resumable(path, lambda: trust(config, root, classes, selection, {
-                m: artifacts.read_maps(run_dir, m) for m in config["attribution.methods"]}, classifier))
+            trusted = _resumable(path, lambda: trust(config, root, classes, selection, run_dir, classifier))
 
     with _timed(timings, "discover", log):
         # discovery and verification read the first method's maps pooled to the discovery grid,

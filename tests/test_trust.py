@@ -204,18 +204,37 @@ def test_agreement_per_image_and_pairs():
     assert agreement.nanmean([np.nan, 1.0, 0.0]) == pytest.approx(0.5) and agreement.nanmean([np.nan]) is None
 
 
-def test_completeness_gap_matches_explain_with_gap():
+def test_stored_completeness_gap_matches_explain_with_gap(tmp_path):
+    """The attribute stage stores IG's gap and f(x) - f(baseline) beside its maps; trust reads them."""
+    import pandas as pd
+    from PIL import Image
+
+    from audit import artifacts
+    from audit.config import resolve
     from audit.explainers import IntegratedGradients
     from audit.explainers.base import classifier_of
-    from audit.trust import completeness
+    from audit.stages.attribute import attribute_partition
 
-    classifier = classifier_of(build_model("softmax_layer"))
-    images = np.random.default_rng(2).uniform(0, 1, (5, 20, 24, 3)).astype(np.float32)
-    targets = np.array([0, 1, 2, 1, 0], np.int32)
+    model = build_model("softmax_layer")
+    model_path = tmp_path / "m.keras"
+    model.save(model_path)
+    pixels = np.random.default_rng(2).integers(0, 256, (5, 20, 24, 3), dtype=np.uint8)
+    for i, p in enumerate(pixels):
+        Image.fromarray(p).save(tmp_path / f"{i}.png")
+    part = pd.DataFrame({"row": np.arange(5), "path": [f"{i}.png" for i in range(5)],
+                         "pair_label": ["a", "b", "c", "b", "a"]})
+    config = resolve(sets=["attribution.methods=[integrated_gradients]", "attribution.batch_size=7",
+                           "attribution.params={integrated_gradients: {steps: 4, rule: left}}"],
+                     flags={"model.path": str(model_path), "out": str(tmp_path / "run")})
+    attribute_partition(config, tmp_path, ["a", "b", "c"], part, 0)
+    classifier = classifier_of(model)
     ig = IntegratedGradients(batch_size=7, steps=4, rule="left")
-    maps, expected = ig.explain_with_gap(classifier, images, targets)
-    gap, diff = completeness.gaps(classifier, ig, images, targets, maps)
+    maps, expected = ig.explain_with_gap(classifier, pixels.astype(np.float32), np.array([0, 1, 2, 1, 0], np.int32))
+    rows, gap = artifacts.read_map_values(tmp_path / "run", "integrated_gradients", "gap")
+    _, diff = artifacts.read_map_values(tmp_path / "run", "integrated_gradients", "difference")
+    assert rows.tolist() == [0, 1, 2, 3, 4]
     np.testing.assert_allclose(gap, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(diff, maps.sum(axis=(1, 2)) - expected, rtol=1e-5, atol=1e-5)
     assert np.all(np.abs(diff) > 0)
 
 
@@ -264,7 +283,7 @@ def test_finding_trust_badges():
     assert unverified["agrees"] is True and unverified["level"] == "medium"
 
 
-def test_trust_of_an_empty_selection_has_no_badges():
+def test_trust_of_an_empty_selection_has_no_badges(tmp_path):
     import pandas as pd
 
     from audit.config import resolve
@@ -274,9 +293,7 @@ def test_trust_of_an_empty_selection_has_no_badges():
     config = resolve(sets=["attribution.methods=[gradcam,occlusion]"])
     selection = pd.DataFrame({"row": pd.Series([], dtype="int64"), "path": pd.Series([], dtype=str),
                               "pair_label": pd.Series([], dtype=str)})
-    empty = (np.zeros(0, np.int64), np.zeros((0, 20, 24), np.float32))
-    result = trust(config, ".", ["a", "b", "c"], selection, {"gradcam": empty, "occlusion": empty},
-                   classifier_of(build_model("nested")))
+    result = trust(config, ".", ["a", "b", "c"], selection, tmp_path, classifier_of(build_model("nested")))
     summary = add_to_summary(config, {"findings": []}, result)
     cam = summary["trust"]["methods"]["gradcam"]
     assert cam["badge"] == {"sanity": None, "faithful": None, "trusted": False}

@@ -4,7 +4,8 @@ Methods and their parameters come from ``attribution.methods`` and
 ``attribution.params`` (``{method: {param: value}}``, the keyword arguments of the
 method's class in ``audit.explainers``). Each selected image is explained for its ``pair_label`` (the predicted class for
 an error, the runner-up for a low-confidence image, its own class for contrast).
-Maps are written to the run folder as float16 chunks; the partition returns only
+Maps are written to the run folder as float16 chunks (IG's with each image's
+completeness gap ``sum(map) - (f(x) - f(baseline))`` and ``f(x) - f(baseline)``); the partition returns only
 its semantic features, which are small: the target layer's activations pooled
 with the first method's positive map as weights (``[n, channels]``), so that a
 cue is described by what the model sees where it looks, wherever it sits.
@@ -21,7 +22,7 @@ from audit.artifacts import write_map_chunk
 from audit.config import Config
 from audit.data import load_images, preprocess
 from audit.errors import UsageError
-from audit.explainers import get
+from audit.explainers import IntegratedGradients, get
 from audit.explainers.base import Explainer
 from audit.model_io import classifier_for
 
@@ -39,8 +40,13 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
     batch = config["attribution.batch_size"]
     first = None
     for method, explainer in explainers(config).items():
-        maps = explainer.explain(classifier, images, targets)
-        write_map_chunk(config.run_dir, method, chunk, rows, maps)
+        if isinstance(explainer, IntegratedGradients):  # its completeness gap costs 2 passes here, not a re-read later
+            maps, gap = explainer.explain_with_gap(classifier, images, targets)
+            write_map_chunk(config.run_dir, method, chunk, rows, maps, gap=gap,
+                            difference=maps.sum(axis=(1, 2), dtype=np.float64) - gap)
+        else:
+            maps = explainer.explain(classifier, images, targets)
+            write_map_chunk(config.run_dir, method, chunk, rows, maps)
         first = maps if first is None else first
     features = np.concatenate([
         attention_pooled(classifier.logits_and_activations(images[i:i + batch])[1], first[i:i + batch])

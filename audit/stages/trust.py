@@ -1,7 +1,8 @@
 """Trust: does each attribution method, and each finding, deserve to be believed?
 
 Runs after attribute, in the driver, on the run's stored maps (``trust.methods``,
-default every attribution method); the metrics live in ``audit.trust``:
+default every attribution method), read chunk by chunk: all of them only pooled to
+``trust.grid``, the sample's at full resolution; the metrics live in ``audit.trust``:
 
 1. agreement: rank correlation between every pair of methods, on every
    attributed image (maps area-pooled to ``trust.grid`` squared cells);
@@ -17,7 +18,7 @@ default every attribution method); the metrics live in ``audit.trust``:
    ``trust.sanity_sample``, and at most ``trust.sanity_budget`` times the
    attributed images divided by (steps + 1), but at least 2 (``sanity_size``);
 4. the completeness gap of integrated gradients on every attributed image
-   (when the run has IG maps).
+   (when the run has IG maps), as the attribute stage stored it beside the maps.
 
 Badges. A method passes sanity when its maps of the fully randomized model have
 a mean Spearman correlation with the original maps below ``trust.max_spearman``
@@ -41,10 +42,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from audit import artifacts
 from audit.config import Config
 from audit.data import load_images, preprocess
-from audit.explainers import get
-from audit.trust import agreement, completeness, faithfulness, sanity
+from audit.stages.attribute import area_pool
+from audit.trust import agreement, faithfulness, sanity
 
 IG = "integrated_gradients"
 GAP_BINS = 20
@@ -70,15 +72,15 @@ def sanity_size(config: Config, n_attributed: int, n_sample: int, classifier) ->
     return min(config["trust.sanity_sample"], n_sample, max(budget, 2))
 
 
-def trust(config: Config, root: Path, classes: list[str], selection: pd.DataFrame,
-          maps: dict[str, tuple[np.ndarray, np.ndarray]], classifier=None) -> dict:
+def trust(config: Config, root: Path, classes: list[str], selection: pd.DataFrame, run_dir: Path,
+          classifier=None) -> dict:
     """All trust figures of a run.
 
     Parameters
     ----------
     root, classes : the manifest's folder and the class names in model output order.
     selection : the select stage's table (``row``, ``path``, ``pair_label``).
-    maps : method -> ``(rows int [n], maps float [n, H, W])`` as stored by attribute.
+    run_dir : the run folder, whose maps (and IG's stored gaps) the attribute stage wrote.
     classifier : an ``audit.model_io.Classifier``; default ``classifier_for(config)``.
 
     Returns
@@ -91,9 +93,11 @@ def trust(config: Config, root: Path, classes: list[str], selection: pd.DataFram
         from audit.model_io import classifier_for
 
         classifier = classifier_for(config)
-    methods = [m for m in methods_of(config) if m in maps]
-    rows = _common_rows([maps[m][0] for m in methods])
-    aligned = {m: _aligned(maps[m], rows) for m in methods}
+    grid = config["trust.grid"]
+    pooled = {m: artifacts.read_maps(run_dir, m, each=lambda x: area_pool(np.maximum(x, 0.0), grid, grid))
+              for m in methods_of(config)}
+    methods = list(pooled)
+    rows = _common_rows([pooled[m][0] for m in methods])
     by_row = selection.set_index(selection["row"].astype(np.int64), drop=False)
     chosen = by_row.loc[rows] if len(rows) else selection.iloc[:0]
     lookup = {name: i for i, name in enumerate(classes)}
@@ -107,7 +111,8 @@ def trust(config: Config, root: Path, classes: list[str], selection: pd.DataFram
     batch = config["attribution.batch_size"]
     n_random = config["trust.random_maps"]
     hw = classifier.input_size
-    curve_maps = [aligned[m][sample] for m in methods] + \
+    sampled = {m: _aligned(artifacts.read_maps(run_dir, m, rows=rows[sample]), rows[sample]) for m in methods}
+    curve_maps = [sampled[m] for m in methods] + \
                  [faithfulness.random_maps(len(sample), hw, seed=seed * 1000 + r) for r in range(n_random)]
     deletion, insertion = faithfulness.curves(classifier, images, targets[sample], curve_maps, steps, batch,
                                                  grid=config["trust.grid"], seed=seed)
@@ -115,7 +120,7 @@ def trust(config: Config, root: Path, classes: list[str], selection: pd.DataFram
 
     n_sanity = sanity_size(config, len(rows), len(sample), classifier)
     explainers = {m: explainer_for(config, m) for m in methods}
-    originals = {m: aligned[m][sample[:n_sanity]] for m in methods}
+    originals = {m: sampled[m][:n_sanity] for m in methods}
     sanity_images, sanity_targets = images[:n_sanity], targets[sample[:n_sanity]]
     cascade = sanity.cascading_randomization(classifier, sanity_images, sanity_targets, explainers, originals,
                                              config["trust.randomization_steps"], seed) if n_sanity else []
@@ -130,7 +135,7 @@ def trust(config: Config, root: Path, classes: list[str], selection: pd.DataFram
                              "badge": {"sanity": check["passed"], "faithful": faith["passed"],
                                        "trusted": bool(check["passed"] and faith["passed"])}}
 
-    pairs = agreement.per_image(aligned, config["trust.grid"])
+    pairs = agreement.per_image({m: _aligned(pooled[m], rows) for m in methods}, grid)
     per_image = agreement.image_agreement(pairs)
     return {
         "methods": result_methods,
@@ -139,7 +144,7 @@ def trust(config: Config, root: Path, classes: list[str], selection: pd.DataFram
                       "pairs": {p: agreement.nanmean(v) for p, v in pairs.items()},
                       "n_images": int(np.isfinite(per_image).sum()),
                       "rows": rows.tolist(), "values": _json_floats(per_image)},
-        "completeness_gap": _gap(config, root, classifier, maps, paths, targets, rows),
+        "completeness_gap": _gap(run_dir, rows) if IG in methods else None,
         "sample": {"faithfulness": int(len(sample)), "sanity": int(n_sanity),
                    "rows": rows[sample].tolist()},
         "settings": {"steps": steps, "random_maps": n_random, "grid": config["trust.grid"],
@@ -193,8 +198,9 @@ def _common_rows(row_sets: list[np.ndarray]) -> np.ndarray:
 
 
 def _aligned(stored: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """The values of ``stored`` (rows, values) in the order of ``rows``."""
     index = {int(r): i for i, r in enumerate(stored[0])}
-    return np.asarray(stored[1], np.float32)[[index[int(r)] for r in rows]] if len(rows) else stored[1][:0]
+    return np.asarray(stored[1])[[index[int(r)] for r in rows]] if len(rows) else stored[1][:0]
 
 
 def _load(config: Config, root: Path, classifier, paths: list[str]) -> np.ndarray:
@@ -242,22 +248,12 @@ def _sanity(method: str, cascade: list[dict], logit: dict | None, config: Config
             "random_logit": rl_out, "passed": all(checks) if checks else None}
 
 
-def _gap(config: Config, root: Path, classifier, maps: dict, paths: list[str], targets: np.ndarray,
-         rows: np.ndarray) -> dict | None:
-    """IG completeness gap over every attributed image (in chunks of ``attribution.partition_size``)."""
-    if IG not in maps or not len(rows):
+def _gap(run_dir: Path, rows: np.ndarray) -> dict | None:
+    """IG completeness gap over every attributed image, as the attribute stage stored it."""
+    gaps, diffs = (artifacts.read_map_values(run_dir, IG, name) for name in ("gap", "difference"))
+    if gaps is None or diffs is None or not len(rows):
         return None
-    ig_maps = _aligned(maps[IG], rows)
-    explainer = explainer_for(config, IG)
-    size = config["attribution.partition_size"]
-    gaps, diffs = [], []
-    for start in range(0, len(rows), size):
-        part = slice(start, start + size)
-        g, d = completeness.gaps(classifier, explainer, _load(config, root, classifier, paths[part]),
-                                 targets[part], ig_maps[part])
-        gaps.append(g)
-        diffs.append(d)
-    gap, diff = np.concatenate(gaps), np.concatenate(diffs)
+    gap, diff = _aligned(gaps, rows), _aligned(diffs, rows)
     relative = np.abs(gap) / np.maximum(np.abs(diff), 1e-6)
     counts, edges = np.histogram(gap, bins=GAP_BINS)
     return {"n": int(len(gap)), "mean": _round(gap.mean()), "mean_abs": _round(np.abs(gap).mean()),

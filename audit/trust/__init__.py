@@ -4,5 +4,7 @@
 * ``faithfulness``: deletion and insertion curves and their AUC (blur baseline).
 * ``sanity``: cascading randomization of the model's layers and the random-logit test.
 * ``agreement``: rank agreement between methods, per image and per finding.
-* ``completeness``: the completeness gap of integrated gradients.
+
+The IG completeness gap is computed where the images already are: the attribute
+stage stores it beside IG's maps (``IntegratedGradients.explain_with_gap``).
 """
