@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"{args.run_dir}: not a finished run folder (no summary.json)")
             print(render(Path(args.run_dir), layout=args.layout))
             return EXIT_OK
-        _import_tensorflow_quietly()
+        import_tensorflow_quietly()
         if args.command == "internals":
             return _internals(args, log)
         from audit import pipeline
@@ -98,18 +98,20 @@ def _compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with file descriptor 2 muted: its C++ start-up banner ignores
-    TF_CPP_MIN_LOG_LEVEL. An import error is still raised, with its message."""
+def import_tensorflow_quietly():
+    """TensorFlow, imported with file descriptor 2 muted: its C++ start-up banner ignores
+    TF_CPP_MIN_LOG_LEVEL. An import error is still raised, with its message. (The
+    benchmarks use it too.)"""
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
+        import tensorflow as tf
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+    return tf
 
 
 def _parser() -> argparse.ArgumentParser:

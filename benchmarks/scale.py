@@ -562,19 +562,6 @@ def markdown(result: dict) -> str:
 
 # --------------------------------------------------------------------------- main
 
-def _import_tensorflow_quietly():
-    """TensorFlow, imported with file descriptor 2 muted (its C++ banner ignores TF_CPP_MIN_LOG_LEVEL)."""
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow as tf
-    finally:
-        os.dup2(saved, 2)
-        os.close(devnull)
-        os.close(saved)
-    return tf
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="2000,8000,32000", help="comma-separated data set sizes")
@@ -601,7 +588,9 @@ def main() -> None:
 
     import pandas as pd
 
-    tf = _import_tensorflow_quietly()
+    from audit.cli import import_tensorflow_quietly
+
+    tf = import_tensorflow_quietly()
     from audit import demo
     from audit.config import DEFAULTS
 
