@@ -6,7 +6,8 @@
 image). Models ending in softmax are explained through their pre-softmax logits.
 
 A method is a class registered with ``@register("name")``; its constructor only
-stores (and checks) parameters, the work happens in ``explain``.
+stores (and checks) parameters, the work happens in its ``maps``, which
+``Explainer.explain`` calls on checked inputs of at least one image.
 
 Batching. Every method describes its work as a flat list of *items*, one model
 input each: an image (Grad-CAM, saliency), an (image, step) pair (integrated
@@ -86,7 +87,18 @@ class Explainer:
         self.batch_size = check_int(self, "batch_size", batch_size)
 
     def explain(self, classifier, images: Images, targets: Targets) -> Maps:
-        """Maps ``[N, H, W]`` float32 for ``images`` ``[N, H, W, C]`` and ``targets`` ``[N]``."""
+        """Maps ``[N, H, W]`` float32 for ``images`` ``[N, H, W, C]`` and ``targets`` ``[N]``.
+
+        Checks the inputs (``check_inputs``), answers an empty batch with no maps,
+        and leaves the rest to the method's ``maps``.
+        """
+        images, targets = check_inputs(classifier, images, targets)
+        if not len(images):
+            return np.zeros(images.shape[:3], np.float32)
+        return self.maps(classifier, images, targets)
+
+    def maps(self, classifier, images: Images, targets: Targets) -> Maps:
+        """The method's work, on checked inputs of at least one image."""
         raise NotImplementedError
 
     def fail(self, param: str, expected: str, got: Any) -> ValueError:
@@ -260,9 +272,6 @@ def gradient_function(classifier, key: str, reduce_map: Callable, relu: str | No
 def one_pass_maps(explainer: Explainer, classifier, images, targets, key: str, reduce_map: Callable,
                   relu: str | None = None) -> Maps:
     """Maps of a method that needs one forward and backward pass per image (saliency and kin)."""
-    images, targets = check_inputs(classifier, images, targets)
-    if not len(images):
-        return np.zeros(images.shape[:3], np.float32)
     fn = gradient_function(classifier, key, reduce_map, relu)
     owner = np.arange(len(images))
     return run_flat(fn, owner, [], [images, targets], explainer.batch_size, len(images), reduce=False)

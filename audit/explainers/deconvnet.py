@@ -19,6 +19,6 @@ class DeconvNet(Explainer):
     batch_size : images per model call.
     """
 
-    def explain(self, classifier, images: Images, targets: Targets) -> Maps:
+    def maps(self, classifier, images: Images, targets: Targets) -> Maps:
         return one_pass_maps(self, classifier, images, targets, "deconvnet", max_abs_over_channels,
                              relu="deconvnet")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from audit.explainers.base import (Explainer, Images, Maps, Targets, check_inputs, check_int, per_image_items,
+from audit.explainers.base import (Explainer, Images, Maps, Targets, check_int, per_image_items,
                                    register, run_flat)
 from audit.explainers.integrated_gradients import path_contributions
 
@@ -39,13 +39,10 @@ class ExpectedGradients(Explainer):
         self.background = background
         self.seed = check_int(self, "seed", seed, minimum=0)
 
-    def explain(self, classifier, images: Images, targets: Targets) -> Maps:
+    def maps(self, classifier, images: Images, targets: Targets) -> Maps:
         import tensorflow as tf
 
-        images, targets = check_inputs(classifier, images, targets)
         n = len(images)
-        if not n:
-            return np.zeros(images.shape[:3], np.float32)
         background = images if self.background is None else np.asarray(self.background, np.float32)
         if background.ndim != 4 or background.shape[1:] != images.shape[1:] or not len(background):
             raise self.fail("background", f"an array [M, {', '.join(map(str, images.shape[1:]))}] with M >= 1",

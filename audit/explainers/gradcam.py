@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from audit.explainers.base import Explainer, Images, Maps, Targets, check_inputs, register, run_flat
+from audit.explainers.base import Explainer, Images, Maps, Targets, register, run_flat
 
 
 def cam_function(classifier, key: str, weights_of):
@@ -35,9 +35,6 @@ def cam_function(classifier, key: str, weights_of):
 
 
 def cam_maps(explainer: Explainer, classifier, images: Images, targets: Targets, key: str, weights_of) -> Maps:
-    images, targets = check_inputs(classifier, images, targets)
-    if not len(images):
-        return np.zeros(images.shape[:3], np.float32)
     fn = cam_function(classifier, key, weights_of)
     return run_flat(fn, np.arange(len(images)), [], [images, targets], explainer.batch_size, len(images),
                     reduce=False)
@@ -58,5 +55,5 @@ class GradCAM(Explainer):
     batch_size : images per model call.
     """
 
-    def explain(self, classifier, images: Images, targets: Targets) -> Maps:
+    def maps(self, classifier, images: Images, targets: Targets) -> Maps:
         return cam_maps(self, classifier, images, targets, "gradcam", _mean_gradient)

@@ -32,5 +32,5 @@ class GradCAMPlusPlus(Explainer):
     batch_size : images per model call.
     """
 
-    def explain(self, classifier, images: Images, targets: Targets) -> Maps:
+    def maps(self, classifier, images: Images, targets: Targets) -> Maps:
         return cam_maps(self, classifier, images, targets, "gradcam_plus_plus", _plus_plus_weights)

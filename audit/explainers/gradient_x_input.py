@@ -23,5 +23,5 @@ class GradientXInput(Explainer):
     batch_size : images per model call.
     """
 
-    def explain(self, classifier, images: Images, targets: Targets) -> Maps:
+    def maps(self, classifier, images: Images, targets: Targets) -> Maps:
         return one_pass_maps(self, classifier, images, targets, "gradient_x_input", _times_input)

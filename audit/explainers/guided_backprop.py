@@ -18,6 +18,6 @@ class GuidedBackprop(Explainer):
     batch_size : images per model call.
     """
 
-    def explain(self, classifier, images: Images, targets: Targets) -> Maps:
+    def maps(self, classifier, images: Images, targets: Targets) -> Maps:
         return one_pass_maps(self, classifier, images, targets, "guided_backprop", max_abs_over_channels,
                              relu="guided")

@@ -86,8 +86,8 @@ class IntegratedGradients(Explainer):
         self.sigma = None if sigma is None else check_float(self, "sigma", sigma, 0.0, open_low=False)
         self.seed = check_int(self, "seed", seed, minimum=0)
 
-    def explain(self, classifier, images: Images, targets: Targets) -> Maps:
-        return self._maps(classifier, *check_inputs(classifier, images, targets))[0]
+    def maps(self, classifier, images: Images, targets: Targets) -> Maps:
+        return self._maps(classifier, images, targets)[0]
 
     def explain_with_gap(self, classifier, images: Images, targets: Targets) -> tuple[Maps, np.ndarray]:
         """``(maps [N, H, W] float32, gaps [N] float64)``; ``gap = sum(map) - (f(x) - f(baseline))``."""

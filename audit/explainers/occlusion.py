@@ -22,7 +22,7 @@ plus the coarse residuals (exact minus prediction) interpolated bilinearly. The
 rest of a budget of ``budget`` times the full grid's passes is then spent where
 this coarse map is highest: those positions are evaluated exactly. The map is
 assembled from exact and estimated drops as in the full grid. ``passes_`` (set by
-``explain``) is the cost per image in forward passes: occluded copies, the
+each ``explain`` of at least one image) is the cost per image in forward passes: occluded copies, the
 unoccluded image, and the gradient pass counted as ``GRADIENT_COST`` forwards.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.explainers.base import (Explainer, Images, Maps, Targets, check_choice, check_float, check_inputs,
+from audit.explainers.base import (Explainer, Images, Maps, Targets, check_choice, check_float,
                                    check_int, input_gradients, register, resolve_baseline, run_flat,
                                    target_scores)
 
@@ -127,6 +127,7 @@ class Occlusion(Explainer):
         self.adaptive = bool(adaptive)
         self.coarse = check_int(self, "coarse", coarse, minimum=2)
         self.budget = check_float(self, "budget", budget, 0.0, 1.0)
+        self.passes_ = 0
 
     def _pair(self, param: str, value: Any) -> tuple[int, int]:
         pair = (value, value) if not isinstance(value, (tuple, list)) else tuple(value)
@@ -143,14 +144,10 @@ class Occlusion(Explainer):
         stride = self.stride or (math.ceil(patch[0] / 2), math.ceil(patch[1] / 2))
         return patch, stride
 
-    def explain(self, classifier, images: Images, targets: Targets) -> Maps:
-        images, targets = check_inputs(classifier, images, targets)
+    def maps(self, classifier, images: Images, targets: Targets) -> Maps:
         shape = classifier.input_size
         patch, stride = self.geometry(shape)
         n = len(images)
-        if not n:
-            self.passes_ = 0
-            return np.zeros(images.shape[:3], np.float32)
         if self.baseline == "constant":
             fill = resolve_baseline(self, self.value, images, None, 0)
         else:

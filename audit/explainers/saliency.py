@@ -16,5 +16,5 @@ class Saliency(Explainer):
     batch_size : images per model call.
     """
 
-    def explain(self, classifier, images: Images, targets: Targets) -> Maps:
+    def maps(self, classifier, images: Images, targets: Targets) -> Maps:
         return one_pass_maps(self, classifier, images, targets, "saliency", max_abs_over_channels)

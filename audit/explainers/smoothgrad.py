@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from audit.explainers.base import (Explainer, Images, Maps, Targets, check_float, check_inputs, check_int,
+from audit.explainers.base import (Explainer, Images, Maps, Targets, check_float, check_int,
                                    input_gradients, per_image_items, register, run_flat)
 
 
@@ -32,13 +32,10 @@ class SmoothGrad(Explainer):
         self.noise = check_float(self, "noise", noise, 0.0, open_low=False)
         self.seed = check_int(self, "seed", seed, minimum=0)
 
-    def explain(self, classifier, images: Images, targets: Targets) -> Maps:
+    def maps(self, classifier, images: Images, targets: Targets) -> Maps:
         import tensorflow as tf
 
-        images, targets = check_inputs(classifier, images, targets)
         n = len(images)
-        if not n:
-            return np.zeros(images.shape[:3], np.float32)
         scale = (self.noise * (images.max(axis=(1, 2, 3)) - images.min(axis=(1, 2, 3)))).astype(np.float32)
 
         def fn(xs, ts, scales, index, noise, weight):
