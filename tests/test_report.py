@@ -790,6 +790,23 @@ def test_internals_section_is_linked_from_its_finding(tmp_path):
     assert "bathroom" in html[html.index('id="internals"'):] and "score 0.5000" in html
 
 
+def test_internals_entry_follows_a_renamed_finding(tmp_path):
+    """Re-gating a complete run against another baseline may rename a finding without
+    running internals again: its entry is found by its member rows."""
+    run_dir = _internals_run(tmp_path)
+    summary = artifacts.read_json(run_dir / artifacts.SUMMARY)
+    first = next(f for f in summary["findings"] if f["id"] == F1)
+    index = artifacts.read_json(run_dir / "internals" / "index.json")
+    index["findings"][0]["members"] = sorted(first["rows"])
+    artifacts.write_json(run_dir / "internals" / "index.json", index)
+    first["id"] = "F-0a1b2c3d"
+    artifacts.write_json(run_dir / artifacts.SUMMARY, summary)
+    html = render(run_dir).read_text(encoding="utf-8")
+    assert "internals-F-0a1b2c3d" in _Page(html).ids()
+    assert 'href="#internals-F-0a1b2c3d"' in html and f"internals-{F1}" not in html
+    assert len(_internals_images(html)) == 5
+
+
 def test_internals_section_absent_without_internals(rendered):
     _, _, html, page = rendered
     assert "internals" not in page.ids() and 'href="#internals' not in html

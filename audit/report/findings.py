@@ -42,7 +42,7 @@ def views(run: Run, assets: Assets) -> list[dict]:
     if "findings" in run.cache:
         return run.cache["findings"]
     lut = plots.colour_table()
-    with_internals = internals.finding_ids(run.dir)
+    with_internals = internals.finding_ids(run.dir, run.summary.get("findings") or [])
     out = []
     for n, f in enumerate(run.findings):
         raw = f["raw"]

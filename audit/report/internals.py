@@ -5,8 +5,8 @@ PNGs it names, hands each PNG to ``embed_image(name, png_bytes) -> src`` (the
 renderer decides how pictures reach the page) and returns ``{"internals": ...}``:
 one entry per finding, anchored ``internals-<finding anchor>``, in the summary's
 rank order. ``section(run, assets)`` is the report section (template
-``sections/internals.html.j2``); ``finding_ids(run_dir)`` the findings that have an
-entry, which the Findings section links to. No TensorFlow here.
+``sections/internals.html.j2``); ``finding_ids(run_dir, findings)`` the findings that
+have an entry (matched by ID, else by member rows), which the Findings section links to. No TensorFlow here.
 
 ``write_page(folder)`` renders the standalone page of ``audit internals``.
 """
@@ -29,7 +29,7 @@ def context(summary: dict, run_dir: Path, embed_image: Callable[[str, bytes], st
         index = json.loads((folder / INDEX).read_text())
     except (OSError, ValueError):
         return {"internals": None}
-    by_id = {str(e.get("id")): e for e in index.get("findings") or [] if isinstance(e, dict)}
+    by_finding = _entries(index, summary.get("findings") or [])
     notes: list[str] = []
 
     def src(name: Any) -> str | None:
@@ -46,12 +46,12 @@ def context(summary: dict, run_dir: Path, embed_image: Callable[[str, bytes], st
                 for key, value in (index.get("channels") or {}).items()}
     findings = []
     for f in summary.get("findings") or []:
-        entry = by_id.get(str(f.get("id")))
+        entry = by_finding.get(str(f.get("id")))
         if entry is None:
             continue
         findings.append({
-            "id": entry["id"], "anchor": "internals-" + finding_key(str(entry["id"])),
-            "finding_anchor": finding_key(str(entry["id"])),
+            "id": str(f["id"]), "anchor": "internals-" + finding_key(str(f["id"])),
+            "finding_anchor": finding_key(str(f["id"])),
             "true_label": entry.get("true_label"), "predicted_label": entry.get("predicted_label"),
             "n_members_used": entry.get("n_members_used"),
             "classes": [classes[str(c)] for c in entry.get("classes") or [] if str(c) in classes],
@@ -70,13 +70,27 @@ def section(run, assets) -> dict | None:
     return ctx if ctx and ctx["findings"] else None
 
 
-def finding_ids(run_dir: Path) -> set[str]:
-    """IDs of the findings with an entry in ``internals/index.json`` (empty when there is none)."""
+def finding_ids(run_dir: Path, findings: list[dict]) -> set[str]:
+    """IDs of ``findings`` (summary.json's) with an entry in ``internals/index.json``."""
     try:
         index = json.loads((Path(run_dir) / FOLDER / INDEX).read_text())
     except (OSError, ValueError):
         return set()
-    return {str(e.get("id")) for e in index.get("findings") or [] if isinstance(e, dict)}
+    return set(_entries(index, findings))
+
+
+def _entries(index: dict, findings: list[dict]) -> dict[str, dict]:
+    """Finding ID -> its entry of ``index``: by ID, else by the same member rows (a complete run
+    re-gated against another baseline may rename its findings without running internals again)."""
+    entries = [e for e in index.get("findings") or [] if isinstance(e, dict)]
+    by_id = {str(e.get("id")): e for e in entries}
+    by_members = {tuple(e["members"]): e for e in entries if e.get("members")}
+    out = {}
+    for f in findings:
+        entry = by_id.get(str(f.get("id"))) or by_members.get(tuple(sorted(int(r) for r in f.get("rows") or [])))
+        if entry is not None:
+            out[str(f.get("id"))] = entry
+    return out
 
 
 def write_page(folder: Path) -> Path:

@@ -92,7 +92,8 @@ def _internals(config, root, classes, predictions, top, map_rows, maps, classifi
             scores = attributed_channels(classifier, layer, preprocess(pixels, config["data.preprocess"]), targets,
                                          weights, config["internals.batch_size"])
             best = [int(c) for c in np.argsort(-scores, kind="stable")[:config["internals.finding_channels"]]]
-        entries.append({"id": str(f["id"]), "rank": f.get("rank"), "true_label": f["true_label"],
+        entries.append({"id": str(f["id"]), "members": sorted(int(r) for r in f.get("rows") or []),
+                        "rank": f.get("rank"), "true_label": f["true_label"],
                         "predicted_label": f["predicted_label"], "n_members_used": len(rows),
                         "classes": [classes.index(f["true_label"]), classes.index(f["predicted_label"])],
                         "channels": [{"channel": c, "score": round(float(scores[c]), 6)} for c in best],
