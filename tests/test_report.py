@@ -817,3 +817,32 @@ def test_internals_missing_picture_is_a_note_not_a_broken_image(tmp_path):
     html = render(run_dir).read_text(encoding="utf-8")
     assert len(_internals_images(html)) == 4
     assert "internals/conv5-channel-7-patches.png" in html
+
+
+def test_cue_verdict_follows_the_trust_judgement(tmp_path):
+    run_dir = build_run(tmp_path)
+    summary = artifacts.read_json(run_dir / artifacts.SUMMARY)
+    tested = {"n": 8, "flipped": 8, "rate": 1.0, "random_flipped": 8, "random_rate": 1.0, "lift": 0.0, "se": 0.0}
+    none_run = {"n": 0, "flipped": 0, "rate": None, "random_flipped": 0, "random_rate": None, "lift": None,
+                "se": None}
+    summary["findings"][0]["verification"] = {"verified": True, "members_tested": 3, "rounds": 1, "mean_area": 0.1,
+                                              "occlusion": dict(tested, random_flipped=0, random_rate=0.0, lift=1.0),
+                                              "transplant": none_run}
+    summary["findings"][0]["trust"] = {"lift": 1.0, "confirmed": True, "agrees": True, "level": "high"}
+    summary["findings"][1]["verification"] = {"verified": True, "members_tested": 1, "rounds": 1, "mean_area": 0.1,
+                                              "occlusion": tested, "transplant": none_run}
+    summary["findings"][1]["trust"] = {"lift": 0.0, "confirmed": False, "agrees": True, "level": "medium"}
+    artifacts.write_json(run_dir / artifacts.SUMMARY, summary)
+    html = render(run_dir).read_text(encoding="utf-8")
+    text = re.sub(r"<[^>]+>", "", html)
+    assert "cue confirmed: hiding or pasting the top region" in text
+    assert "cue not confirmed: the top region changes the prediction no more than a random region" in text
+    md = (run_dir / "summary.md").read_text(encoding="utf-8")
+    assert "cue confirmed: occlusion 100% vs 0% random" in md
+    assert "cue not confirmed: occlusion 100% vs 100% random" in md
+
+
+def test_verification_bars_say_not_run_instead_of_zero():
+    fig = plots.verification_bars([("occlusion", 0.5, 0.25), ("transplant", None, None)])
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == ["50%", "25%", "not run"]

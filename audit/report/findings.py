@@ -50,7 +50,7 @@ def views(run: Run, assets: Assets) -> list[dict]:
                                   "status", "triage", "pair_anchor")}
         view.update({
             "n_errors": raw.get("n_errors"), "coherence": raw.get("coherence"), "support": raw.get("support"),
-            "causal": raw.get("causal"), "verification": verification(raw.get("verification")),
+            "causal": raw.get("causal"), "verification": verification(raw),
             "detailed": n < MAX_DETAILED_FINDINGS, "montage": None, "mean": None, "exemplars": [],
             "notes": [], "members": [], "eigen": None, "verify_plot": None,
             "internals_anchor": f"internals-{f['anchor']}" if f["id"] in with_internals else None,
@@ -106,8 +106,13 @@ def _pictures(run: Run, view: dict, rows: list[int], exemplars: list[int], asset
         view["notes"].append(f"{len(unread)} member image(s) could not be read now (moved or deleted?)")
 
 
-def verification(raw) -> dict | None:
-    """The finding's causal tests as table rows, or ``None`` when it has none."""
+def verification(finding: dict) -> dict | None:
+    """A finding's causal tests as table rows, or ``None`` when it has none.
+
+    ``confirmed`` is the trust stage's judgement (best lift at least ``trust.min_lift``),
+    ``None`` when the run has no trust figures for the finding.
+    """
+    raw = finding.get("verification")
     if not isinstance(raw, dict):
         return None
     if not raw.get("verified"):
@@ -122,12 +127,15 @@ def verification(raw) -> dict | None:
                       "rate": finite(t.get("rate")), "random_flipped": t.get("random_flipped"),
                       "random_rate": finite(t.get("random_rate")), "lift": finite(t.get("lift")),
                       "se": finite(t.get("se"))})
+    trust = finding.get("trust") if isinstance(finding.get("trust"), dict) else {}
+    confirmed = trust.get("confirmed")
     return {"verified": True, "reason": str_or_none(raw.get("reason")), "tests": tests,
-            "members_tested": raw.get("members_tested"), "mean_area": finite(raw.get("mean_area"))}
+            "members_tested": raw.get("members_tested"), "mean_area": finite(raw.get("mean_area")),
+            "confirmed": confirmed if isinstance(confirmed, bool) else None, "lift": finite(trust.get("lift"))}
 
 
 def verification_text(v: dict | None) -> str:
-    """One line for summary.md and the summary cards, e.g. "occlusion 100% vs 0% random"."""
+    """One line for summary.md and the summary cards, e.g. "cue confirmed: occlusion 100% vs 0% random"."""
     if not v:
         return "not tested"
     if not v["verified"]:
@@ -137,7 +145,8 @@ def verification_text(v: dict | None) -> str:
         if t["rate"] is not None:
             rnd = f" vs {t['random_rate']:.0%} random" if t["random_rate"] is not None else ""
             parts.append(f"{t['label']} {t['rate']:.0%}{rnd}")
-    return "; ".join(parts) or "verified"
+    verdict = {True: "cue confirmed: ", False: "cue not confirmed: "}.get(v.get("confirmed"), "")
+    return verdict + ("; ".join(parts) or "no test could run")
 
 
 def _plots(view: dict, raw: dict, assets: Assets) -> None:

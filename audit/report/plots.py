@@ -263,7 +263,10 @@ def verification_bars(tests: Sequence[tuple[str, float | None, float | None]]) -
     rnd = [t[2] if t[2] is not None else 0.0 for t in tests]
     ax.barh(y + 0.18, top, height=0.34, color="#c0392b", label="top region")
     ax.barh(y - 0.18, rnd, height=0.34, color="#95a5a6", label="random region")
-    for yy, a, b in zip(y, top, rnd):
+    for yy, t, a, b in zip(y, tests, top, rnd):
+        if t[1] is None:   # the test found nothing to run on: say so rather than draw 0%
+            ax.text(0.01, yy, "not run", va="center", fontsize=7, color="#6b7280")
+            continue
         ax.text(a + 0.01, yy + 0.18, f"{a:.0%}", va="center", fontsize=7)
         ax.text(b + 0.01, yy - 0.18, f"{b:.0%}", va="center", fontsize=7)
     ax.set_yticks(y, [t[0] for t in tests], fontsize=8)

@@ -35,7 +35,7 @@ def summary_view(run: Run) -> dict:
                     "predicted_label": f["predicted_label"], "size": f["size"], "score": f["score"],
                     "status": f["status"], "triage": f["triage"],
                     "verification": findings_module.verification_text(
-                        findings_module.verification(f["raw"].get("verification")))})
+                        findings_module.verification(f["raw"]))})
     return {
         "run_id": str(s.get("run_id") or run.run.get("run_id") or run.dir.name),
         "created": run.run.get("created"),
