@@ -17,6 +17,9 @@ This module is the only one that knows these file names.
 from __future__ import annotations
 
 import json
+import struct
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -97,6 +100,72 @@ def read_maps(run_dir: Path, method: str, each: Callable[[np.ndarray], np.ndarra
     rows_all = np.concatenate(kept_rows)
     order = np.argsort(rows_all, kind="stable")
     return rows_all[order], np.concatenate(maps)[order]
+
+
+@dataclass(frozen=True, eq=False)   # chunks compare by identity: rows is an array
+class MapChunk:
+    """One stored chunk of maps, indexed without reading a map: ``map_index`` builds it.
+
+    ``rows``: int64 [n] in stored order; ``hw``: (H, W) of every map; ``offset``: where
+    map 0's bytes start in the file (``None`` when the member is compressed or in
+    Fortran order, which ``write_map_chunk`` never writes: then ``read`` decodes the
+    chunk's maps to take one).
+    """
+    path: Path
+    rows: np.ndarray
+    hw: tuple[int, int]
+    dtype: np.dtype
+    offset: int | None
+
+    def read(self, i: int) -> np.ndarray:
+        """The ``i``-th map of the chunk as float32 [H, W], reading only its own bytes."""
+        if self.offset is None:
+            with np.load(self.path) as z:
+                return z["maps"][i].astype(np.float32)
+        size = self.dtype.itemsize * self.hw[0] * self.hw[1]
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + i * size)
+            data = f.read(size)
+        if len(data) != size:
+            raise ValueError(f"{self.path.name} is shorter than its maps")
+        return np.frombuffer(data, self.dtype).reshape(self.hw).astype(np.float32)
+
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def map_index(run_dir: Path, method: str) -> list[MapChunk]:
+    """The stored chunks of ``method`` in file order, from each chunk's ``row`` member and
+    the header of its ``maps``: no map is read. Raises on a chunk that is unreadable, whose
+    ``maps`` are not [n, H, W] for its n rows, or whose maps differ in size from the others'."""
+    chunks = []
+    for path in _map_chunks(run_dir, method):
+        with zipfile.ZipFile(path) as zf:
+            with zf.open("row.npy") as f:
+                rows = np.lib.format.read_array(f).astype(np.int64)
+            info = zf.getinfo("maps.npy")
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version not in _NPY_HEADERS:
+                    raise ValueError(f"{path.name}: maps.npy has format version {version}")
+                shape, fortran, dtype = _NPY_HEADERS[version](f)
+                start = f.tell()   # of map 0 within the member
+        if len(shape) != 3 or shape[0] != len(rows):
+            raise ValueError(f"{path.name}: maps of shape {shape} for {len(rows)} rows")
+        if chunks and shape[1:] != chunks[0].hw:
+            raise ValueError(f"{path.name}: maps of {shape[1:]} where {chunks[0].path.name} has {chunks[0].hw}")
+        offset = None
+        if info.compress_type == zipfile.ZIP_STORED and not fortran:
+            with open(path, "rb") as f:  # the member's data follows its local header
+                f.seek(info.header_offset)
+                magic, name_len, extra_len = struct.unpack("<4s22xHH", f.read(30))
+            if magic != b"PK\x03\x04":
+                raise ValueError(f"{path.name}: no local header for maps.npy")
+            offset = info.header_offset + 30 + name_len + extra_len + start
+            if path.stat().st_size < offset + int(np.prod(shape)) * dtype.itemsize:
+                raise ValueError(f"{path.name} is shorter than its maps")
+        chunks.append(MapChunk(path, rows, (int(shape[1]), int(shape[2])), dtype, offset))
+    return chunks
 
 
 def read_map_values(run_dir: Path, method: str, name: str) -> tuple[np.ndarray, np.ndarray] | None:

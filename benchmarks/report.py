@@ -3,14 +3,19 @@
 Builds (once, into ``--work``) a finished run folder that looks like a large
 nightly audit: ``--images`` selected images (default 5,000: 80% misclassified, 20%
 low confidence) plus 1,000 correctly classified ones over 10 classes, 96x128 PNG
-originals, maps of three methods (gradcam, integrated_gradients, occlusion) at a
-32x32 model input for every selected image, 10 findings of 100 members with
-verification results, a discovery embedding and a 14-night ``history.parquet``.
-No model and no TensorFlow: rendering reads only artifacts.
+originals, maps of three methods (gradcam, integrated_gradients, occlusion) at the
+model input (``--input-size``, default 32x32; 224 is a typical production size) for
+every selected image, 10 findings of 100 members with verification results, a
+discovery embedding and a 14-night ``history.parquet``. No model and no TensorFlow:
+rendering reads only artifacts.
 
-Then times ``audit.report.render.render`` in this process, best of ``--repeats``
-(wall time, and the CPU time of the same render: on a shared machine the wall time
-grows with the load average, which is recorded too):
+Then times ``audit.report.render.render``, each layout in a fresh child process,
+best of ``--repeats`` (wall time, and the CPU time of the same render: on a shared
+machine the wall time grows with the load average, which is recorded too), and
+records the child's peak resident memory (``VmHWM``) before the first render
+(Python with the report's imports) and after the last one: the rule is that peak
+memory does not grow with the number of images, so the difference must stay far
+below the size of all maps as float32 (recorded as ``maps_mb``):
 
 * ``single`` layout (one self-contained ``index.html``, image views embedded for
   the first ``report.max_image_views`` gallery images, thumbnails for all);
@@ -20,7 +25,7 @@ grows with the load average, which is recorded too):
 Acceptance: each layout renders in <= 30 s. Also recorded: report size, number
 of pictures, whether the size-budget warning fired.
 
-    python benchmarks/report.py [--images 5000] [--out benchmarks/results] [--repeats 1]
+    python benchmarks/report.py [--images 5000] [--input-size 32] [--out benchmarks/results] [--repeats 1]
 
 Writes ``report.json`` and ``report.md`` into ``--out``.
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import shutil
@@ -47,16 +53,16 @@ from audit.report.render import render, report_size  # noqa: E402
 
 CLASSES = [f"class_{i}" for i in range(10)]
 METHODS = ["gradcam", "integrated_gradients", "occlusion"]
-INPUT = (32, 32)
 ORIGINAL = (96, 128)
 LIMIT_S = 30.0
 
 
-def build(work: Path, n_selected: int, seed: int = 0) -> Path:
-    """The synthetic run folder (reused when ``work/run/summary.json`` exists with the same size)."""
+def build(work: Path, n_selected: int, input_size: int = 32, seed: int = 0) -> Path:
+    """The synthetic run folder (reused when ``work/built.json`` records the same sizes)."""
     run_dir, data_root = work / "run", work / "data"
     stamp = work / "built.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("n_selected") == n_selected:
+    built = {"n_selected": n_selected, "input_size": input_size}
+    if stamp.is_file() and json.loads(stamp.read_text()) == built:
         return run_dir
     shutil.rmtree(work, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -98,12 +104,15 @@ def build(work: Path, n_selected: int, seed: int = 0) -> Path:
     sel["pair_label"] = np.where(sel["reason"] == "misclassified", sel["predicted"], sel["runner_up"])
     sel["pair"] = sel["true_label"] + " -> " + sel["pair_label"]
     artifacts.write_table(run_dir / artifacts.SELECTION, sel.reset_index(drop=True))
-    yy, xx = np.mgrid[0:INPUT[0], 0:INPUT[1]]
+    side = input_size
+    yy, xx = np.mgrid[0:side, 0:side]
+    width = 20.0 * (side / 32) ** 2   # the same blob relative to the map at every size
     for method in METHODS:
         for chunk, start in enumerate(range(0, n_selected, 1000)):
             rows = np.arange(start, min(start + 1000, n_selected))
-            cy, cx = rng.integers(0, INPUT[0], (len(rows), 1, 1)), rng.integers(0, INPUT[1], (len(rows), 1, 1))
-            maps = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 20.0) + rng.normal(0, 0.05, (len(rows), *INPUT))
+            cy, cx = rng.integers(0, side, (len(rows), 1, 1)), rng.integers(0, side, (len(rows), 1, 1))
+            maps = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / width)
+            maps += rng.normal(0, 0.05, (len(rows), side, side))
             artifacts.write_map_chunk(run_dir, method, chunk, rows, maps.astype(np.float32))
     findings, disc_rows = [], []
     for f in range(10):
@@ -130,7 +139,7 @@ def build(work: Path, n_selected: int, seed: int = 0) -> Path:
     artifacts.write_json(run_dir / artifacts.RUN_JSON, {
         "run_id": "bench", "created": "2025-01-15T03:00:00+00:00", "config": {"report": {}},
         "versions": {"python": platform.python_version()},
-        "model": {"path": "model.keras", "input_size": list(INPUT)},
+        "model": {"path": "model.keras", "input_size": [side, side]},
         "data": {"path": str(data_root / "manifest.csv"), "root": str(data_root), "n_rows": n},
         "classes": CLASSES, "timings": {"predict": 1.0}})
     history = []
@@ -141,13 +150,27 @@ def build(work: Path, n_selected: int, seed: int = 0) -> Path:
                             "n_confused": 10 + night * a, "error_rate": (10 + night * a) / 500,
                             "n_findings": a % 2, "top_score": 0.5, "accuracy": 0.8, "status": "fail"})
     pd.DataFrame(history).to_parquet(work / "history.parquet", index=False)
-    stamp.write_text(json.dumps({"n_selected": n_selected}))
+    stamp.write_text(json.dumps(built))
     return run_dir
+
+
+def _peak_mb() -> float:
+    """This process's peak resident memory so far, in MB: ``VmHWM`` of ``/proc/self/status``.
+
+    Not ``ru_maxrss``: Linux carries it across ``exec``, so a spawned child would start
+    at the resident size of the parent it was forked from (here: the run just built).
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (the benchmark measures memory on Linux only)")
 
 
 def time_render(run_dir: Path, layout: str, repeats: int) -> dict:
     """Best wall time of ``repeats`` renders from a clean run folder (no assets/ of an earlier
-    render to prune), with the CPU time of that render and the one-minute load average."""
+    render to prune), with the CPU time of that render, the one-minute load average and the
+    peak resident memory before and after rendering. Run it in a fresh process."""
+    start_mb = _peak_mb()
     best, cpu, warned = None, None, []
     for _ in range(repeats):
         shutil.rmtree(run_dir / "assets", ignore_errors=True)
@@ -161,13 +184,21 @@ def time_render(run_dir: Path, layout: str, repeats: int) -> dict:
     folder = run_dir / "assets"
     pictures = html.count("data:image/") + (len(list(folder.iterdir())) if folder.is_dir() else 0)
     return {"layout": layout, "seconds": round(best, 2), "cpu_seconds": round(cpu, 2),
-            "load_average": round(os.getloadavg()[0], 1), "bytes": report_size(run_dir), "pictures": pictures,
+            "load_average": round(os.getloadavg()[0], 1), "start_mb": round(start_mb, 1),
+            "peak_mb": round(_peak_mb(), 1), "bytes": report_size(run_dir), "pictures": pictures,
             "size_warning": warned[0] if warned else None, "pass": best <= LIMIT_S}
+
+
+def time_render_in_child(run_dir: Path, layout: str, repeats: int) -> dict:
+    """``time_render`` in a fresh (spawned) process, so its peak memory is the render's alone."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(time_render, (run_dir, layout, repeats))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--input-size", type=int, default=32, help="model input side = map side, px")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--work", default=None, help="where the synthetic run is built (default <out>/report-run)")
     parser.add_argument("--repeats", type=int, default=1)
@@ -176,26 +207,31 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work) if args.work else out / "report-run"
     t0 = time.perf_counter()
-    run_dir = build(work, args.images)
+    run_dir = build(work, args.images, args.input_size)
     print(f"synthetic run: {run_dir} ({time.perf_counter() - t0:.1f} s to build or reuse)", flush=True)
     results = []
+    maps_mb = args.images * len(METHODS) * args.input_size ** 2 * 4 / 2 ** 20
     for layout in ("single", "folder"):
-        r = time_render(run_dir, layout, args.repeats)
+        r = time_render_in_child(run_dir, layout, args.repeats)
         results.append(r)
         print(f"{layout:>6}: {r['seconds']:.2f} s wall ({r['cpu_seconds']:.2f} s CPU, load {r['load_average']}), "
+              f"peak {r['peak_mb']:.0f} MB ({r['start_mb']:.0f} MB before rendering), "
               f"{r['bytes'] / 1e6:.1f} MB, {r['pictures']} pictures"
               f"{' (size warning)' if r['size_warning'] else ''}: {'PASS' if r['pass'] else 'FAIL'} (<= {LIMIT_S:.0f} s)",
               flush=True)
-    report = {"benchmark": "report", "n_selected": args.images, "methods": METHODS, "limit_seconds": LIMIT_S,
+    report = {"benchmark": "report", "n_selected": args.images, "input_size": args.input_size,
+              "methods": METHODS, "maps_mb": round(maps_mb, 1), "limit_seconds": LIMIT_S,
               "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
               "results": results}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# Report rendering: {args.images} selected images, maps of {len(METHODS)} methods", "",
-             "| layout | wall s | CPU s | load avg | size (MB) | pictures | size warning | <= 30 s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    lines = [f"# Report rendering: {args.images} selected images, maps of {len(METHODS)} methods "
+             f"at {args.input_size}x{args.input_size} ({maps_mb:.0f} MB as float32)", "",
+             "| layout | wall s | CPU s | load avg | peak MB | MB before rendering | size (MB) | pictures "
+             "| size warning | <= 30 s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     for r in results:
         lines.append(f"| {r['layout']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['load_average']} "
-                     f"| {r['bytes'] / 1e6:.1f} | {r['pictures']} "
+                     f"| {r['peak_mb']:.0f} | {r['start_mb']:.0f} | {r['bytes'] / 1e6:.1f} | {r['pictures']} "
                      f"| {'yes' if r['size_warning'] else 'no'} | {'PASS' if r['pass'] else 'FAIL'} |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return 0 if all(r["pass"] for r in results) else 1

@@ -10,6 +10,7 @@ import re
 import subprocess
 import xml.etree.ElementTree as ET
 import sys
+import tracemalloc
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from PIL import Image, ImageDraw
 from audit import artifacts  # noqa: E402
 from audit.report import plots  # noqa: E402
 from audit.report import findings as findings_module  # noqa: E402
+from audit.report.loading import Run  # noqa: E402
 from audit.report.render import render  # noqa: E402
 
 EVIL = "<script>alert(1)</script>"
@@ -613,6 +615,76 @@ def test_render_cli_rejects_a_bad_layout(tmp_path):
     res = subprocess.run([sys.executable, "-m", "audit.cli", "render", str(run_dir), "--layout", "zip"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "--layout" in res.stderr
+
+
+def test_maps_are_never_all_in_memory(tmp_path):
+    """Peak memory does not grow with the stored maps: loading indexes the chunks and the
+    render reads only the maps it draws (here 16,000 more maps, of rows no section shows;
+    holding them all took 3x their float32 size at loading)."""
+    run_dir = build_run(tmp_path)
+    n = 16000
+    artifacts.write_map_chunk(run_dir, "gradcam", 2, np.arange(1000, 1000 + n), np.zeros((n, *INPUT), np.float16))
+    stored = n * INPUT[0] * INPUT[1] * 4   # 66 MB as float32
+    tracemalloc.start()
+    try:
+        run = Run.load(run_dir)
+        _, load_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        html = render(run_dir).read_text(encoding="utf-8")
+        _, render_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert load_peak < stored / 10 and render_peak < stored / 4, (load_peak, render_peak, stored)
+    assert run.map_hw("gradcam", 1000 + n - 1) == INPUT
+    assert _Page(html).find("img", alt=f"cue montage of {F1}")
+
+
+def test_cam_reads_each_stored_map(tmp_path):
+    """Every chunk layout np.load reads gives the map read_maps gives; a row stored twice
+    takes the later chunk's map; map_hw needs no read."""
+    run_dir = tmp_path / "run"
+    rng = np.random.default_rng(1)
+    maps = rng.normal(size=(9, 6, 5)).astype(np.float16)
+    artifacts.write_map_chunk(run_dir, "m", 0, np.array([4, 2, 0]), maps[:3])
+    np.savez_compressed(artifacts.map_chunk_path(run_dir, "m", 1), row=np.array([1, 3, 5]), maps=maps[3:6])
+    np.savez(artifacts.map_chunk_path(run_dir, "m", 2), row=np.array([6, 7, 2]),
+             maps=np.asfortranarray(maps[6:]))
+    run = Run.load(run_dir)
+    assert run.methods == ["m"] and sorted(run.maps["m"]) == [0, 1, 2, 3, 4, 5, 6, 7]
+    rows, want = artifacts.read_maps(run_dir, "m")
+    index = {int(r): i for i, r in enumerate(rows)}   # the later of row 2's maps
+    for row in range(8):
+        got = run.cam("m", row)
+        assert got.dtype == np.float32 and run.map_hw("m", row) == (6, 5)
+        np.testing.assert_array_equal(got, want[index[row]])
+    np.testing.assert_array_equal(run.cam("m", 2), maps[8].astype(np.float32))
+    assert run.cam("m", 8) is None and run.map_hw("m", 8) is None and run.cam("other", 0) is None
+
+
+def test_broken_map_chunks_are_notes(tmp_path):
+    """A chunk that cannot be read costs its method's maps, not the report; one that
+    disappears after loading costs its own rows' maps."""
+    run_dir = build_run(tmp_path)
+    broken = artifacts.map_chunk_path(run_dir, "occlusion", 0)
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not a zip file")
+    html = render(run_dir).read_text(encoding="utf-8")
+    page = _Page(html)
+    assert "maps/occlusion: unreadable (" in html
+    assert page.find("img", alt=f"cue montage of {F1}")
+    assert {tuple(it["view"]["panels"]) for it in page.gallery() if it["view"]} == {("image", "gradcam")}
+
+    broken.unlink()
+    run = Run.load(run_dir)
+    assert run.methods == ["gradcam"] and not run.notes
+    first = artifacts.map_chunk_path(run_dir, "gradcam", 0)
+    rows = np.load(first)["row"].tolist()
+    first.unlink()
+    assert run.cam("gradcam", rows[0]) is None and run.cam("gradcam", rows[1]) is None
+    assert run.notes == [f"maps/gradcam/{first.name}: unreadable (FileNotFoundError: "
+                         f"[Errno 2] No such file or directory: '{first}')"]
+    assert run.cam("gradcam", 0) is not None   # row 0 is in the other chunk
+    assert 0 not in rows
 
 
 def test_montage_is_capped(tmp_path, monkeypatch):

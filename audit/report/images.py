@@ -21,9 +21,9 @@ TOP_K = 5
 def display_hw(run: Run, row: int, img: np.ndarray) -> tuple[int, int]:
     """The aspect the model saw: its map's shape, else the model input, else the image's own."""
     for method in run.methods:
-        cam = run.cam(method, row)
-        if cam is not None:
-            return cam.shape
+        hw = run.map_hw(method, row)
+        if hw is not None:
+            return hw
     return run.input_hw or img.shape[:2]
 
 

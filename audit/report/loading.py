@@ -5,6 +5,12 @@ Every artifact is optional: a missing or unreadable one is recorded in
 left out. Shared, derived once here: the class list and their slugs, the findings
 (ids, anchors, member rows), the confusion pairs that get a section, and the
 original images (decoded on demand, cached, read errors remembered).
+
+Attribution maps are never all in memory: loading indexes which rows each method's
+chunks hold (``artifacts.map_index``, no map read), and ``Run.cam`` reads one map's
+bytes from its chunk when a section draws it. The sections visit maps in their own
+order (the gallery by finding rank and confidence), not chunk by chunk, so per-map
+reads beat caching decoded chunks; a map's size needs no read (``Run.map_hw``).
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ class Run:
     discovery: pd.DataFrame | None = None
     history: pd.DataFrame | None = None
     methods: list[str] = field(default_factory=list)
-    maps: dict[str, tuple[dict[int, int], np.ndarray]] = field(default_factory=dict)
+    maps: dict[str, dict[int, tuple[artifacts.MapChunk, int]]] = field(default_factory=dict)  # method -> row -> where
     notes: list[str] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
     slugs: dict[str, str] = field(default_factory=dict)
@@ -92,12 +98,15 @@ class Run:
         methods = sorted(methods, key=lambda m: (configured.index(m) if m in configured else len(configured), m))
         for method in methods:
             try:
-                rows, maps = artifacts.read_maps(self.dir, method)
+                chunks = artifacts.map_index(self.dir, method)
             except Exception as exc:  # a broken chunk must not cost the whole report
                 self.notes.append(f"{artifacts.MAPS}/{method}: unreadable ({type(exc).__name__}: {exc})")
                 continue
-            if len(rows):
-                self.maps[method] = ({int(row): i for i, row in enumerate(rows.tolist())}, maps)
+            index = {}
+            for chunk in chunks:  # a row stored twice: the later chunk's map
+                index.update((row, (chunk, i)) for i, row in enumerate(chunk.rows.tolist()))
+            if index:
+                self.maps[method] = index
                 self.methods.append(method)
         if not self.methods:
             self.notes.append(f"no attribution maps in {artifacts.MAPS}/: findings are shown without pictures")
@@ -206,9 +215,26 @@ class Run:
             return None
 
     def cam(self, method: str, row: int) -> np.ndarray | None:
-        index, maps = self.maps.get(method, ({}, None))
-        i = index.get(int(row))
-        return None if i is None else maps[i]
+        """The ``method`` map of a manifest row (float32 [H, W], read from disk on every call), or None.
+
+        A chunk that cannot be read any more (changed since loading) is noted, and its
+        rows have no map from then on.
+        """
+        at = self.maps.get(method, {}).get(int(row))
+        if at is None:
+            return None
+        chunk, i = at
+        try:
+            return chunk.read(i)
+        except Exception as exc:
+            self.notes.append(f"{artifacts.MAPS}/{method}/{chunk.path.name}: unreadable ({type(exc).__name__}: {exc})")
+            self.maps[method] = {r: a for r, a in self.maps[method].items() if a[0] is not chunk}
+            return None
+
+    def map_hw(self, method: str, row: int) -> tuple[int, int] | None:
+        """(H, W) of the ``method`` map of a manifest row, or None; reads no map."""
+        at = self.maps.get(method, {}).get(int(row))
+        return None if at is None else at[0].hw
 
     def info(self, row: int) -> dict | None:
         """The predictions record of a manifest row (column -> value), or None."""
