@@ -89,6 +89,51 @@ def test_filter_visualization_raises_every_live_channel_and_repeats(kind):
     assert np.all(a["end"][live] > a["start"][live])
 
 
+def _detector_model():
+    """32x32 RGB 0..255 -> one 5x5 conv ``detector`` (ReLU) whose channels have a known best input:
+    0 blue (minus red and green), 1 horizontal stripes of period 4, 2 vertical stripes of period 6
+    (zero-mean kernels, a small bias: the grey starting noise excites them a little)."""
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(3, 5, activation="relu", name="detector")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    kernel = np.zeros((5, 5, 3, 3), np.float32)
+    kernel[:, :, :, 0] = np.array([-1, -1, 1], np.float32) / 25
+    rows, cols = np.cos(2 * np.pi * np.arange(5) / 4), np.cos(2 * np.pi * np.arange(5) / 6)
+    kernel[:, :, :, 1] = (rows - rows.mean())[:, None, None] / 15
+    kernel[:, :, :, 2] = (cols - cols.mean())[None, :, None] / 15
+    model.get_layer("detector").set_weights([kernel, np.array([0.55, 0.02, 0.02], np.float32)])
+    return model
+
+
+def _power_across_rows(image: np.ndarray) -> float:
+    """Share of an image's spectral power (mean removed) at vertical frequencies higher than horizontal
+    ones: near 1 for horizontal stripes, near 0 for vertical ones."""
+    x = image.mean(axis=-1)
+    power = np.abs(np.fft.fft2(x - x.mean())) ** 2
+    fy, fx = np.meshgrid(np.abs(np.fft.fftfreq(x.shape[0])), np.abs(np.fft.fftfreq(x.shape[1])), indexing="ij")
+    return float(power[fy > fx].sum() / power.sum())
+
+
+def test_filter_visualization_raises_known_detectors_tenfold_and_draws_them():
+    """The acceptance line on channels where 10x is reachable: the defaults raise each mean activation
+    >= 10x over the starting noise, and the pictures show what the kernels detect."""
+    from audit.internals import Ascent, input_range, visualize_filters
+
+    model = _detector_model()
+    clf = _classifier(model, "detector")
+    low, high = input_range("none", 3)
+    viz = visualize_filters(clf, model.get_layer("detector"), np.arange(3), low, high, Ascent())
+    assert np.all(viz["start"] > 0)
+    assert np.all(viz["end"] >= 10 * viz["start"]), viz["end"] / viz["start"]
+    blue = viz["images"][0].mean(axis=(0, 1))
+    assert blue[2] > 200 and blue[0] < 55 and blue[1] < 55
+    assert _power_across_rows(viz["images"][1]) > 0.9          # horizontal stripes
+    assert _power_across_rows(viz["images"][2]) < 0.1          # vertical stripes
+
+
 def test_class_visualization_makes_the_class_win_in_the_valid_range():
     from audit.internals import input_range, visualize_classes
 

@@ -15,9 +15,10 @@ Each step (Mordvintsev et al. 2015, Olah et al. 2017 "Feature Visualization"):
 * blur: every ``blur_every`` steps the images are smoothed with a Gaussian of
   ``blur_sigma`` pixels (a penalty on high frequencies);
 * the images are clipped to the model's valid input range;
-* ReLUs are redirected during the first quarter of the steps (Lucid's ``redirected_relu``): a
-  unit that is off lets through a gradient that would turn it on, so a channel
-  that is silent on the starting noise, or sits behind silent units (a
+* ReLUs are redirected during the first quarter of the steps (Lucid's
+  ``redirected_relu``): in an image where no unit of a ReLU layer passes any
+  gradient, the off units let through the gradient that would turn them on, so a
+  channel that is silent on the starting noise, or sits behind silent units (a
   BatchNormalization after a ReLU), still gets a direction to climb.
 
 Multiscale: the images are parameterised at a lower resolution first and
@@ -116,14 +117,20 @@ def step_function(classifier, key, objective: Objective, low: np.ndarray, high: 
 
 
 def _redirected_relu(redirect):
-    """ReLU whose gradient, where the unit is off, still passes the part that would turn it on
-    (weighted by ``redirect``: 0 gives the plain ReLU gradient)."""
+    """ReLU whose gradient, for an image where no unit of the layer passes any gradient,
+    passes the part that would turn the off units on (Lucid's rule; ``redirect`` 0 gives
+    the plain ReLU gradient). An image with any gradient through the layer keeps the plain
+    one: redirecting it too would treat every off unit as on, a linear objective whose best
+    image is a flat or border pattern (a stripe detector then ends on a ramp)."""
     import tensorflow as tf
 
     @tf.custom_gradient
     def relu(x):
         def grad(dy):
-            return tf.where(x > 0, dy, redirect * tf.maximum(dy, 0.0))
+            plain = tf.where(x > 0, dy, tf.zeros_like(dy))
+            through = tf.reduce_any(tf.not_equal(plain, 0.0), axis=tf.range(1, tf.rank(plain)), keepdims=True)
+            use = tf.logical_or(through, tf.equal(redirect, 0.0))
+            return tf.where(use, plain, tf.where(x > 0, dy, tf.maximum(dy, 0.0)))
         return tf.nn.relu(x), grad
 
     return relu
