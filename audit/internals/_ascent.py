@@ -15,16 +15,29 @@ Each step (Mordvintsev et al. 2015, Olah et al. 2017 "Feature Visualization"):
 * blur: every ``blur_every`` steps the images are smoothed with a Gaussian of
   ``blur_sigma`` pixels (a penalty on high frequencies);
 * the images are clipped to the model's valid input range;
-* ReLUs are redirected during the first quarter of the steps (Lucid's
-  ``redirected_relu``): in an image where no unit of a ReLU layer passes any
-  gradient, the off units let through the gradient that would turn them on, so a
-  channel that is silent on the starting noise, or sits behind silent units (a
-  BatchNormalization after a ReLU), still gets a direction to climb.
+* ReLUs are redirected during the first quarter of the regularised steps
+  (Lucid's ``redirected_relu``): in an image where no unit of a ReLU layer passes
+  any gradient, the off units let through the gradient that would turn them on,
+  so a channel that is silent on the starting noise, or sits behind silent units
+  (a BatchNormalization after a ReLU), still gets a direction to climb.
 
 Multiscale: the images are parameterised at a lower resolution first and
 resized (bilinear) to the model's input size inside the forward pass; after
 each of the ``octaves`` the parameterisation is upsampled by ``octave_scale``,
-ending at the input size. Steps are shared equally among the octaves.
+ending at the input size. The regularised steps are shared equally among the octaves.
+
+Polish: the last ``polish`` share of the steps runs at the input size without
+jitter; the step starts at ``POLISH_STEP`` of the regularised one and, with the
+blur's strength, decays linearly to zero. A constant step never settles (the
+last step moves every pixel by ``learning_rate`` of the range); the polish lets
+the image settle near an optimum of the regularised objective, keeping the
+structure the regularised steps built. Without jitter the image may also align
+with the model's pooling grid, which raises the mean activation (what filter
+visualization reports) and adds pixel-scale grain: a polish from a quarter of
+the step leaves less grain than no polish at all (``benchmarks/internals.py``
+reports both), one from the full step about twice as much. Class visualization
+does not polish (its logit grows without bound and the picture turns to pixel
+noise).
 
 Everything random (starting noise, jitter offsets) comes from
 ``numpy.random.default_rng(seed)``; with the same seed the result repeats.
@@ -36,6 +49,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
+
+POLISH_STEP = 0.25   # the polish's first step, as a share of the regularised step
 
 Objective = Callable[..., "object"]   # (model inputs [N, H, W, C], targets [N]) -> values [N], traced
 
@@ -52,6 +67,7 @@ class Ascent:
     octaves: int = 3
     octave_scale: float = 1.4
     l2: float = 0.0
+    polish: float = 0.25       # share of the steps, at the end: input size, no jitter, step and blur decaying to 0
     noise: float = 0.05        # std of the starting noise around mid-range, share of the input range
     batch_size: int = 64
     seed: int = 0
@@ -59,12 +75,13 @@ class Ascent:
     @classmethod
     def from_config(cls, config, classes: bool = False) -> "Ascent":
         """The ``internals.*`` settings of filter visualization, or with ``classes`` of class
-        visualization (``internals.l2`` and ``internals.class_blur_sigma``)."""
+        visualization (``internals.l2`` and ``internals.class_blur_sigma``, no polish)."""
         return cls(steps=config["internals.steps"], learning_rate=config["internals.learning_rate"],
                    jitter=config["internals.jitter"], blur_every=config["internals.blur_every"],
                    blur_sigma=config["internals.class_blur_sigma" if classes else "internals.blur_sigma"],
                    octaves=config["internals.octaves"], octave_scale=config["internals.octave_scale"],
                    l2=config["internals.l2"] if classes else 0.0,
+                   polish=0.0 if classes else config["internals.polish"],
                    batch_size=config["internals.batch_size"], seed=config["seed"])
 
 
@@ -176,7 +193,12 @@ def ascend(step_fn, input_shape: tuple[int, int, int], targets: np.ndarray, low:
     out = np.zeros((len(targets), height, width, channels), np.float32)
     begin = np.zeros_like(out)
     sizes = _octave_sizes(height, width, settings.octaves, settings.octave_scale)
-    per_octave = _split(settings.steps, len(sizes))
+    polish = int(round(settings.steps * settings.polish))
+    per_octave = _split(settings.steps - polish, len(sizes))
+    redirect_steps = max(1, (settings.steps - polish) // 4)
+    lr = np.float32(settings.learning_rate)
+    l2 = np.float32(settings.l2)
+    still = np.zeros(2, np.int32)
     for start in range(0, len(targets), settings.batch_size):
         batch = targets[start:start + settings.batch_size]
         # each batch draws from its own stream, so the result does not depend on the batch size
@@ -187,18 +209,25 @@ def ascend(step_fn, input_shape: tuple[int, int, int], targets: np.ndarray, low:
         x = np.clip(x, low, high).astype(np.float32)
         begin[start:start + len(batch)] = _resize(x, height, width) if (h0, w0) != (height, width) else x
         n = 0
-        redirect_steps = max(1, settings.steps // 4)
         for (h, w), steps in zip(sizes, per_octave):
             if x.shape[1:3] != (h, w):
                 x = _resize(x, h, w)
             jitter = max(0, int(round(settings.jitter * h / height)))
             for _ in range(steps):
                 n += 1
-                shift = rng.integers(-jitter, jitter + 1, 2).astype(np.int32) if jitter else np.zeros(2, np.int32)
+                shift = rng.integers(-jitter, jitter + 1, 2).astype(np.int32) if jitter else still
                 blur = 1.0 if settings.blur_every and settings.blur_sigma > 0 and n % settings.blur_every == 0 else 0.0
-                x, _ = step_fn(x, shift, np.float32(settings.learning_rate), np.float32(blur),
-                               np.float32(settings.l2), batch, np.float32(n <= redirect_steps))
+                x, _ = step_fn(x, shift, lr, np.float32(blur), l2, batch, np.float32(n <= redirect_steps))
             x = x.numpy() if hasattr(x, "numpy") else x
+        if polish:
+            x = _resize(x, height, width) if x.shape[1:3] != (height, width) else x
+            for k in range(polish):
+                n += 1
+                decay = (polish - k) / (polish + 1)
+                blur = decay if settings.blur_every and settings.blur_sigma > 0 and n % settings.blur_every == 0 else 0.0
+                x, _ = step_fn(x, still, np.float32(POLISH_STEP * decay * lr), np.float32(blur), l2, batch,
+                               np.float32(n <= redirect_steps))
+        x = x.numpy() if hasattr(x, "numpy") else x
         out[start:start + len(batch)] = _resize(x, height, width) if x.shape[1:3] != (height, width) else x
     return out, begin
 

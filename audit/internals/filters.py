@@ -5,7 +5,7 @@ image per channel, ``internals.batch_size`` per model call), by the regularised
 gradient ascent of ``audit.internals._ascent``. The objective is what is
 reported: the channel's spatial mean of the layer's output (after its activation
 function). A ReLU that is off everywhere on the starting noise still passes a
-gradient during the first quarter of the steps (the ascent's redirected ReLUs).
+gradient during the first quarter of the regularised steps (the ascent's redirected ReLUs).
 """
 from __future__ import annotations
 
