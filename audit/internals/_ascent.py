@@ -93,10 +93,14 @@ def _gaussian(sigma: float) -> np.ndarray:
 
 
 def step_function(classifier, key, objective: Objective, low: np.ndarray, high: np.ndarray, blur_sigma: float):
-    """Traced ``(x [N, h, w, C], shift [2], lr, blur, l2, targets [N], redirect) -> (x', values [N])``.
+    """``(x [N, h, w, C], shift [2], lr, blur, l2, targets [N], redirect) -> (x', values [N])``, traced.
 
     ``x`` is the parameterisation at any resolution ``h x w``; it is resized to the
-    model's input size inside. ``values`` are the objective's values before the step.
+    model's input size inside (when it differs). ``values`` are the objective's values
+    before the step. Two functions are traced: with ``redirect`` the model's ReLUs are
+    redirected; without, the model runs as it is, its ReLUs fused into the convolutions
+    (a redirected step costs 1.6 to 1.8 times a plain one on CPU). The blur runs only
+    on the steps that blur.
     """
     import tensorflow as tf
 
@@ -112,33 +116,45 @@ def step_function(classifier, key, objective: Objective, low: np.ndarray, high: 
         padded = tf.pad(x, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="SYMMETRIC")
         return tf.nn.depthwise_conv2d(padded, kernel, [1, 1, 1, 1], "VALID")
 
-    def step(x, shift, lr, blur_mix, l2, targets, redirect):
-        rolled = tf.roll(x, shift, axis=[1, 2])
-        with tf.GradientTape() as tape:
-            tape.watch(rolled)
-            inputs = tf.image.resize(rolled, (height, width), method="bilinear")
-            with redirected_relus(classifier.model, redirect):
-                values = objective(inputs, targets)
-            penalty = l2 * tf.reduce_sum(tf.square((rolled - mid) / half), axis=[1, 2, 3])
-            total = tf.reduce_sum(values - penalty)
-        grads = tf.roll(tape.gradient(total, rolled), -shift, axis=[1, 2])
-        grads = grads / (tf.reduce_mean(tf.abs(grads), axis=[1, 2, 3], keepdims=True) + 1e-12)
-        x = x + lr * (high_t - low_t) * grads
-        x = x + blur_mix * (blur(x) - x)
-        return tf.clip_by_value(x, low_t, high_t), values
+    def resized(x):
+        full = tf.logical_and(tf.equal(tf.shape(x)[1], height), tf.equal(tf.shape(x)[2], width))
+        x = tf.cond(full, lambda: x, lambda: tf.image.resize(x, (height, width), method="bilinear"))
+        return tf.ensure_shape(x, (None, height, width, channels))
 
-    specs = (tf.TensorSpec((None, None, None, channels), tf.float32), tf.TensorSpec((2,), tf.int32),
-             tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32),
-             tf.TensorSpec((None,), tf.int32), tf.TensorSpec((), tf.float32))
-    return classifier.function(key, step, *specs)
+    def make(redirect: bool):
+        def step(x, shift, lr, blur_mix, l2, targets):
+            rolled = tf.roll(x, shift, axis=[1, 2])
+            with tf.GradientTape() as tape:
+                tape.watch(rolled)
+                with redirected_relus(classifier.model) if redirect else contextlib.nullcontext():
+                    values = objective(resized(rolled), targets)
+                penalty = l2 * tf.reduce_sum(tf.square((rolled - mid) / half), axis=[1, 2, 3])
+                total = tf.reduce_sum(values - penalty)
+            grads = tf.roll(tape.gradient(total, rolled), -shift, axis=[1, 2])
+            grads = grads / (tf.reduce_mean(tf.abs(grads), axis=[1, 2, 3], keepdims=True) + 1e-12)
+            x = x + lr * (high_t - low_t) * grads
+            x = tf.cond(blur_mix > 0, lambda: x + blur_mix * (blur(x) - x), lambda: x)
+            return tf.clip_by_value(x, low_t, high_t), values
+
+        specs = (tf.TensorSpec((None, None, None, channels), tf.float32), tf.TensorSpec((2,), tf.int32),
+                 tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32),
+                 tf.TensorSpec((None,), tf.int32))
+        return classifier.function((*key, "redirected" if redirect else "plain"), step, *specs)
+
+    functions = {True: make(True), False: make(False)}
+
+    def call(x, shift, lr, blur_mix, l2, targets, redirect):
+        return functions[bool(redirect)](x, shift, lr, blur_mix, l2, targets)
+
+    return call
 
 
-def _redirected_relu(redirect):
+def _redirected_relu():
     """ReLU whose gradient, for an image where no unit of the layer passes any gradient,
-    passes the part that would turn the off units on (Lucid's rule; ``redirect`` 0 gives
-    the plain ReLU gradient). An image with any gradient through the layer keeps the plain
-    one: redirecting it too would treat every off unit as on, a linear objective whose best
-    image is a flat or border pattern (a stripe detector then ends on a ramp)."""
+    passes the part that would turn the off units on (Lucid's rule). An image with any
+    gradient through the layer keeps the plain one: redirecting it too would treat every
+    off unit as on, a linear objective whose best image is a flat or border pattern (a
+    stripe detector then ends on a ramp)."""
     import tensorflow as tf
 
     @tf.custom_gradient
@@ -146,21 +162,20 @@ def _redirected_relu(redirect):
         def grad(dy):
             plain = tf.where(x > 0, dy, tf.zeros_like(dy))
             through = tf.reduce_any(tf.not_equal(plain, 0.0), axis=tf.range(1, tf.rank(plain)), keepdims=True)
-            use = tf.logical_or(through, tf.equal(redirect, 0.0))
-            return tf.where(use, plain, tf.where(x > 0, dy, tf.maximum(dy, 0.0)))
+            return tf.where(through, plain, tf.where(x > 0, dy, tf.maximum(dy, 0.0)))
         return tf.nn.relu(x), grad
 
     return relu
 
 
 @contextlib.contextmanager
-def redirected_relus(model, redirect) -> Iterator[None]:
+def redirected_relus(model) -> Iterator[None]:
     """While tracing: every ReLU of ``model`` (an ``activation="relu"`` or a ReLU layer) redirected."""
     import keras
 
     from audit.model_io import flat_layers
 
-    relu = _redirected_relu(redirect)
+    relu = _redirected_relu()
     saved = []
     for layer in flat_layers(model):
         activation = getattr(layer, "activation", None)
@@ -217,7 +232,7 @@ def ascend(step_fn, input_shape: tuple[int, int, int], targets: np.ndarray, low:
                 n += 1
                 shift = rng.integers(-jitter, jitter + 1, 2).astype(np.int32) if jitter else still
                 blur = 1.0 if settings.blur_every and settings.blur_sigma > 0 and n % settings.blur_every == 0 else 0.0
-                x, _ = step_fn(x, shift, lr, np.float32(blur), l2, batch, np.float32(n <= redirect_steps))
+                x, _ = step_fn(x, shift, lr, np.float32(blur), l2, batch, n <= redirect_steps)
             x = x.numpy() if hasattr(x, "numpy") else x
         if polish:
             x = _resize(x, height, width) if x.shape[1:3] != (height, width) else x
@@ -226,7 +241,7 @@ def ascend(step_fn, input_shape: tuple[int, int, int], targets: np.ndarray, low:
                 decay = (polish - k) / (polish + 1)
                 blur = decay if settings.blur_every and settings.blur_sigma > 0 and n % settings.blur_every == 0 else 0.0
                 x, _ = step_fn(x, still, np.float32(POLISH_STEP * decay * lr), np.float32(blur), l2, batch,
-                               np.float32(n <= redirect_steps))
+                               n <= redirect_steps)
         x = x.numpy() if hasattr(x, "numpy") else x
         out[start:start + len(batch)] = _resize(x, height, width) if x.shape[1:3] != (height, width) else x
     return out, begin
