@@ -138,6 +138,7 @@ DEFAULTS: dict[str, Any] = {
         "class_blur_sigma": 1.0,   # in input pixels, class visualization (a whole-model objective needs more)
         "octaves": 3,              # multiscale: resolutions, ending at the input size
         "octave_scale": 1.4,       # ratio between octaves
+        "polish": 0.25,            # filter visualization: last share of the steps, no jitter, step and blur -> 0
         "l2": 0.01,                # class visualization: S_c(I) - l2 * ||I||^2 (I in half-range units)
         "batch_size": 64,          # images per model call (ascent batches, patch scan)
     },
@@ -283,6 +284,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str | Callable[[], str]]] = {
     "internals.class_blur_sigma": (lambda v: _number(v) and 0 <= v <= 10, "a number in [0, 10]"),
     "internals.octaves": (_positive_int, "a positive int"),
     "internals.octave_scale": (lambda v: _number(v) and 1 <= v <= 4, "a number in [1, 4]"),
+    "internals.polish": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "internals.l2": (lambda v: _number(v) and v >= 0, "a non-negative number"),
     "internals.batch_size": (_positive_int, "a positive int"),
 }

@@ -2,10 +2,10 @@
 
 All requested channels of a layer are optimised together as one batch (one
 image per channel, ``internals.batch_size`` per model call), by the regularised
-gradient ascent of ``audit.internals._ascent``. The objective is the channel's
-spatial mean *before* the layer's activation function (a ReLU that is zero on
-the starting noise has no gradient); the gain is reported on the layer's actual
-output.
+gradient ascent of ``audit.internals._ascent``. The objective is what is
+reported: the channel's spatial mean of the layer's output (after its activation
+function). A ReLU that is off everywhere on the starting noise still passes a
+gradient during the first quarter of the regularised steps (the ascent's redirected ReLUs).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def visualize_filters(classifier, layer, channels: np.ndarray, low: np.ndarray, 
 
     def objective(inputs, targets):
         captured: dict = {}
-        with capturing([layer], captured, linear=True):
+        with capturing([layer], captured):
             classifier.forward(inputs)
         return _channel_means(captured[layer.name], targets, n_channels)
 
