@@ -45,14 +45,15 @@ def cluster(tmp_path):
                                        "--dashboard-address", ":0", "--name", f"w{i}"], env=env,
                                       stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"worker{i}.log", "w")))
     yield address, procs
-    for proc in procs:
+    for proc in reversed(procs):   # workers first: a worker whose scheduler is gone waits to reconnect
         if proc.poll() is None:
             proc.terminate()
-    for proc in procs:
+    for proc in reversed(procs):
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
 
 
 @pytest.mark.slow
