@@ -130,6 +130,22 @@ def _run(case: Path, tmp_path: Path, *args) -> subprocess.CompletedProcess:
     return subprocess.run(audit_command("run", *flat), capture_output=True, text=True, timeout=600)
 
 
+def _run_in_process(case: Path, tmp_path: Path, capsys, *args) -> subprocess.CompletedProcess:
+    """``_run`` through ``audit.cli.main`` in this process: the same arguments, exit code and
+    output, without a fresh interpreter importing TensorFlow (about 4 s) for every case.
+    The subprocess path itself is covered by ``_run``'s users and tests/test_cli.py."""
+    from audit import cli
+
+    base = {"--model": case / "model.keras", "--data": case / "manifest.csv", "--classes": case / "classes.txt",
+            "--out": tmp_path / "run"}
+    extra = dict(zip(args[::2], args[1::2]))
+    flat = [str(x) for key, value in {**base, **extra}.items() for x in (key, value) if value is not None]
+    capsys.readouterr()
+    code = cli.main(["run", *flat])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["audit", "run", *flat], code, out, err)
+
+
 def _error_line(result: subprocess.CompletedProcess) -> str:
     lines = result.stderr.strip().splitlines()
     assert lines, result.stdout
@@ -139,7 +155,7 @@ def _error_line(result: subprocess.CompletedProcess) -> str:
 @pytest.mark.parametrize("case", ["label_unknown", "empty", "no_label_column", "classes_count", "corrupt_model",
                                   "multi_output", "lambda_layer", "conflicting_labels", "missing_model",
                                   "method_param_unknown", "method_param_too_big"])
-def test_bad_data_set_or_model_exits_2_before_any_work(audit_case, tmp_path, case):
+def test_bad_data_set_or_model_exits_2_before_any_work(audit_case, tmp_path, capsys, case):
     manifest = pd.read_csv(audit_case / "manifest.csv")
     manifest["path"] = [str(audit_case / p) for p in manifest["path"]]
     data = tmp_path / "manifest.csv"
@@ -186,7 +202,7 @@ def test_bad_data_set_or_model_exits_2_before_any_work(audit_case, tmp_path, cas
         args += ["--model", tmp_path / "none.keras"]
         expected = f"--model {tmp_path / 'none.keras'}: no such file"
     manifest.to_csv(data, index=False)
-    result = _run(audit_case, tmp_path, *args)
+    result = _run_in_process(audit_case, tmp_path, capsys, *args)
     assert result.returncode == 2, result.stderr
     assert _error_line(result).startswith(f"audit: error: {expected}"), _error_line(result)
     assert not (tmp_path / "run").exists()  # stopped before any work
