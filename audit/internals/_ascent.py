@@ -207,10 +207,9 @@ def ascend(step_fn, input_shape: tuple[int, int, int], targets: np.ndarray, low:
     height, width, channels = input_shape
     out = np.zeros((len(targets), height, width, channels), np.float32)
     begin = np.zeros_like(out)
-    sizes = _octave_sizes(height, width, settings.octaves, settings.octave_scale)
-    polish = int(round(settings.steps * settings.polish))
-    per_octave = _split(settings.steps - polish, len(sizes))
-    redirect_steps = max(1, (settings.steps - polish) // 4)
+    schedule = list(_schedule(settings, _octave_sizes(height, width, settings.octaves, settings.octave_scale),
+                              (height, width)))
+    redirect_steps = max(1, (settings.steps - _polish_steps(settings)) // 4)
     lr = np.float32(settings.learning_rate)
     l2 = np.float32(settings.l2)
     still = np.zeros(2, np.int32)
@@ -219,32 +218,41 @@ def ascend(step_fn, input_shape: tuple[int, int, int], targets: np.ndarray, low:
         # each batch draws from its own stream, so the result does not depend on the batch size
         rng = np.random.default_rng([settings.seed, start // settings.batch_size])
         mid, span = (low + high) / 2.0, high - low
-        h0, w0 = sizes[0]
+        h0, w0 = schedule[0][0] if schedule else (height, width)
         x = (mid + settings.noise * span * rng.standard_normal((len(batch), h0, w0, channels))).astype(np.float32)
         x = np.clip(x, low, high).astype(np.float32)
         begin[start:start + len(batch)] = _resize(x, height, width) if (h0, w0) != (height, width) else x
-        n = 0
-        for (h, w), steps in zip(sizes, per_octave):
-            if x.shape[1:3] != (h, w):
-                x = _resize(x, h, w)
-            jitter = max(0, int(round(settings.jitter * h / height)))
-            for _ in range(steps):
-                n += 1
-                shift = rng.integers(-jitter, jitter + 1, 2).astype(np.int32) if jitter else still
-                blur = 1.0 if settings.blur_every and settings.blur_sigma > 0 and n % settings.blur_every == 0 else 0.0
-                x, _ = step_fn(x, shift, lr, np.float32(blur), l2, batch, n <= redirect_steps)
-            x = x.numpy() if hasattr(x, "numpy") else x
-        if polish:
-            x = _resize(x, height, width) if x.shape[1:3] != (height, width) else x
-            for k in range(polish):
-                n += 1
-                decay = (polish - k) / (polish + 1)
-                blur = decay if settings.blur_every and settings.blur_sigma > 0 and n % settings.blur_every == 0 else 0.0
-                x, _ = step_fn(x, still, np.float32(POLISH_STEP * decay * lr), np.float32(blur), l2, batch,
-                               n <= redirect_steps)
-        x = x.numpy() if hasattr(x, "numpy") else x
+        for n, ((h, w), jitter, scale, blur) in enumerate(schedule, 1):
+            if tuple(x.shape[1:3]) != (h, w):
+                x = _resize(np.asarray(x), h, w)
+            shift = rng.integers(-jitter, jitter + 1, 2).astype(np.int32) if jitter else still
+            x, _ = step_fn(x, shift, np.float32(scale * lr), np.float32(blur), l2, batch, n <= redirect_steps)
+        x = np.asarray(x)
         out[start:start + len(batch)] = _resize(x, height, width) if x.shape[1:3] != (height, width) else x
     return out, begin
+
+
+def _polish_steps(settings: Ascent) -> int:
+    return int(round(settings.steps * settings.polish))
+
+
+def _schedule(settings: Ascent, sizes: list[tuple[int, int]],
+              size: tuple[int, int]) -> Iterator[tuple[tuple[int, int], int, float, float]]:
+    """Every step's ``(size, jitter, step scale, blur strength)``: the regularised steps,
+    octave by octave (``sizes``) at full step, then the polish at the input ``size``,
+    without jitter, its step and blur decaying to zero."""
+    polish = _polish_steps(settings)
+    blurs = bool(settings.blur_every and settings.blur_sigma > 0)
+    n = 0
+    for (h, w), steps in zip(sizes, _split(settings.steps - polish, len(sizes))):
+        jitter = max(0, int(round(settings.jitter * h / size[0])))
+        for _ in range(steps):
+            n += 1
+            yield (h, w), jitter, 1.0, 1.0 if blurs and n % settings.blur_every == 0 else 0.0
+    for k in range(polish):
+        n += 1
+        decay = (polish - k) / (polish + 1)
+        yield size, 0, POLISH_STEP * decay, decay if blurs and n % settings.blur_every == 0 else 0.0
 
 
 def _octave_sizes(height: int, width: int, octaves: int, scale: float) -> list[tuple[int, int]]:
