@@ -122,12 +122,16 @@ def _model_file(tmp_path: Path, kind: str) -> Path:
     return path
 
 
-def _run(case: Path, tmp_path: Path, *args) -> subprocess.CompletedProcess:
+def _argv(case: Path, tmp_path: Path, *args) -> list[str]:
+    """``audit run`` arguments on ``case``; ``args`` (flag, value pairs) override or add."""
     base = {"--model": case / "model.keras", "--data": case / "manifest.csv", "--classes": case / "classes.txt",
             "--out": tmp_path / "run"}
     extra = dict(zip(args[::2], args[1::2]))
-    flat = [str(x) for key, value in {**base, **extra}.items() for x in (key, value) if value is not None]
-    return subprocess.run(audit_command("run", *flat), capture_output=True, text=True, timeout=600)
+    return ["run", *(str(x) for key, value in {**base, **extra}.items() for x in (key, value) if value is not None)]
+
+
+def _run(case: Path, tmp_path: Path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(audit_command(*_argv(case, tmp_path, *args)), capture_output=True, text=True, timeout=600)
 
 
 def _run_in_process(case: Path, tmp_path: Path, capsys, *args) -> subprocess.CompletedProcess:
@@ -136,14 +140,11 @@ def _run_in_process(case: Path, tmp_path: Path, capsys, *args) -> subprocess.Com
     The subprocess path itself is covered by ``_run``'s users and tests/test_cli.py."""
     from audit import cli
 
-    base = {"--model": case / "model.keras", "--data": case / "manifest.csv", "--classes": case / "classes.txt",
-            "--out": tmp_path / "run"}
-    extra = dict(zip(args[::2], args[1::2]))
-    flat = [str(x) for key, value in {**base, **extra}.items() for x in (key, value) if value is not None]
+    argv = _argv(case, tmp_path, *args)
     capsys.readouterr()
-    code = cli.main(["run", *flat])
+    code = cli.main(argv)
     out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(["audit", "run", *flat], code, out, err)
+    return subprocess.CompletedProcess(["audit", *argv], code, out, err)
 
 
 def _error_line(result: subprocess.CompletedProcess) -> str:
