@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from audit import demo
 
-            rail_rate = resolve(args.config, args.set, {"demo.rail_rate": args.rail_rate})["demo.rail_rate"]
+            rail_rate = resolve(args.config, args.set, {"demo.rail_rate": args.rail_rate}).demo.rail_rate
             assets = demo.prepare(Path(args.cache), seed=args.seed, log=log, rail_rate=rail_rate)
             config = resolve(args.config, args.set, {
                 "model.path": str(assets.model_path), "data.path": str(assets.manifest),
@@ -86,11 +86,11 @@ def _error(log: Progress, line: str) -> None:
 
 def _compare(args: argparse.Namespace) -> int:
     """``audit compare RUN_A RUN_B``: print the diff, write compare.json and compare.md."""
-    from audit.config import DEFAULTS
+    from audit.config import resolve
     from audit.nightly import compare, compare_markdown, write_compare
 
-    b = DEFAULTS["baseline"]
-    diff = compare(args.run_a, args.run_b, b["tolerance"], b["focus_tolerance"], b["min_overlap"])
+    b = resolve(args.config, args.set, {"out": "unused"}).baseline
+    diff = compare(args.run_a, args.run_b, b.tolerance, b.focus_tolerance, b.min_overlap)
     json_path, md_path = write_compare(diff, Path(args.out) if args.out else Path(args.run_b))
     if not args.quiet:
         print(compare_markdown(diff), end="")
@@ -174,6 +174,9 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("run_a", help="the earlier run folder")
     compare.add_argument("run_b", help="the later run folder")
     compare.add_argument("--out", help="folder for compare.json and compare.md (default RUN_B)")
+    compare.add_argument("--config", help="pipeline YAML whose baseline.* tolerances match the findings")
+    compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="e.g. --set baseline.tolerance=0.2 (repeatable)")
     compare.add_argument("--quiet", action="store_true", help="print only where the diff was written")
     return parser
 

@@ -72,7 +72,7 @@ def cached_classifier(path: str | Path, target_layer: str | None = None, trust: 
 
 def classifier_for(config) -> "Classifier":
     """The cached ``Classifier`` of ``config``'s ``model.*`` settings."""
-    return cached_classifier(config["model.path"], config["model.target_layer"], config["model.trust"])
+    return cached_classifier(config.model.path, config.model.target_layer, config.model.trust)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -110,14 +110,14 @@ def read_run(run_dir: str | Path, what: str = "run folder") -> Run:
 
 def resolve_baseline(config) -> Run | None:
     """The baseline run of ``baseline.run_dir`` (``latest``: the newest other run in the history)."""
-    where = config["baseline.run_dir"]
+    where = config.baseline.run_dir
     if where is None:
         return None
     if where == "latest":
         path = history_path(config)
         runs = read_history(path) if path is not None and path.is_file() else pd.DataFrame()
         here = str(config.run_dir.resolve())
-        runs = runs[(runs["run_id"] != config["run_id"]) & runs["run_dir"].notna() & (runs["run_dir"] != here)
+        runs = runs[(runs["run_id"] != config.run_id) & runs["run_dir"].notna() & (runs["run_dir"] != here)
                     ] if len(runs) else runs
         runs = runs[[Path(d).joinpath(artifacts.SUMMARY).is_file() for d in runs["run_dir"]]] if len(runs) else runs
         if not len(runs):
@@ -277,7 +277,7 @@ class Inputs:
 
 def prepare(config) -> Inputs:
     """Read and check the baseline and the triage file (``UsageError`` before any work)."""
-    return Inputs(baseline=resolve_baseline(config), triage=read_triage(config["triage.path"]))
+    return Inputs(baseline=resolve_baseline(config), triage=read_triage(config.triage.path))
 
 
 def finish(config, inputs: Inputs, predictions: pd.DataFrame, selection: pd.DataFrame, table: pd.DataFrame,
@@ -289,8 +289,8 @@ def finish(config, inputs: Inputs, predictions: pd.DataFrame, selection: pd.Data
     from audit.stages.gate import summarize
 
     run_dir = config.run_dir
-    resolved = apply_baseline(findings, inputs.baseline, config["baseline.tolerance"],
-                              config["baseline.focus_tolerance"], config["baseline.min_overlap"])
+    resolved = apply_baseline(findings, inputs.baseline, config.baseline.tolerance,
+                              config.baseline.focus_tolerance, config.baseline.min_overlap)
     apply_triage(findings, inputs.triage)
     summary = summarize(config, predictions, selection, findings, inputs.baseline, resolved)
     if extend is not None:
@@ -317,7 +317,7 @@ class HistoryError(Exception):
 
 
 def history_path(config) -> Path | None:
-    where = config["history.path"]
+    where = config.history.path
     if where is None:
         return None
     return config.run_dir.resolve().parent / "history.parquet" if where == "auto" else Path(where)

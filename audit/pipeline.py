@@ -49,18 +49,18 @@ def run(config: Config, log: Log = print) -> dict:
     from audit.model_io import classifier_for
     from audit.stages.attribute import check_methods
 
-    for key, flag in (("model.path", "--model"), ("data.path", "--data")):
-        if config[key] is None:
+    for key, flag, value in (("model.path", "--model", config.model.path), ("data.path", "--data", config.data.path)):
+        if value is None:
             raise UsageError(f"`{key}` is required ({flag} or {key} in the config)")
     inputs = nightly.prepare(config)
-    frame, root = load_manifest(Path(config["data.path"]))
-    classes = load_classes(config["data.classes"], frame, Path(config["data.path"]))
+    frame, root = load_manifest(Path(config.data.path))
+    classes = load_classes(config.data.classes, frame, Path(config.data.path))
     classifier = classifier_for(config)
     _check_inputs(config, frame, classes, classifier.n_classes)
     check_methods(config, classifier)
     duplicated = frame.duplicated(["path", "label"])
     if duplicated.any():
-        log(f"warning: {config['data.path']}: {int(duplicated.sum())} duplicate row(s) ignored "
+        log(f"warning: {config.data.path}: {int(duplicated.sum())} duplicate row(s) ignored "
             f"(first: {frame['path'][duplicated].iloc[0]})")
         frame = frame[~duplicated].reset_index(drop=True)
     with _run_folder(config.run_dir):
@@ -83,14 +83,14 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
     run_dir = config.run_dir
     frame.insert(0, "row", np.arange(len(frame)))
     record = {
-        "run_id": config["run_id"],
+        "run_id": config.run_id,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "config": config.to_dict(),
         "versions": _versions(),
-        "model": {"path": str(config["model.path"]), "sha256": file_sha256(config["model.path"]),
+        "model": {"path": str(config.model.path), "sha256": file_sha256(config.model.path),
                   "input_size": list(classifier.input_size), "target_layer": classifier.layer.name,
                   "logits": classifier.logits_kind},
-        "data": {"path": str(config["data.path"]), "root": str(Path(root).resolve()),
+        "data": {"path": str(config.data.path), "root": str(Path(root).resolve()),
                  "sha256": _data_hash(frame, root), "n_rows": len(frame)},
         "classes": classes,
         "timings": {},
@@ -98,14 +98,14 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
     keys = _stage_keys(config, record)
     previous = artifacts.read_json(run_dir / artifacts.RUN_JSON) if (run_dir / artifacts.RUN_JSON).exists() else {}
     if previous.get("keys") == keys and (run_dir / artifacts.SUMMARY).exists():
-        log(f"run {config['run_id']} is complete for these inputs and settings (key {keys['run']}): nothing to do "
+        log(f"run {config.run_id} is complete for these inputs and settings (key {keys['run']}): nothing to do "
             f"but the baseline, triage, gates and history")
         stored = [artifacts.read_table(run_dir / name) for name in (artifacts.PREDICTIONS, artifacts.SELECTION,
                                                                     artifacts.DISCOVERY)]
         before = artifacts.read_json(run_dir / artifacts.SUMMARY)
         summary = nightly.finish(config, inputs, *stored, before["findings"], previous.get("created") or
                                  record["created"], log, extend=lambda s: {**s, "trust": before.get("trust")})
-        artifacts.write_json(run_dir / artifacts.RUN_JSON, {**previous, "run_id": config["run_id"],
+        artifacts.write_json(run_dir / artifacts.RUN_JSON, {**previous, "run_id": config.run_id,
                                                             "config": config.to_dict()})
         render(run_dir)
         return summary
@@ -115,7 +115,7 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
 
     with _scheduler(config) as compute:
         with _timed(timings, "predict", log):
-            parts = _partitions(frame, config["predict.partition_size"])
+            parts = _partitions(frame, config.predict.partition_size)
             paths = _chunk_paths(run_dir, "predict", keys["predict"], len(parts), ".parquet", log)
             tasks = [dask.delayed(_resumable)(path, predict_partition, config, root, classes, part)
                      for path, part in zip(paths, parts)]
@@ -130,7 +130,7 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
             f"{int((selection['reason'] == 'contrast').sum())} contrast")
 
         with _timed(timings, "attribute", log):
-            parts = _partitions(selection, config["attribution.partition_size"])
+            parts = _partitions(selection, config.attribution.partition_size)
             paths = _chunk_paths(run_dir, "attribute", keys["attribute"], len(parts), ".npz", log)
             tasks = [dask.delayed(_resumable)(path, attribute_partition, config, root, classes, part, i)
                      for i, (path, part) in enumerate(zip(paths, parts))]
@@ -140,7 +140,7 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
             np.savez(run_dir / artifacts.FEATURES, row=feature_rows, features=features)
 
     trusted = None
-    if config["trust.enabled"]:
+    if config.trust.enabled:
         with _timed(timings, "trust", log):
             path = _chunk_paths(run_dir, "trust", keys["trust"], 1, ".json", log)[0]
             trusted = _resumable(path, lambda: trust(config, root, classes, selection, run_dir, classifier))
@@ -148,8 +148,8 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
     with _timed(timings, "discover", log):
         # discovery and verification read the first method's maps pooled to the discovery grid,
         # chunk by chunk: memory grows with the selection, never with its maps' resolution
-        grid = config["discovery.grid"]
-        map_rows, cells = artifacts.read_maps(run_dir, config["attribution.methods"][0],
+        grid = config.discovery.grid
+        map_rows, cells = artifacts.read_maps(run_dir, config.attribution.methods[0],
                                               each=lambda m: area_pool(np.maximum(m, 0.0), grid, grid))
         table, findings = discover(config, predictions, selection, map_rows, cells, feature_rows, features)
     with _timed(timings, "verify", log):
@@ -274,20 +274,20 @@ def _resumable(path: Path, fn: Callable, *args):
 
 
 def _check_inputs(config: Config, frame: pd.DataFrame, classes: list[str], n_outputs: int) -> None:
-    where = config["data.classes"] or config["data.path"]
+    where = config.data.classes or config.data.path
     if len(classes) != n_outputs:
         raise UsageError(f"{where}: {len(classes)} classes but the model has {n_outputs} outputs")
     unknown = ~frame["label"].isin(classes)
     if unknown.any():
         i = int(np.flatnonzero(unknown)[0])
-        raise UsageError(f"{config['data.path']}: row {i} ({frame['path'][i]}) has label "
+        raise UsageError(f"{config.data.path}: row {i} ({frame['path'][i]}) has label "
                          f"{frame['label'][i]!r}, not among the classes ({int(unknown.sum())} such rows)")
     conflicting = frame.drop_duplicates(["path", "label"]).duplicated("path")
     if conflicting.any():
         path = frame["path"][conflicting].iloc[0]
-        raise UsageError(f"{config['data.path']}: {path} is listed with different labels")
-    if config["select.pair"] is not None:
-        for name in config["select.pair"].split(":"):
+        raise UsageError(f"{config.data.path}: {path} is listed with different labels")
+    if config.select.pair is not None:
+        for name in config.select.pair.split(":"):
             if name.strip() not in classes:
                 raise UsageError(f"`select.pair`: {name.strip()!r} is not among the classes")
 
@@ -301,9 +301,9 @@ def _scheduler(config: Config) -> Iterator[Callable[[list], list]]:
     """Yield ``compute(tasks) -> results`` on the configured scheduler."""
     import dask
 
-    address = config["dask.scheduler"]
+    address = config.dask.scheduler
     if address is None:
-        yield lambda tasks: list(dask.compute(*tasks, scheduler="threads", num_workers=config["dask.workers"]))
+        yield lambda tasks: list(dask.compute(*tasks, scheduler="threads", num_workers=config.dask.workers))
         return
     from distributed import Client
 

@@ -208,7 +208,7 @@ def false_discoveries(config, art: dict, findings: list[dict], root: Path, class
     from audit.stages.verify import verify
 
     everything = resolve(None, [f"verify.max_findings={max(len(findings), 1)}", "verify.budget=1000"],
-                         {"model.path": config["model.path"], "out": config["out"]})
+                         {"model.path": config.model.path, "out": config.out})
     checked = verify(everything, root, classes, art["predictions"], art["map_rows"], art["maps"],
                      copy.deepcopy(findings))
     flagged = []

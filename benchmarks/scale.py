@@ -377,7 +377,7 @@ class Floor:
         from audit.stages.attribute import explainers
         from audit.config import resolve
 
-        settings = config["attribution"]
+        settings = config.attribution
         built = explainers(resolve(sets=[f"attribution.{k}={json.dumps(settings[k])}"
                                          for k in ("methods", "params", "batch_size")]))
         floors, batch = Floors(self.clf, settings["batch_size"]), settings["batch_size"]
@@ -409,8 +409,8 @@ def floor_once(floor: Floor, images: np.ndarray, decode: tuple[float, float], ru
     selection = pd.read_parquet(run_dir / "selection.parquet", columns=["row", "pair_label"])
     rows = selection["row"].to_numpy(np.int64)
     targets = selection["pair_label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int32)
-    forward = floor.forward(images, config["predict"]["batch_size"])
-    batch = config["attribution"]["batch_size"]
+    forward = floor.forward(images, config.predict["batch_size"])
+    batch = config.attribution["batch_size"]
     methods = floor.attribution(config, images[rows], targets) if len(rows) else {}
     attribution = (sum(w for w, _ in methods.values()), sum(c for _, c in methods.values()))
     features = floor.features(images[rows], batch) if len(rows) else (0.0, 0.0)
@@ -592,7 +592,7 @@ def main() -> None:
 
     tf = import_tensorflow_quietly()
     from audit import demo
-    from audit.config import DEFAULTS
+    from audit.config import defaults
 
     assets = demo.prepare(Path(args.cache), log=lambda msg: print(msg, flush=True))
     classes = [line.strip() for line in Path(assets.classes).read_text().splitlines() if line.strip()]
@@ -626,10 +626,10 @@ def main() -> None:
     result = {
         "meta": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
                  "tensorflow": tf.__version__, "sizes": sizes, "repeats": args.repeats, "seed": args.seed,
-                 "predict_batch": DEFAULTS["predict"]["batch_size"],
-                 "partition_size": DEFAULTS["predict"]["partition_size"],
-                 "attribution_batch": DEFAULTS["attribution"]["batch_size"],
-                 "dask_workers": DEFAULTS["dask"]["workers"], "poll": args.poll,
+                 "predict_batch": defaults()["predict"]["batch_size"],
+                 "partition_size": defaults()["predict"]["partition_size"],
+                 "attribution_batch": defaults()["attribution"]["batch_size"],
+                 "dask_workers": defaults()["dask"]["workers"], "poll": args.poll,
                  "load_before": [round(v, 2) for v in load_before],
                  "load_after": [round(v, 2) for v in os.getloadavg()],
                  "data": str(data), "generation": generation, "cue_rates": CUE_RATES},

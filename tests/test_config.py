@@ -1,6 +1,6 @@
 import pytest
 
-from audit.config import DEFAULTS, resolve
+from audit.config import defaults, resolve
 from audit.errors import UsageError
 
 
@@ -8,18 +8,24 @@ def test_precedence_defaults_yaml_set_flags(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("select:\n  margin: 0.3\n  max_per_pair: 7\nmodel:\n  path: m.keras\n")
     config = resolve(cfg_file, ["select.margin=0.4"], {"select.max_per_pair": 9, "out": "x"})
-    assert config["select.margin"] == 0.4          # --set beats YAML
-    assert config["select.max_per_pair"] == 9      # flag beats YAML
-    assert config["predict.batch_size"] == DEFAULTS["predict"]["batch_size"]
-    assert config["model.path"] == str(tmp_path / "m.keras")  # relative to the YAML file
+    assert config.select.margin == 0.4          # --set beats YAML
+    assert config.select.max_per_pair == 9      # flag beats YAML
+    assert config.predict.batch_size == defaults()["predict"]["batch_size"]
+    assert config.model.path == str(tmp_path / "m.keras")  # relative to the YAML file
 
 
 def test_config_is_frozen_and_picklable():
     import pickle
 
+    import dataclasses
+
     config = resolve(flags={"out": "x"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.select.margin = 0.5
     with pytest.raises(TypeError):
-        config.values["seed"] = 3
+        config.attribution.params["occlusion"] = {}
     again = pickle.loads(pickle.dumps(config))
     assert again.to_dict() == config.to_dict()
 
@@ -52,7 +58,7 @@ def test_example_pipelines_are_valid(name):
 
     path = Path(__file__).resolve().parents[1] / "pipelines" / name
     config = resolve(path)
-    assert config.source == str(path) and config["model.path"]
+    assert config.source == str(path) and config.model.path
 
 
 def test_method_params_from_yaml_and_set(tmp_path):

@@ -241,9 +241,9 @@ def test_stored_completeness_gap_matches_explain_with_gap(tmp_path):
 # ---------------------------------------------------------------- config
 
 def test_trust_config_keys():
-    from audit.config import DEFAULTS, RULES, resolve
+    from audit.config import KEYS, defaults, resolve
 
-    assert {f"trust.{k}" for k in DEFAULTS["trust"]} <= set(RULES)
+    assert {f"trust.{k}" for k in defaults()["trust"]} <= set(KEYS)
     config = resolve(sets=["attribution.methods=[gradcam,occlusion]", "trust.methods=[occlusion]"])
     from audit.stages.trust import methods_of
 
@@ -354,8 +354,8 @@ def test_trust_stage_is_keyed_and_resumable(trust_run, tmp_path):
     logs: list[str] = []
     changed = resolve(None, [f"attribution.methods=[gradcam,{EDGE}]", "run_id=trust", "trust.sample=12",
                              "trust.sanity_sample=6", "trust.sanity_budget=1", "trust.max_spearman=0.05"],
-                      {"model.path": config["model.path"], "data.path": config["data.path"],
-                       "data.classes": config["data.classes"], "out": str(out)})
+                      {"model.path": config.model.path, "data.path": config.data.path,
+                       "data.classes": config.data.classes, "out": str(out)})
     again = pipeline.run(changed, log=logs.append)
     text = "\n".join(logs)
     assert "reusing" in text and "attribute chunks" in text        # attribution not recomputed

@@ -76,13 +76,13 @@ class Ascent:
     def from_config(cls, config, classes: bool = False) -> "Ascent":
         """The ``internals.*`` settings of filter visualization, or with ``classes`` of class
         visualization (``internals.l2`` and ``internals.class_blur_sigma``, no polish)."""
-        return cls(steps=config["internals.steps"], learning_rate=config["internals.learning_rate"],
-                   jitter=config["internals.jitter"], blur_every=config["internals.blur_every"],
-                   blur_sigma=config["internals.class_blur_sigma" if classes else "internals.blur_sigma"],
-                   octaves=config["internals.octaves"], octave_scale=config["internals.octave_scale"],
-                   l2=config["internals.l2"] if classes else 0.0,
-                   polish=0.0 if classes else config["internals.polish"],
-                   batch_size=config["internals.batch_size"], seed=config["seed"])
+        return cls(steps=config.internals.steps, learning_rate=config.internals.learning_rate,
+                   jitter=config.internals.jitter, blur_every=config.internals.blur_every,
+                   blur_sigma=config.internals.class_blur_sigma if classes else config.internals.blur_sigma,
+                   octaves=config.internals.octaves, octave_scale=config.internals.octave_scale,
+                   l2=config.internals.l2 if classes else 0.0,
+                   polish=0.0 if classes else config.internals.polish,
+                   batch_size=config.internals.batch_size, seed=config.seed)
 
 
 def _gaussian(sigma: float) -> np.ndarray:

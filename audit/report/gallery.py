@@ -40,7 +40,7 @@ def section(run: Run, assets: Assets) -> dict | None:
                          _mis=(frame["reason"] == "misclassified"),
                          _conf=pd.to_numeric(frame["confidence"], errors="coerce") if "confidence" in frame else np.nan)
     frame = frame.sort_values(["_rank", "_mis", "_conf"], ascending=[True, False, False], kind="stable")
-    limit = None if assets.layout == "folder" else int(run.report_setting("max_image_views"))
+    limit = None if assets.layout == "folder" else run.config.report.max_image_views
     lut = plots.colour_table()
     anchors = {p["anchor"] for p in run.pairs}
     items = []

@@ -24,7 +24,7 @@ import pandas as pd
 
 from audit import artifacts
 from audit import data as audit_data
-from audit.config import DEFAULTS
+from audit.config import Config, recorded
 from audit.report.fmt import class_slugs, finding_key, finite, pair_anchor, readable_mask, str_or_none
 
 HISTORY = "history.parquet"   # in the run folder's parent: one row per (run, confusion pair)
@@ -35,6 +35,7 @@ MAX_PAIRS = 60                # confusion pairs with a section of their own (mos
 class Run:
     dir: Path
     run: dict = field(default_factory=dict)
+    config: Config = field(default_factory=lambda: recorded(None))   # as the run recorded it (run.json)
     summary: dict = field(default_factory=dict)
     predictions: pd.DataFrame | None = None
     selection: pd.DataFrame | None = None
@@ -57,6 +58,7 @@ class Run:
     def load(cls, run_dir: Path) -> "Run":
         r = cls(dir=Path(run_dir))
         r.run = r._read(artifacts.RUN_JSON, artifacts.read_json) or {}
+        r.config = recorded(r.run.get("config"))
         r.summary = r._read(artifacts.SUMMARY, artifacts.read_json) or {}
         r.predictions = r._read(artifacts.PREDICTIONS, artifacts.read_table)
         r.selection = r._read(artifacts.SELECTION, artifacts.read_table)
@@ -94,7 +96,7 @@ class Run:
         except OSError as exc:
             self.notes.append(f"attribution maps unreadable: {exc}")
             return
-        configured = list((self.config_section("attribution") or {}).get("methods") or [])
+        configured = list(self.config.attribution.methods)
         methods = sorted(methods, key=lambda m: (configured.index(m) if m in configured else len(configured), m))
         for method in methods:
             try:
@@ -193,15 +195,6 @@ class Run:
         return pairs
 
     # ------------------------------------------------------------ access
-    def config_section(self, name: str) -> dict:
-        section = (self.run.get("config") or {}).get(name)
-        return section if isinstance(section, dict) else {}
-
-    def report_setting(self, key: str) -> Any:
-        """``report.<key>`` as the run recorded it, else today's default (runs older than the key)."""
-        value = self.config_section("report").get(key)
-        return DEFAULTS["report"][key] if value is None else value
-
     @property
     def data_root(self) -> Path:
         return Path(str((self.run.get("data") or {}).get("root") or "."))

@@ -74,7 +74,7 @@ def render(run_dir: Path, layout: str | None = None, warn: Callable[[str], None]
     """
     run_dir = Path(run_dir)
     run = Run.load(run_dir)
-    layout = layout or str(run.report_setting("layout"))
+    layout = layout or run.config.report.layout
     if layout not in LAYOUTS:
         raise ValueError(f"report layout must be one of {', '.join(LAYOUTS)} (got {layout!r})")
     assets = Assets(run_dir, layout)
@@ -94,7 +94,7 @@ def render(run_dir: Path, layout: str | None = None, warn: Callable[[str], None]
     assets.prune()
     outputs.write(run_dir, head, INDEX)
     size = out.stat().st_size + (assets.bytes if layout == "folder" else 0)
-    budget = int(run.report_setting("max_bytes"))
+    budget = run.config.report.max_bytes
     if size > budget:
         hint = "; try --layout folder" if layout == "single" else ""
         (warn or _stderr)(f"audit: warning: report is {size / 1e6:.1f} MB, over report.max_bytes "

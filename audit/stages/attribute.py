@@ -32,12 +32,12 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
     """Write the maps of ``part`` (chunk number ``chunk``); return ``(rows [n], features [n, C])``."""
     classifier = classifier_for(config)
     images, _ = load_images(root, part["path"].tolist(), classifier.input_size,
-                                 config["data.max_pixels"])
-    images = preprocess(images, config["data.preprocess"])
+                                 config.data.max_pixels)
+    images = preprocess(images, config.data.preprocess)
     lookup = {name: i for i, name in enumerate(classes)}
     targets = part["pair_label"].map(lookup).to_numpy(np.int32)
     rows = part["row"].to_numpy(np.int64)
-    batch = config["attribution.batch_size"]
+    batch = config.attribution.batch_size
     first = None
     for method, explainer in explainers(config).items():
         if isinstance(explainer, IntegratedGradients):  # its completeness gap costs 2 passes here, not a re-read later
@@ -61,9 +61,9 @@ def explainers(config: Config) -> dict[str, Explainer]:
     A parameter the method does not take, or a bad value, is a ``UsageError`` naming
     the key, e.g. "`attribution.params.occlusion.patch` must be a positive int (got 0)".
     """
-    params = config.to_dict()["attribution"]["params"]
+    params = config.attribution.params
     built = {}
-    for method in config["attribution.methods"]:
+    for method in config.attribution.methods:
         cls, given = get(method), dict(params.get(method) or {})
         accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "batch_size")]
         for name in given:
@@ -71,7 +71,7 @@ def explainers(config: Config) -> dict[str, Explainer]:
                 raise UsageError(f"`attribution.params.{method}.{name}` is not a parameter of {method} "
                                  f"(it takes: {', '.join(accepted) or 'none'})")
         try:
-            built[method] = cls(batch_size=config["attribution.batch_size"], **given)
+            built[method] = cls(batch_size=config.attribution.batch_size, **given)
         except ValueError as exc:
             raise UsageError(str(exc).replace(f"`{method}.", f"`attribution.params.{method}.", 1)) from None
     return built

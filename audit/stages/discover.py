@@ -174,9 +174,9 @@ def pair_features(maps: np.ndarray, features: np.ndarray, config: Config) -> tup
     group and scaled so that its mean squared row norm is ``1 - w`` (spatial) and
     ``w`` (semantic): the squared distance to the group mean averages 1.
     """
-    w = config["discovery.semantic_weight"]
-    spatial = spatial_features(maps, config["discovery.grid"])
-    semantic = semantic_features(features, config["discovery.pca_components"])
+    w = config.discovery.semantic_weight
+    spatial = spatial_features(maps, config.discovery.grid)
+    semantic = semantic_features(features, config.discovery.pca_components)
     blocks = [np.sqrt(1.0 - w) * _scaled(spatial), np.sqrt(w) * _scaled(semantic)]
     return np.hstack(blocks), spatial.shape[1]
 
@@ -293,9 +293,9 @@ def cluster_qr(vectors: np.ndarray) -> np.ndarray:
 
 def spectral_clusters(d: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray, int]:
     """``(labels [n], eigenvalues, k)`` of the spectral clustering of points with distances ``d``."""
-    w = affinity(d, config["discovery.neighbors"])
-    values, vectors = spectrum(w, min(config["discovery.max_clusters"], len(d)))
-    k = eigengap_k(values, config["discovery.max_clusters"])
+    w = affinity(d, config.discovery.neighbors)
+    values, vectors = spectrum(w, min(config.discovery.max_clusters, len(d)))
+    k = eigengap_k(values, config.discovery.max_clusters)
     labels = np.zeros(len(d), int) if k <= 1 else cluster_qr(vectors[:, :k])
     return labels, values, k
 
@@ -313,12 +313,12 @@ def _discover_pair(config: Config, sel: _Selection, members: np.ndarray, x: np.n
     """Cluster one pair's ``members`` (positions in ``sel``); return its table part and findings."""
     part = _part(sel, members, f"{true} -> {predicted}", np.full(len(members), true, object), predicted, xy,
                  contrast=False)
-    if len(members) < config["discovery.min_pair_size"]:
+    if len(members) < config.discovery.min_pair_size:
         return part, []
-    min_size = config["discovery.min_cluster_size"]
+    min_size = config.discovery.min_cluster_size
     d = distances(x)
     spectral, values, k = spectral_clusters(d, config)
-    density = density_clusters(d, min_size) if config["discovery.density"] else np.full(len(x), -1)
+    density = density_clusters(d, min_size) if config.discovery.density else np.full(len(x), -1)
     part["spectral_cluster"] = spectral
     part["density_cluster"] = density
     leaves = [np.flatnonzero(spectral == c) for c in np.unique(spectral)]
@@ -331,13 +331,13 @@ def _discover_pair(config: Config, sel: _Selection, members: np.ndarray, x: np.n
         if len(g) < min_size or key in seen:
             continue
         seen.add(key)
-        finding = _finding(sel, members[g], x[g], content, true, predicted, n_true, config["report.exemplars"])
+        finding = _finding(sel, members[g], x[g], content, true, predicted, n_true, config.report.exemplars)
         finding.update(eigenvalues=shown, eigengap_k=k)
         scored.append((finding_score(finding), len(g), finding["id"], g, finding))
     scored.sort(key=lambda c: (-c[0], -c[1], c[2]))
     kept, covered = [], np.zeros(len(x), bool)
     for _, _, _, g, finding in scored:
-        if covered[g].mean() <= config["discovery.max_overlap"]:
+        if covered[g].mean() <= config.discovery.max_overlap:
             kept.append(finding)
             covered[g] = True
     return part, kept

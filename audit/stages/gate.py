@@ -78,26 +78,26 @@ def summarize(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame
 
     def gate(name: str, value: float, passed: bool) -> None:
         gates.append({"name": name, "passed": bool(passed), "value": round(float(value), 6),
-                      "threshold": config[f"gates.{name}"]})
+                      "threshold": getattr(config.gates, name)})
 
-    if config["gates.max_error_rate"] is not None:
+    if config.gates.max_error_rate is not None:
         value = 1.0 - accuracy
-        gate("max_error_rate", value, round(value, 6) <= config["gates.max_error_rate"])
-    if config["gates.max_finding_score"] is not None:
+        gate("max_error_rate", value, round(value, 6) <= config.gates.max_error_rate)
+    if config.gates.max_finding_score is not None:
         value = max((f["score"] for f in gated), default=0.0)
-        gate("max_finding_score", value, value <= config["gates.max_finding_score"])
-    if config["gates.max_new_finding_score"] is not None:
+        gate("max_finding_score", value, value <= config.gates.max_finding_score)
+    if config.gates.max_new_finding_score is not None:
         value = max((f["score"] for f in gated if f["status"] == "new" and f["triage"] is None), default=0.0)
-        gate("max_new_finding_score", value, value <= config["gates.max_new_finding_score"])
-    if config["gates.max_pair_error_rate_increase"] is not None and baseline is not None:
+        gate("max_new_finding_score", value, value <= config.gates.max_new_finding_score)
+    if config.gates.max_pair_error_rate_increase is not None and baseline is not None:
         rises = [p["error_rate"] - p["baseline_error_rate"] for p in pairs if p["baseline_error_rate"] is not None]
         value = max(rises, default=0.0)
-        gate("max_pair_error_rate_increase", value, round(value, 6) <= config["gates.max_pair_error_rate_increase"])
-    if config["gates.min_verification_lift"] is not None:
+        gate("max_pair_error_rate_increase", value, round(value, 6) <= config.gates.max_pair_error_rate_increase)
+    if config.gates.min_verification_lift is not None:
         value = max((verification_lift(f) for f in gated), default=0.0)
-        gate("min_verification_lift", value, value < config["gates.min_verification_lift"])
+        gate("min_verification_lift", value, value < config.gates.min_verification_lift)
     return {
-        "run_id": config["run_id"],
+        "run_id": config.run_id,
         "status": "pass" if all(g["passed"] for g in gates) else "fail",
         "metrics": metrics,
         "findings": findings,

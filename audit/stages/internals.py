@@ -51,9 +51,9 @@ def run_internals(config: Config, root: Path, classes: list[str], predictions: p
             return previous
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    index = {"key": key, "enabled": bool(config["internals.enabled"]), "findings": [], "classes": {},
+    index = {"key": key, "enabled": bool(config.internals.enabled), "findings": [], "classes": {},
              "channels": {}, "layer": classifier.layer.name}
-    top = findings[:config["internals.findings"]] if config["internals.enabled"] else []
+    top = findings[:config.internals.findings] if config.internals.enabled else []
     if top:
         index.update(_internals(config, root, classes, predictions, top, map_rows, maps, classifier, out))
     artifacts.write_json(index_path, index)
@@ -65,7 +65,7 @@ def _internals(config, root, classes, predictions, top, map_rows, maps, classifi
     from audit.stages.attribute import area_pool
     from audit.stages.verify import top_regions
 
-    low, high = input_range(config["data.preprocess"], classifier.input_shape[2])
+    low, high = input_range(config.data.preprocess, classifier.input_shape[2])
     layer = classifier.layer
     table = predictions.set_index(predictions["row"].astype(int), drop=False)
     readable = table[table["error"].isna()]
@@ -74,42 +74,42 @@ def _internals(config, root, classes, predictions, top, map_rows, maps, classifi
 
     def load(rows: list[int]) -> tuple[np.ndarray, list]:
         return load_images(root, [str(table.at[r, "path"]) for r in rows], classifier.input_size,
-                           config["data.max_pixels"])
+                           config.data.max_pixels)
 
     entries = []
     for f in top:
         rows = [int(r) for r in f.get("rows", []) if int(r) in map_of and int(r) in readable.index]
-        rows = rows[:config["internals.max_members"]]
+        rows = rows[:config.internals.max_members]
         pixels, errors = load(rows)
         ok = [i for i, e in enumerate(errors) if e is None]
         rows, pixels = [rows[i] for i in ok], pixels[ok]
         best: list[int] = []
         if rows:   # no member with a map and a readable image: no channels to rank
-            regions = top_regions(maps[[map_of[r] for r in rows]], config["discovery.grid"], config["verify.max_area"])
+            regions = top_regions(maps[[map_of[r] for r in rows]], config.discovery.grid, config.verify.max_area)
             weights = np.stack([area_pool(m.astype(np.float64), h, w) if m is not None else np.zeros((h, w))
                                 for m in regions])
             targets = np.array([classes.index(str(table.at[r, "predicted"])) for r in rows], np.int32)
-            scores = attributed_channels(classifier, layer, preprocess(pixels, config["data.preprocess"]), targets,
-                                         weights, config["internals.batch_size"])
-            best = [int(c) for c in np.argsort(-scores, kind="stable")[:config["internals.finding_channels"]]]
+            scores = attributed_channels(classifier, layer, preprocess(pixels, config.data.preprocess), targets,
+                                         weights, config.internals.batch_size)
+            best = [int(c) for c in np.argsort(-scores, kind="stable")[:config.internals.finding_channels]]
         entries.append({"id": str(f["id"]), "members": sorted(int(r) for r in f.get("rows") or []),
                         "rank": f.get("rank"), "true_label": f["true_label"],
                         "predicted_label": f["predicted_label"], "n_members_used": len(rows),
                         "classes": [classes.index(f["true_label"]), classes.index(f["predicted_label"])],
                         "channels": [{"channel": c, "score": round(float(scores[c]), 6)} for c in best],
-                        "exemplar_rows": _exemplar_rows(f, table, config["internals.exemplars"])})
+                        "exemplar_rows": _exemplar_rows(f, table, config.internals.exemplars)})
 
     class_ids = sorted({c for e in entries for c in e["classes"]})
     channel_ids = sorted({c["channel"] for e in entries for c in e["channels"]})
     index = {"classes": class_entries(classifier, class_ids, classes, low, high,
                                       Ascent.from_config(config, classes=True), out)}
     ids = readable["row"].astype(int).tolist()
-    if len(ids) > config["internals.max_images"]:
-        rng = np.random.default_rng([config["seed"], 7])
-        ids = sorted(rng.choice(ids, config["internals.max_images"], replace=False).tolist())
+    if len(ids) > config.internals.max_images:
+        rng = np.random.default_rng([config.seed, 7])
+        ids = sorted(rng.choice(ids, config.internals.max_images, replace=False).tolist())
     index["channels"] = channel_entries(classifier, layer, channel_ids, low, high, Ascent.from_config(config),
                                         config, ids, load, out)
-    layers = resolve_layers(classifier.model, config["internals.layers"], config["internals.n_layers"])
+    layers = resolve_layers(classifier.model, config.internals.layers, config.internals.n_layers)
     index["layers"] = [l.name for l in layers]
     for e in entries:
         e["activations"] = activation_entries(classifier, layers, e.pop("exemplar_rows"), classes, table, config,
@@ -165,11 +165,11 @@ def channel_entries(classifier, layer, channel_ids: list[int], low, high, settin
     pixels = to_pixels(viz["images"], low, high)
 
     def model_batches():
-        for batch_ids, images in image_batches(load, ids, config["internals.batch_size"]):
-            yield batch_ids, preprocess(images, config["data.preprocess"])
+        for batch_ids, images in image_batches(load, ids, config.internals.batch_size):
+            yield batch_ids, preprocess(images, config.data.preprocess)
 
     found = top_patches(classifier, layer, model_batches() if load is not None else iter(()), np.array(channel_ids),
-                        config["internals.patches"], low, high, config["seed"])
+                        config.internals.patches, low, high, config.seed)
     needed = sorted({int(i) for i in found["ids"].ravel() if i >= 0})
     images, _ = load(needed) if needed else (np.zeros((0,)), [])
     image_of = {r: images[n].astype(np.uint8) for n, r in enumerate(needed)}
@@ -201,9 +201,9 @@ def activation_entries(classifier, layers: list, rows: list[int], classes: list[
     keep = [n for n, e in enumerate(errors) if e is None]
     rows, pixels = [rows[n] for n in keep], pixels[keep]
     targets = np.array([classes.index(str(table.at[r, "predicted"])) for r in rows], np.int32)
-    per_layer = activation_maps(classifier, layers, preprocess(pixels, config["data.preprocess"]), targets,
-                                config["internals.batch_size"])
-    k = config["internals.channels"]
+    per_layer = activation_maps(classifier, layers, preprocess(pixels, config.data.preprocess), targets,
+                                config.internals.batch_size)
+    k = config.internals.channels
     entries = []
     for n, r in enumerate(rows):
         shown = [[int(c) for c in a["order"][n][:k]] for a in per_layer]
@@ -232,28 +232,28 @@ def explore(config: Config, layer_name: str, class_names: list[str] | None, only
     from audit.internals import Ascent, input_range, resolve_layers
     from audit.model_io import cached_classifier
 
-    classifier = cached_classifier(config["model.path"], None, config["model.trust"])
+    classifier = cached_classifier(config.model.path, None, config.model.trust)
     (layer,) = resolve_layers(classifier.model, [layer_name], 1, key="--layer")
     out = Path(config.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     frame = root = None
-    if config["data.path"] is not None:
-        frame, root = load_manifest(Path(config["data.path"]))
+    if config.data.path is not None:
+        frame, root = load_manifest(Path(config.data.path))
         frame = frame.drop_duplicates("path").reset_index(drop=True)
         frame.insert(0, "row", np.arange(len(frame)))
     if class_names is None:
-        class_names = (load_classes(None, frame, Path(config["data.path"])) if frame is not None
+        class_names = (load_classes(None, frame, Path(config.data.path)) if frame is not None
                        else [f"class {i}" for i in range(classifier.n_classes)])
     if len(class_names) != classifier.n_classes:
-        where = config["data.classes"] or config["data.path"]
+        where = config.data.classes or config.data.path
         raise UsageError(f"{where}: {len(class_names)} classes but the model has {classifier.n_classes} outputs")
     unknown = [name for name in only or [] if name not in class_names]
     if unknown:
         raise UsageError(f"--class {unknown[0]!r} is not among the model's classes")
-    low, high = input_range(config["data.preprocess"], classifier.input_shape[2])
+    low, high = input_range(config.data.preprocess, classifier.input_shape[2])
     class_ids = [class_names.index(name) for name in only] if only else list(range(classifier.n_classes))
     log(f"  class visualization of {len(class_ids)} class(es)")
-    index = {"model": str(config["model.path"]), "layer": layer.name, "classes": {}, "channels": {},
+    index = {"model": str(config.model.path), "layer": layer.name, "classes": {}, "channels": {},
              "activations": [], "scanned_images": 0}
     index["classes"] = class_entries(classifier, class_ids, class_names, low, high,
                                      Ascent.from_config(config, classes=True), out)
@@ -265,22 +265,22 @@ def explore(config: Config, layer_name: str, class_names: list[str] | None, only
 
         def load(rows: list[int]) -> tuple[np.ndarray, list]:
             return load_images(root, [str(table.at[r, "path"]) for r in rows], classifier.input_size,
-                               config["data.max_pixels"])
+                               config.data.max_pixels)
 
         ids = frame["row"].tolist()
-        if len(ids) > config["internals.max_images"]:
-            ids = sorted(np.random.default_rng([config["seed"], 7]).choice(
-                ids, config["internals.max_images"], replace=False).tolist())
+        if len(ids) > config.internals.max_images:
+            ids = sorted(np.random.default_rng([config.seed, 7]).choice(
+                ids, config.internals.max_images, replace=False).tolist())
     log(f"  filter visualization of {len(channels)} channel(s) of {layer.name}"
         + (f", top patches from {len(ids)} image(s)" if ids else ""))
     index["channels"] = channel_entries(classifier, layer, channels, low, high, Ascent.from_config(config),
                                         config, ids, load, out)
     if load is not None:
         index["scanned_images"] = len(ids)
-        layers = resolve_layers(classifier.model, config["internals.layers"], config["internals.n_layers"])
+        layers = resolve_layers(classifier.model, config.internals.layers, config.internals.n_layers)
         if layer.name not in [l.name for l in layers]:
             layers.append(layer)
-        rows, n = [], config["internals.exemplars"]
+        rows, n = [], config.internals.exemplars
         for start in range(0, len(ids), max(n, 1)):
             if len(rows) >= n:
                 break
@@ -301,5 +301,5 @@ def _predicted(classifier, load: Callable, rows: list[int], config: Config) -> l
     if not rows:
         return []
     pixels, _ = load(rows)
-    return classifier.logits(preprocess(pixels, config["data.preprocess"])).argmax(axis=1).tolist()
+    return classifier.logits(preprocess(pixels, config.data.preprocess)).argmax(axis=1).tolist()
 

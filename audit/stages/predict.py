@@ -31,14 +31,14 @@ def predict_partition(config: Config, root: Path, classes: list[str], part: pd.D
     """
     classifier = classifier_for(config)
     images, errors = load_images(root, part["path"].tolist(), classifier.input_size,
-                                 config["data.max_pixels"])
+                                 config.data.max_pixels)
     ok = np.array([e is None for e in errors])
     logits = np.full((len(part), classifier.n_classes), np.nan, np.float32)
-    batch = config["predict.batch_size"]
+    batch = config.predict.batch_size
     index = np.flatnonzero(ok)
     for start in range(0, len(index), batch):
         chunk = index[start:start + batch]
-        logits[chunk] = classifier.logits(preprocess(images[chunk], config["data.preprocess"]))
+        logits[chunk] = classifier.logits(preprocess(images[chunk], config.data.preprocess))
     finite = np.isfinite(logits).all(axis=1)
     for i in np.flatnonzero(ok & ~finite):
         errors[i] = "model output is not finite (NaN or inf)"

@@ -25,14 +25,14 @@ def select(config: Config, predictions: pd.DataFrame) -> pd.DataFrame:
     wrong = valid[valid["predicted"] != valid["label"]].assign(reason="misclassified", pair_label=lambda f: f["predicted"])
     wrong = wrong.sort_values("confidence", ascending=False, kind="stable")
     right = valid[valid["predicted"] == valid["label"]]
-    unsure = right[right["margin"] < config["select.margin"]].assign(
+    unsure = right[right["margin"] < config.select.margin].assign(
         reason="low_confidence", pair_label=lambda f: f["runner_up"])
     unsure = unsure.sort_values("margin", kind="stable")
     chosen = pd.concat([wrong, unsure]).assign(true_label=lambda f: f["label"])
-    if config["select.pair"] is not None:
-        true, predicted = (part.strip() for part in config["select.pair"].split(":"))
+    if config.select.pair is not None:
+        true, predicted = (part.strip() for part in config.select.pair.split(":"))
         chosen = chosen[(chosen["true_label"] == true) & (chosen["pair_label"] == predicted)]
-    chosen = chosen.groupby(["true_label", "pair_label"], sort=False, group_keys=False).head(config["select.max_per_pair"])
+    chosen = chosen.groupby(["true_label", "pair_label"], sort=False, group_keys=False).head(config.select.max_per_pair)
     contrast = _contrast(config, right.drop(index=unsure.index), sorted(chosen["pair_label"].unique()))
     out = pd.concat([chosen, contrast])
     out["pair"] = out["true_label"] + " -> " + out["pair_label"]
@@ -40,11 +40,11 @@ def select(config: Config, predictions: pd.DataFrame) -> pd.DataFrame:
 
 
 def _contrast(config: Config, confident: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    rng = np.random.default_rng(config["seed"])
+    rng = np.random.default_rng(config.seed)
     parts = []
     for name in classes:
         pool = confident[confident["label"] == name]
-        n = min(config["select.contrast_per_class"], len(pool))
+        n = min(config.select.contrast_per_class, len(pool))
         if n:
             parts.append(pool.iloc[np.sort(rng.choice(len(pool), n, replace=False))])
     if not parts:

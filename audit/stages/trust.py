@@ -54,8 +54,8 @@ GAP_BINS = 20
 
 def methods_of(config: Config) -> list[str]:
     """The methods checked: ``trust.methods`` (in attribution order) or every attribution method."""
-    chosen = config["trust.methods"]
-    return [m for m in config["attribution.methods"] if chosen is None or m in chosen]
+    chosen = config.trust.methods
+    return [m for m in config.attribution.methods if chosen is None or m in chosen]
 
 
 def explainer_for(config: Config, method: str):
@@ -67,9 +67,9 @@ def explainer_for(config: Config, method: str):
 
 def sanity_size(config: Config, n_attributed: int, n_sample: int, classifier) -> int:
     """Images for the sanity checks: within ``trust.sanity_sample`` and ``trust.sanity_budget``."""
-    steps = min(config["trust.randomization_steps"], len(sanity.weighted_layers(classifier.model)))
-    budget = int(config["trust.sanity_budget"] * n_attributed / (steps + 1))
-    return min(config["trust.sanity_sample"], n_sample, max(budget, 2))
+    steps = min(config.trust.randomization_steps, len(sanity.weighted_layers(classifier.model)))
+    budget = int(config.trust.sanity_budget * n_attributed / (steps + 1))
+    return min(config.trust.sanity_sample, n_sample, max(budget, 2))
 
 
 def trust(config: Config, root: Path, classes: list[str], selection: pd.DataFrame, run_dir: Path,
@@ -93,7 +93,7 @@ def trust(config: Config, root: Path, classes: list[str], selection: pd.DataFram
         from audit.model_io import classifier_for
 
         classifier = classifier_for(config)
-    grid = config["trust.grid"]
+    grid = config.trust.grid
     pooled = {m: artifacts.read_maps(run_dir, m, each=lambda x: area_pool(np.maximum(x, 0.0), grid, grid))
               for m in methods_of(config)}
     methods = list(pooled)
@@ -104,18 +104,18 @@ def trust(config: Config, root: Path, classes: list[str], selection: pd.DataFram
     targets = chosen["pair_label"].map(lookup).to_numpy(np.int32)
     paths = chosen["path"].tolist()
 
-    rng = np.random.default_rng(config["seed"])
-    sample = np.sort(rng.choice(len(rows), size=min(config["trust.sample"], len(rows)), replace=False))
+    rng = np.random.default_rng(config.seed)
+    sample = np.sort(rng.choice(len(rows), size=min(config.trust.sample, len(rows)), replace=False))
     images = _load(config, root, classifier, [paths[i] for i in sample])
-    steps, seed = config["trust.steps"], config["seed"]
-    batch = config["attribution.batch_size"]
-    n_random = config["trust.random_maps"]
+    steps, seed = config.trust.steps, config.seed
+    batch = config.attribution.batch_size
+    n_random = config.trust.random_maps
     hw = classifier.input_size
     sampled = {m: _aligned(artifacts.read_maps(run_dir, m, rows=rows[sample]), rows[sample]) for m in methods}
     curve_maps = [sampled[m] for m in methods] + \
                  [faithfulness.random_maps(len(sample), hw, seed=seed * 1000 + r) for r in range(n_random)]
     deletion, insertion = faithfulness.curves(classifier, images, targets[sample], curve_maps, steps, batch,
-                                                 grid=config["trust.grid"], seed=seed)
+                                                 grid=config.trust.grid, seed=seed)
     random = _random_baseline(deletion[len(methods):], insertion[len(methods):])
 
     n_sanity = sanity_size(config, len(rows), len(sample), classifier)
@@ -123,7 +123,7 @@ def trust(config: Config, root: Path, classes: list[str], selection: pd.DataFram
     originals = {m: sampled[m][:n_sanity] for m in methods}
     sanity_images, sanity_targets = images[:n_sanity], targets[sample[:n_sanity]]
     cascade = sanity.cascading_randomization(classifier, sanity_images, sanity_targets, explainers, originals,
-                                             config["trust.randomization_steps"], seed) if n_sanity else []
+                                             config.trust.randomization_steps, seed) if n_sanity else []
     logit = sanity.random_logit(classifier, sanity_images, sanity_targets, explainers, originals, seed) \
         if n_sanity else None
 
@@ -147,8 +147,8 @@ def trust(config: Config, root: Path, classes: list[str], selection: pd.DataFram
         "completeness_gap": _gap(run_dir, rows) if IG in methods else None,
         "sample": {"faithfulness": int(len(sample)), "sanity": int(n_sanity),
                    "rows": rows[sample].tolist()},
-        "settings": {"steps": steps, "random_maps": n_random, "grid": config["trust.grid"],
-                     "randomization_steps": config["trust.randomization_steps"]},
+        "settings": {"steps": steps, "random_maps": n_random, "grid": config.trust.grid,
+                     "randomization_steps": config.trust.randomization_steps},
     }
 
 
@@ -181,8 +181,8 @@ def finding_trust(config: Config, finding: dict, agreement_by_row: dict[int, flo
     lifts = [verification[t]["lift"] for t in ("occlusion", "transplant")
              if isinstance(verification.get(t), dict) and verification[t].get("lift") is not None]
     lift = max(lifts) if verification.get("verified") and lifts else None
-    agrees = None if mean is None else bool(mean >= config["trust.min_agreement"])
-    confirmed = None if lift is None else bool(lift >= config["trust.min_lift"])
+    agrees = None if mean is None else bool(mean >= config.trust.min_agreement)
+    confirmed = None if lift is None else bool(lift >= config.trust.min_lift)
     level = ("low", "medium", "high")[int(bool(agrees)) + int(bool(confirmed))]
     return {"agreement": _round(mean), "n_images": len(finite), "lift": _round(lift),
             "agrees": agrees, "confirmed": confirmed, "level": level}
@@ -204,8 +204,8 @@ def _aligned(stored: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> np.ndar
 
 
 def _load(config: Config, root: Path, classifier, paths: list[str]) -> np.ndarray:
-    images, _ = load_images(root, paths, classifier.input_size, config["data.max_pixels"])
-    return preprocess(images, config["data.preprocess"])
+    images, _ = load_images(root, paths, classifier.input_size, config.data.max_pixels)
+    return preprocess(images, config.data.preprocess)
 
 
 def _random_baseline(deletion: np.ndarray, insertion: np.ndarray) -> dict:
@@ -229,7 +229,7 @@ def _faithfulness(deletion: np.ndarray, insertion: np.ndarray, random: dict, con
     d_margin, i_margin = random["deletion_auc"] - d, i - random["insertion_auc"]
     return {"deletion_auc": _round(d), "insertion_auc": _round(i),
             "deletion_margin": _round(d_margin), "insertion_margin": _round(i_margin),
-            "passed": bool(d_margin > config["trust.min_margin"] and i_margin > config["trust.min_margin"]),
+            "passed": bool(d_margin > config.trust.min_margin and i_margin > config.trust.min_margin),
             "curves": {"deletion": _json_floats(deletion.mean(axis=0)),
                        "insertion": _json_floats(insertion.mean(axis=0))}}
 
@@ -239,10 +239,10 @@ def _sanity(method: str, cascade: list[dict], logit: dict | None, config: Config
               "spearman": _round(s["methods"][method]["spearman"]), "ssim": _round(s["methods"][method]["ssim"])}
              for s in cascade]
     final = steps[-1]["spearman"] if steps else None
-    cascade_ok = None if final is None else bool(abs(final) < config["trust.max_spearman"])
+    cascade_ok = None if final is None else bool(abs(final) < config.trust.max_spearman)
     rl = logit.get(method) if logit else None
     rl_out = None if rl is None else {"spearman": _round(rl["spearman"]), "ssim": _round(rl["ssim"]),
-                                      "passed": bool(abs(rl["spearman"]) < config["trust.max_random_logit_spearman"])}
+                                      "passed": bool(abs(rl["spearman"]) < config.trust.max_random_logit_spearman)}
     checks = [c for c in (cascade_ok, None if rl_out is None else rl_out["passed"]) if c is not None]
     return {"cascading": steps, "final_spearman": final, "cascading_passed": cascade_ok,
             "random_logit": rl_out, "passed": all(checks) if checks else None}

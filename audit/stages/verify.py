@@ -74,7 +74,7 @@ def verify(config: Config, root: Path, classes: list[str], predictions: pd.DataF
     "transplant": {...}}`` with ``n``, ``flipped``, ``rate``, ``random_flipped``,
     ``random_rate``, ``lift`` and ``se`` in each test.
     """
-    if not config["verify.enabled"]:
+    if not config.verify.enabled:
         for f in findings:
             f["verification"] = {"verified": False, "reason": "verification disabled (verify.enabled)"}
         return findings
@@ -86,21 +86,21 @@ def verify(config: Config, root: Path, classes: list[str], predictions: pd.DataF
     table = _Predictions(predictions)
     plans = []
     for n, f in enumerate(findings):
-        if n >= config["verify.max_findings"]:
+        if n >= config.verify.max_findings:
             f["verification"] = {"verified": False, "reason": f"ranked below verify.max_findings "
-                                                              f"({config['verify.max_findings']}) before verification"}
+                                                              f"({config.verify.max_findings}) before verification"}
         else:
             plans.append(_Plan(config, f, table, map_of, classes.index(f["predicted_label"])))
-    budget = int(np.ceil(config["verify.budget"] * len(map_rows)))
+    budget = int(np.ceil(config.verify.budget * len(map_rows)))
     images: dict[int, np.ndarray] = {}
     while True:
         steps = []
         for p in plans:   # in rank order: first rounds before extra rounds (see _Plan.rounds)
             if p.active() and (p.rounds == 0 or not any(q.rounds == 0 and q.active() for q in plans)):
-                cost = p.round_cost(config["verify.samples"])
+                cost = p.round_cost(config.verify.samples)
                 if cost <= budget:
                     budget -= cost
-                    steps.append((p, p.next_round(config["verify.samples"])))
+                    steps.append((p, p.next_round(config.verify.samples)))
                 else:
                     p.exhausted = True
         if not steps:
@@ -108,7 +108,7 @@ def verify(config: Config, root: Path, classes: list[str], predictions: pd.DataF
         needed = sorted({r for _, (members, targets) in steps for r in members + targets} - set(images))
         images.update(_load(config, root, classifier, table, needed))
         batches = [p.inputs(members, targets, images, maps, map_of, config) for p, (members, targets) in steps]
-        predicted = _predict(classifier, np.concatenate(batches), config["predict.batch_size"])
+        predicted = _predict(classifier, np.concatenate(batches), config.predict.batch_size)
         start = 0
         for (p, _), batch in zip(steps, batches):
             p.record(predicted[start:start + len(batch)])
@@ -116,7 +116,7 @@ def verify(config: Config, root: Path, classes: list[str], predictions: pd.DataF
     for p in plans:
         if p.rounds == 0 and p.exhausted:
             p.finding["verification"] = {"verified": False, "reason": f"the verification budget (verify.budget = "
-                                                                      f"{config['verify.budget']} model passes per "
+                                                                      f"{config.verify.budget} model passes per "
                                                                       f"attributed image) was spent on better findings"}
             continue
         p.finding["verification"] = p.summary()
@@ -141,7 +141,7 @@ class _Predictions:
 
 def _seed(config: Config, *parts: str) -> np.random.Generator:
     digest = hashlib.sha1("\n".join(parts).encode()).digest()
-    return np.random.default_rng([config["seed"], int.from_bytes(digest[:8], "little")])
+    return np.random.default_rng([config.seed, int.from_bytes(digest[:8], "little")])
 
 
 class _Plan:
@@ -149,14 +149,14 @@ class _Plan:
 
     def __init__(self, config: Config, finding: dict, table: _Predictions, map_of: dict[int, int], target: int):
         self.finding, self.target = finding, target
-        self.max_samples, self.max_se = config["verify.max_samples"], config["verify.max_se"]
+        self.max_samples, self.max_se = config.verify.max_samples, config.verify.max_se
         self.rng = _seed(config, "members", finding["id"])
         wrong = [int(r) for r in finding["rows"]
                  if int(r) in map_of and table.predicted[table.at[int(r)]] == finding["predicted_label"]]
         self.members = [wrong[i] for i in self.rng.permutation(len(wrong))]
         true = finding["true_label"]
         clean = table.row[table.ok & (table.label == true) & (table.predicted == true)
-                          & (table.margin >= config["select.margin"])]
+                          & (table.margin >= config.select.margin)]
         clean = clean[~np.isin(clean, finding["rows"])]
         self.targets = clean[_seed(config, "targets", true).permutation(len(clean))].tolist()
         self.regions: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -206,8 +206,8 @@ class _Plan:
         """Model inputs of one round: occluded top, occluded random (per new tested member),
         transplanted top, transplanted random (per clean image)."""
         members = [r for r in members if r in images]
-        masks = top_regions(maps[[map_of[r] for r in members]], config["discovery.grid"],
-                            config["verify.max_area"], images[members[0]].shape[:2]) if members else []
+        masks = top_regions(maps[[map_of[r] for r in members]], config.discovery.grid,
+                            config.verify.max_area, images[members[0]].shape[:2]) if members else []
         new = []
         for r, mask in zip(members, masks):
             if mask is not None and mask.shape == images[r].shape[:2]:
@@ -276,9 +276,9 @@ def _load(config: Config, root: Path, classifier, table: _Predictions, rows: lis
     paths = [str(table.path[table.at[r]]) for r in rows]
     halves = [paths[: len(paths) // 2], paths[len(paths) // 2:]]
     with ThreadPoolExecutor(2) as pool:
-        done = list(pool.map(lambda part: load_images(root, part, classifier.input_size, config["data.max_pixels"]),
+        done = list(pool.map(lambda part: load_images(root, part, classifier.input_size, config.data.max_pixels),
                              halves))
-    images = preprocess(np.concatenate([d[0] for d in done]), config["data.preprocess"])
+    images = preprocess(np.concatenate([d[0] for d in done]), config.data.preprocess)
     errors = done[0][1] + done[1][1]
     return {r: images[i] for i, r in enumerate(rows) if errors[i] is None}
 

@@ -71,10 +71,10 @@ def reinitialise(layer, seed: int) -> None:
         init = getattr(layer, f"{name}_initializer", None)
         shape, dtype = tuple(variable.shape), variable.dtype
         if isinstance(init, keras.initializers.Initializer):
-            config = init.get_config()
-            if "seed" in config:
-                config["seed"] = seed * 1000 + i
-            value = type(init).from_config(config)(shape, dtype=dtype)
+            settings = init.get_config()
+            if "seed" in settings:
+                settings["seed"] = seed * 1000 + i
+            value = type(init).from_config(settings)(shape, dtype=dtype)
         else:
             current = np.asarray(variable.numpy(), np.float64)
             scale = float(current.std()) or 0.05

@@ -1,0 +1,258 @@
+"""The config schema: every setting once, with its default, its check and what it means.
+
+One frozen dataclass per section; each field is a ``setting`` whose metadata holds
+its ``Check`` (``audit.config.checks``) and its comment. ``audit.config.resolve``
+reads defaults, validation and path handling from here, the commented
+``pipelines/*.yaml`` are tested against it, and code reads values as attributes
+(``config.select.margin``), so a misspelt key fails in the first test that runs it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from audit.config.checks import (FLAG, FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, Check, choice, integer,
+                                 method_params, methods, names, number, optional, pair, run_id, text)
+
+PREPROCESS = ("none", "unit", "symmetric", "imagenet")
+
+
+def setting(default: Any, check: Check, doc: str, *, path: bool = False, mapping: bool = False) -> Any:
+    """A schema field: ``default``, its ``check``, the comment ``doc``; ``path``: a relative value in a
+    YAML file is taken relative to that file; ``mapping``: a free-form mapping whose nested keys
+    ``--set`` may address (``attribution.params.occlusion.patch=8``)."""
+    metadata = {"check": check, "doc": doc, "path": path, "mapping": mapping}
+    if isinstance(default, dict):   # a mapping default is read-only, one per instance
+        return field(default_factory=lambda: MappingProxyType(dict(default)), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def section(cls: type) -> Any:
+    return field(default_factory=cls, metadata={"section": True})
+
+
+@dataclass(frozen=True)
+class Model:
+    path: str | None = setting(None, optional(text("a model file or folder path"), "a model file or folder path"),
+                               "the classifier: .keras or .h5 file", path=True)
+    target_layer: str | None = setting(None, optional(text("a layer name"), "a layer name"),
+                                       "default: last layer with a spatial 4-D output")
+    trust: bool = setting(False, FLAG, "allow Lambda layers (arbitrary code): --trust-model")
+
+
+@dataclass(frozen=True)
+class Data:
+    path: str | None = setting(None, optional(text("a folder or manifest path"), "a folder or manifest path"),
+                               "folder of class subfolders, or CSV/parquet manifest", path=True)
+    classes: str | None = setting(None, optional(text("a text file path"), "a text file path"),
+                                  "text file, one class per line, model output order", path=True)
+    preprocess: str = setting("none", choice(*PREPROCESS),
+                              "none: RGB 0..255 | unit: 0..1 | symmetric: -1..1 | imagenet: mean/std")
+    max_pixels: int = setting(89_478_485, POSITIVE_INT, "larger images are refused (decompression-bomb guard)")
+
+
+@dataclass(frozen=True)
+class Predict:
+    batch_size: int = setting(64, POSITIVE_INT, "images per model call")
+    partition_size: int = setting(512, POSITIVE_INT, "images per Dask task")
+
+
+@dataclass(frozen=True)
+class Select:
+    margin: float = setting(0.15, FRACTION, "correct but top-1 minus top-2 probability below this: low confidence")
+    max_per_pair: int = setting(200, POSITIVE_INT, "cap of selected images per confusion pair")
+    contrast_per_class: int = setting(30, NON_NEGATIVE_INT,
+                                      "correctly classified images of each predicted class, for contrast")
+    pair: str | None = setting(None, optional(pair(), pair().describe()),
+                               "\"true:predicted\" restricts the audit to one confusion pair")
+
+
+@dataclass(frozen=True)
+class Attribution:
+    methods: tuple[str, ...] = setting(("gradcam", "integrated_gradients", "occlusion"), methods(),
+                                       "the first one's maps drive discovery")
+    params: Any = setting({}, method_params(),
+                          "per method: {occlusion: {patch: 8}, integrated_gradients: {steps: 16}}", mapping=True)
+    batch_size: int = setting(32, POSITIVE_INT, "model inputs per model call: the memory bound")
+    partition_size: int = setting(256, POSITIVE_INT, "images per Dask task")
+
+
+@dataclass(frozen=True)
+class Discovery:
+    grid: int = setting(16, integer(1, 64), "spatial features: positive map pooled to grid x grid")
+    pca_components: int = setting(16, POSITIVE_INT, "semantic features: PCA of attention-pooled activations")
+    semantic_weight: float = setting(0.5, FRACTION, "share of the semantic block in the squared feature distance")
+    neighbors: int = setting(10, integer(2), "kNN graph for spectral clustering")
+    max_clusters: int = setting(6, POSITIVE_INT, "largest k the eigengap may choose")
+    min_cluster_size: int = setting(4, integer(2), "smallest finding")
+    min_pair_size: int = setting(4, integer(2), "pairs with fewer selected images are not clustered")
+    density: bool = setting(True, FLAG, "also cluster with HDBSCAN (small tight groups)")
+    max_overlap: float = setting(0.5, FRACTION,
+                                 "a candidate overlapping a kept finding more than this (share) is dropped")
+
+
+@dataclass(frozen=True)
+class Verify:
+    enabled: bool = setting(True, FLAG, "test the best findings by intervention")
+    max_findings: int = setting(3, NON_NEGATIVE_INT, "the best-scored findings are tested by intervention")
+    samples: int = setting(8, integer(2), "members occluded / clean images pasted onto, per round")
+    max_samples: int = setting(32, integer(2), "at most this many of each per finding")
+    max_se: float = setting(0.1, number(0, low_open=True, text="a number > 0"),
+                            "a test stops once its lift's standard error is this small (or conclusive)")
+    max_area: float = setting(0.2, number(0, 1, low_open=True, text="a float in (0, 1]"),
+                              "largest top-attributed region, as a share of the image")
+    budget: float = setting(0.3, number(0, low_open=True, text="a number > 0"),
+                            "at most this many model passes per attributed image, in all")
+
+
+SPEARMAN = number(-1, 1, text="a number in [-1, 1]")
+
+
+@dataclass(frozen=True)
+class Trust:
+    enabled: bool = setting(True, FLAG, "faithfulness, sanity checks and agreement of the maps")
+    methods: tuple[str, ...] | None = setting(None, optional(methods(), lambda: "null or " + methods().describe()),
+                                              "null: every attribution method; else a subset of attribution.methods")
+    sample: int = setting(12, POSITIVE_INT, "attributed images for deletion/insertion curves (seeded sample)")
+    steps: int = setting(8, integer(2), "deletion/insertion steps: fractions 0, 1/steps, ..., 1 of the pixels")
+    random_maps: int = setting(2, POSITIVE_INT, "uniform random maps (one seed each): the faithfulness baseline")
+    sanity_sample: int = setting(8, NON_NEGATIVE_INT,
+                                 "at most this many images of that sample for the sanity checks (once per audit)")
+    sanity_budget: float = setting(0.1, number(0, low_open=True, text="a number > 0"),
+                                   "... and at most this share of attribute's work: images x (steps + 1) re-explained")
+    randomization_steps: int = setting(5, POSITIVE_INT,
+                                       "cascading randomization: at most this many steps, top layers first")
+    grid: int = setting(16, integer(2, 64), "agreement: maps area-pooled to grid x grid cells before rank correlation")
+    max_spearman: float = setting(0.5, SPEARMAN,
+                                  "sanity: |Spearman| of fully randomized maps to the originals below this")
+    max_random_logit_spearman: float = setting(0.8, SPEARMAN,
+                                               "sanity: |Spearman| of maps for a random other class below this")
+    min_margin: float = setting(0.0, number(text="a number"),
+                                "faithful: deletion and insertion AUC beat random maps' by more than this")
+    min_agreement: float = setting(0.3, SPEARMAN,
+                                   "a finding's maps agree: mean Spearman between methods (positive maps) >= this")
+    min_lift: float = setting(0.1, SPEARMAN, "a finding's cue is confirmed: best verification lift >= this")
+
+
+@dataclass(frozen=True)
+class Gates:
+    max_error_rate: float | None = setting(None, optional(FRACTION, "a float in [0, 1] or null"),
+                                           "fail when 1 - accuracy exceeds this")
+    max_finding_score: float | None = setting(None, optional(number(text="a number"), "a number or null"),
+                                              "fail when any finding (not suppressed) scores above this")
+    max_new_finding_score: float | None = setting(
+        None, optional(number(text="a number"), "a number or null"),
+        "fail when a new finding, not acknowledged or suppressed, scores above this")
+    max_pair_error_rate_increase: float | None = setting(
+        None, optional(FRACTION, "a float in [0, 1] or null"),
+        "fail when a pair's error rate rises more than this over the baseline")
+    min_verification_lift: float | None = setting(
+        None, optional(number(0, 1, low_open=True, text="a float in (0, 1]"), "a float in (0, 1] or null"),
+        "fail when a finding (not suppressed) is verified with at least this lift")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    run_dir: str | None = setting(None, optional(text("a run folder path"), "a run folder path, \"latest\" or null"),
+                                  "previous run folder (--baseline); \"latest\": newest other run in the history",
+                                  path=True)
+    tolerance: float = setting(0.15, FRACTION, "cue centres at most this far apart (fraction of the image) match ...")
+    focus_tolerance: float = setting(0.5, number(0, text="a number >= 0"),
+                                     "... when their focus differs by at most this (|log2 ratio|)")
+    min_overlap: float = setting(0.5, number(0, 1, low_open=True, text="a float in (0, 1]"),
+                                 "or members overlapping at least this much (Jaccard) match")
+
+
+@dataclass(frozen=True)
+class Triage:
+    path: str | None = setting(None, optional(text("a triage YAML file path"), "a triage YAML file path or null"),
+                               "triage.yaml acknowledging / suppressing finding IDs (--triage)", path=True)
+
+
+@dataclass(frozen=True)
+class History:
+    path: str | None = setting("auto", optional(text("a parquet file path"), "\"auto\", a parquet file path or null"),
+                               "history.parquet; auto: in the run folder's parent; null: no history", path=True)
+
+
+@dataclass(frozen=True)
+class Demo:
+    rail_rate: float = setting(0.87, FRACTION,
+                               "share of bathroom training images with rails (audit demo --rail-rate)")
+
+
+@dataclass(frozen=True)
+class Dask:
+    scheduler: str | None = setting(None, optional(text("a scheduler address"),
+                                                   "null (local) or a scheduler address such as tcp://host:8786"),
+                                    "null: local threads; \"tcp://host:8786\": a distributed cluster")
+    workers: int = setting(2, POSITIVE_INT, "local threads")
+
+
+@dataclass(frozen=True)
+class Report:
+    exemplars: int = setting(6, POSITIVE_INT, "exemplar images per finding")
+    layout: str = setting("single", Check(lambda v: v in ("single", "folder"), "single or folder"),
+                          "single: one self-contained index.html | folder: index.html + assets/")
+    max_bytes: int = setting(10_000_000, integer(1, text="a positive int (bytes)"),
+                             "size budget of the report; a warning line when exceeded")
+    max_image_views: int = setting(300, NON_NEGATIVE_INT,
+                                   "single layout: gallery images with embedded overlays (folder: all)")
+
+
+@dataclass(frozen=True)
+class Internals:
+    enabled: bool = setting(True, FLAG, "look inside the model (audit.internals), for the top findings")
+    findings: int = setting(3, NON_NEGATIVE_INT, "the best-ranked findings get a \"Model internals\" entry")
+    layers: tuple[str, ...] | None = setting(None, optional(names("layer names"), "null or a non-empty list of layer names"),
+                                             "activation-map layers; default: n_layers spread shallow to deep")
+    n_layers: int = setting(3, POSITIVE_INT, "activation-map layers when layers is null")
+    channels: int = setting(8, POSITIVE_INT, "channels shown per layer in activation maps, by attribution")
+    exemplars: int = setting(2, NON_NEGATIVE_INT, "a finding's exemplars shown as activation maps")
+    finding_channels: int = setting(3, POSITIVE_INT, "target-layer channels most attributed in a finding's cue area")
+    max_members: int = setting(64, POSITIVE_INT, "members used to rank those channels")
+    patches: int = setting(9, POSITIVE_INT, "maximally activating dataset patches per channel")
+    max_images: int = setting(2000, POSITIVE_INT, "audit images scanned for patches (a seeded sample beyond this)")
+    steps: int = setting(128, POSITIVE_INT, "gradient-ascent steps (filter and class visualization)")
+    learning_rate: float = setting(0.05, number(0, 1, low_open=True, text="a number in (0, 1]"),
+                                   "step, as a share of the input range (gradient normalised per image)")
+    jitter: int = setting(4, NON_NEGATIVE_INT, "random shift of up to this many input pixels per step")
+    blur_every: int = setting(4, NON_NEGATIVE_INT, "Gaussian blur every this many steps (0: never)")
+    blur_sigma: float = setting(0.5, number(0, 10, text="a number in [0, 10]"),
+                                "in input pixels, filter visualization")
+    class_blur_sigma: float = setting(1.0, number(0, 10, text="a number in [0, 10]"),
+                                      "in input pixels, class visualization (a whole-model objective needs more)")
+    octaves: int = setting(3, POSITIVE_INT, "multiscale: resolutions, ending at the input size")
+    octave_scale: float = setting(1.4, number(1, 4, text="a number in [1, 4]"), "ratio between octaves")
+    polish: float = setting(0.25, number(0, 1, high_open=True, text="a number in [0, 1)"),
+                            "filter visualization: last share of the steps, no jitter, step and blur -> 0")
+    l2: float = setting(0.01, number(0, text="a non-negative number"),
+                        "class visualization: S_c(I) - l2 * ||I||^2 (I in half-range units)")
+    batch_size: int = setting(64, POSITIVE_INT, "images per model call (ascent batches, patch scan)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of a run; ``audit.config.Config`` adds where the values came from."""
+
+    run_id: str | None = setting(None, optional(run_id(), run_id().describe()), "default: UTC timestamp")
+    out: str | None = setting(None, optional(text("a folder path"), "a folder path"),
+                              "run folder; default reports/<run_id>", path=True)
+    seed: int = setting(0, NON_NEGATIVE_INT, "seeds every sample the audit draws")
+    model: Model = section(Model)
+    data: Data = section(Data)
+    predict: Predict = section(Predict)
+    select: Select = section(Select)
+    attribution: Attribution = section(Attribution)
+    discovery: Discovery = section(Discovery)
+    verify: Verify = section(Verify)
+    trust: Trust = section(Trust)
+    gates: Gates = section(Gates)
+    baseline: Baseline = section(Baseline)
+    triage: Triage = section(Triage)
+    history: History = section(History)
+    demo: Demo = section(Demo)
+    dask: Dask = section(Dask)
+    report: Report = section(Report)
+    internals: Internals = section(Internals)
