@@ -87,7 +87,7 @@ def _error(log: Progress, line: str) -> None:
 def _compare(args: argparse.Namespace) -> int:
     """``audit compare RUN_A RUN_B``: print the diff, write compare.json and compare.md."""
     from audit.config import resolve
-    from audit.nightly import compare, compare_markdown, write_compare
+    from audit.nightly.compare import compare, compare_markdown, write_compare
 
     b = resolve(args.config, args.set, {"out": "unused"}).baseline
     diff = compare(args.run_a, args.run_b, b.tolerance, b.focus_tolerance, b.min_overlap)

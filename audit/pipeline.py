@@ -9,11 +9,12 @@ the run folder (``audit.artifacts`` names the files):
 2. select: misclassified, low-confidence and contrast images (in the driver).
 3. attribute: the selection in partitions; each task writes its map chunks.
 4. trust: faithfulness, sanity checks and agreement of the maps (in the driver).
-5. discover, verify: on the collected, small results, in the driver;
-   ``audit.nightly.finish`` matches the findings to the baseline, applies triage,
-   gates, writes ``summary.json`` and appends the history. A complete run asked
-   again with the same inputs and settings only repeats that last step (so new
-   gates, a new baseline or triage take effect at once).
+5. discover, verify: on the collected, small results, in the driver; then the
+   finish step (``_finish``) matches the findings to the baseline
+   (``audit.nightly``), applies triage, gates, writes ``summary.json`` and appends
+   the history. A complete run asked again with the same inputs and settings only
+   repeats that last step (so new gates, a new baseline or triage take effect at
+   once); ``audit.resume`` keys every stored output.
 6. internals: what the model learned, for the top findings (``audit.stages.internals``).
 7. render.
 
@@ -26,9 +27,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
-import json
 import platform
-import shutil
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -40,6 +39,11 @@ from audit import artifacts, nightly, progress
 from audit.config import Config
 from audit.data import load_classes, load_manifest, resolve
 from audit.errors import UsageError
+from audit.findings import Finding
+from audit.nightly.baseline import apply_baseline
+from audit.nightly.history import HistoryError, append_history, history_path, history_rows
+from audit.nightly.triage import apply_triage
+from audit.resume import chunk_paths, resumable, stage_keys
 
 Log = Callable[[str], None]
 
@@ -71,13 +75,14 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
                 inputs: nightly.Inputs) -> dict:
     import dask
 
+    from audit.maps import area_pool
     from audit.model_io import file_sha256
     from audit.report.render import render
-    from audit.stages.attribute import area_pool, attribute_partition
+    from audit.stages.attribute import attribute_partition
     from audit.stages.discover import discover
     from audit.stages.predict import predict_partition
     from audit.stages.select import select
-    from audit.stages.trust import add_to_summary, trust
+    from audit.stages.trust import summary_figures, trust, with_trust
     from audit.stages.verify import verify
 
     run_dir = config.run_dir
@@ -95,7 +100,7 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
         "classes": classes,
         "timings": {},
     }
-    keys = _stage_keys(config, record)
+    keys = stage_keys(config, record)
     previous = artifacts.read_json(run_dir / artifacts.RUN_JSON) if (run_dir / artifacts.RUN_JSON).exists() else {}
     if previous.get("keys") == keys and (run_dir / artifacts.SUMMARY).exists():
         log(f"run {config.run_id} is complete for these inputs and settings (key {keys['run']}): nothing to do "
@@ -103,8 +108,9 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
         stored = [artifacts.read_table(run_dir / name) for name in (artifacts.PREDICTIONS, artifacts.SELECTION,
                                                                     artifacts.DISCOVERY)]
         before = artifacts.read_json(run_dir / artifacts.SUMMARY)
-        summary = nightly.finish(config, inputs, *stored, before["findings"], previous.get("created") or
-                                 record["created"], log, extend=lambda s: {**s, "trust": before.get("trust")})
+        findings = [Finding.from_json(f) for f in before["findings"]]
+        summary, _ = _finish(config, inputs, *stored, findings, before.get("trust"),
+                             previous.get("created") or record["created"], log)
         artifacts.write_json(run_dir / artifacts.RUN_JSON, {**previous, "run_id": config.run_id,
                                                             "config": config.to_dict()})
         render(run_dir)
@@ -116,8 +122,8 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
     with _scheduler(config) as compute:
         with _timed(timings, "predict", log):
             parts = _partitions(frame, config.predict.partition_size)
-            paths = _chunk_paths(run_dir, "predict", keys["predict"], len(parts), ".parquet", log)
-            tasks = [dask.delayed(_resumable)(path, predict_partition, config, root, classes, part)
+            paths = chunk_paths(run_dir, "predict", keys["predict"], len(parts), ".parquet", log)
+            tasks = [dask.delayed(resumable)(path, predict_partition, config, root, classes, part)
                      for path, part in zip(paths, parts)]
             predictions = pd.concat(compute(tasks), ignore_index=True)
             artifacts.write_table(run_dir / artifacts.PREDICTIONS, predictions)
@@ -131,8 +137,8 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
 
         with _timed(timings, "attribute", log):
             parts = _partitions(selection, config.attribution.partition_size)
-            paths = _chunk_paths(run_dir, "attribute", keys["attribute"], len(parts), ".npz", log)
-            tasks = [dask.delayed(_resumable)(path, attribute_partition, config, root, classes, part, i)
+            paths = chunk_paths(run_dir, "attribute", keys["attribute"], len(parts), ".npz", log)
+            tasks = [dask.delayed(resumable)(path, attribute_partition, config, root, classes, part, i)
                      for i, (path, part) in enumerate(zip(paths, parts))]
             results = compute(tasks)
             feature_rows = np.concatenate([r for r, _ in results]) if results else np.zeros(0, np.int64)
@@ -142,8 +148,8 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
     trusted = None
     if config.trust.enabled:
         with _timed(timings, "trust", log):
-            path = _chunk_paths(run_dir, "trust", keys["trust"], 1, ".json", log)[0]
-            trusted = _resumable(path, lambda: trust(config, root, classes, selection, run_dir, classifier))
+            path = chunk_paths(run_dir, "trust", keys["trust"], 1, ".json", log)[0]
+            trusted = resumable(path, lambda: trust(config, root, classes, selection, run_dir, classifier))
 
     with _timed(timings, "discover", log):
         # discovery and verification read the first method's maps pooled to the discovery grid,
@@ -153,9 +159,10 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
                                               each=lambda m: area_pool(np.maximum(m, 0.0), grid, grid))
         table, findings = discover(config, predictions, selection, map_rows, cells, feature_rows, features)
     with _timed(timings, "verify", log):
-        findings = verify(config, root, classes, predictions, map_rows, cells, findings, classifier)
-        summary = nightly.finish(config, inputs, predictions, selection, table, findings, record["created"], log,
-                                 extend=lambda s: add_to_summary(config, s, trusted))
+        findings = with_trust(config, verify(config, root, classes, predictions, map_rows, cells, findings,
+                                             classifier), trusted)
+        summary, findings = _finish(config, inputs, predictions, selection, table, findings,
+                                    summary_figures(trusted), record["created"], log)
     log(f"  {len(findings)} finding(s)")
     artifacts.write_json(run_dir / artifacts.RUN_JSON, record)
 
@@ -168,6 +175,35 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
         render(run_dir)
     artifacts.write_json(run_dir / artifacts.RUN_JSON, record)
     return summary
+
+
+def _finish(config: Config, inputs: nightly.Inputs, predictions: pd.DataFrame, selection: pd.DataFrame,
+            table: pd.DataFrame, findings: list[Finding], trust: dict | None, created: str,
+            log: Log) -> tuple[dict, list[Finding]]:
+    """The run's last step: match the findings to the baseline, apply triage, gate, write
+    ``discovery.parquet`` and ``summary.json`` (with the ``trust`` figures), append the history.
+    Returns the summary and the findings as the summary lists them."""
+    from audit.stages.discover import assign_findings
+    from audit.stages.gate import summarize
+
+    run_dir = config.run_dir
+    b = config.baseline
+    findings, resolved = apply_baseline(findings, inputs.baseline, b.tolerance, b.focus_tolerance, b.min_overlap)
+    findings = apply_triage(findings, inputs.triage)
+    summary = {**summarize(config, predictions, selection, findings, inputs.baseline, resolved), "trust": trust}
+    artifacts.write_table(run_dir / artifacts.DISCOVERY, assign_findings(table, findings))
+    artifacts.write_json(run_dir / artifacts.SUMMARY, summary)
+    if inputs.baseline is not None:
+        n_new = sum(f.status == "new" for f in findings)
+        log(f"  against baseline {inputs.baseline.run_id}: {n_new} new, {len(findings) - n_new} persisting, "
+            f"{len(resolved)} resolved finding(s)")
+    path = history_path(config)
+    if path is not None:
+        try:
+            append_history(path, history_rows(summary, created, run_dir))
+        except HistoryError as exc:
+            log(f"warning: {exc}")
+    return summary, findings
 
 
 @contextlib.contextmanager
@@ -190,87 +226,6 @@ def _run_folder(run_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             raise UsageError(f"--out {run_dir}: another audit is writing to this run folder") from None
         yield
-
-
-def _stage_keys(config: Config, record: dict) -> dict[str, str]:
-    """Content keys of the stages: a stage's stored output is reused only under the same key.
-
-    predict: model file, data, data/model settings and code; attribute: predict plus
-    the selection and attribution settings; trust: attribute plus the trust settings;
-    internals: attribute plus the settings that shape the findings and the
-    ``internals`` section; run: everything in the config but its output, run id,
-    scheduler and nightly settings (gates, baseline, triage, history: re-applied to a
-    complete run in moments).
-    """
-    settings = config.to_dict()
-    code = _code_version()
-    predict = _digest(record["model"]["sha256"], record["data"]["sha256"], settings["data"],
-                      settings["model"], code)
-    attribute = _digest(predict, settings["select"], settings["attribution"], settings["seed"])
-    rest = {k: v for k, v in settings.items()
-            if k not in ("run_id", "out", "dask", "gates", "baseline", "triage", "history", "demo")}
-    internals = _digest(attribute, {k: settings[k] for k in ("discovery", "verify", "internals", "report")})
-    return {"predict": predict, "attribute": attribute, "trust": _digest(attribute, settings["trust"]),
-            "run": _digest(attribute, rest), "internals": internals}
-
-
-def _digest(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _code_version() -> str:
-    """Hash of the package's source: a code change invalidates stored stage outputs."""
-    digest = hashlib.sha256()
-    package = Path(__file__).resolve().parent
-    for file in sorted(package.rglob("*.py")):
-        digest.update(file.relative_to(package).as_posix().encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _chunk_paths(run_dir: Path, stage: str, key: str, n: int, suffix: str, log: Log) -> list[Path]:
-    """Where the ``n`` partition outputs of ``stage`` under ``key`` are stored.
-
-    Outputs of the stage under another key are removed (they belong to other inputs);
-    the number of outputs already stored under this key is logged: they are reused.
-    """
-    root = run_dir / "chunks"
-    folder = root / f"{stage}-{key}"
-    if not folder.exists():
-        for stale in root.glob(f"{stage}-*"):
-            shutil.rmtree(stale)
-        if stage == "attribute":
-            shutil.rmtree(run_dir / artifacts.MAPS, ignore_errors=True)
-        folder.mkdir(parents=True)
-    paths = [folder / f"part-{i:05d}{suffix}" for i in range(n)]
-    done = [p.name for p in paths if p.exists()]
-    if done:
-        log(f"  reusing {len(done)} of {n} {stage} chunks stored under key {key}: {', '.join(done)}")
-    return paths
-
-
-def _resumable(path: Path, fn: Callable, *args):
-    """Inside a task: the stored result at ``path``, or ``fn(*args)`` stored there atomically.
-
-    A DataFrame is stored as parquet, a dict as JSON, a ``(rows, features)`` pair as npz.
-    """
-    if path.exists():
-        if path.suffix == ".parquet":
-            return pd.read_parquet(path)
-        if path.suffix == ".json":
-            return artifacts.read_json(path)
-        with np.load(path) as z:
-            return z["row"], z["features"]
-    result = fn(*args)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    if isinstance(result, pd.DataFrame):
-        result.to_parquet(tmp, index=False)
-    elif isinstance(result, dict):
-        artifacts.write_json(tmp, result)
-    else:
-        np.savez(tmp, row=result[0], features=result[1])
-    tmp.replace(path)
-    return result
 
 
 def _check_inputs(config: Config, frame: pd.DataFrame, classes: list[str], n_outputs: int) -> None:

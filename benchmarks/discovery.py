@@ -98,7 +98,7 @@ def load_run(out: Path) -> dict:
 def spray(art: dict, min_pair: int = 4) -> list[list[int]]:
     from sklearn.cluster import KMeans
 
-    from audit.stages.attribute import area_pool
+    from audit.maps import area_pool
 
     map_of = {int(r): i for i, r in enumerate(art["map_rows"])}
     sel = art["selection"]
@@ -149,7 +149,7 @@ def domino(art: dict, embeddings: np.ndarray, classes: list[str], n_components: 
            weight: float = 10.0) -> list[list[int]]:
     from sklearn.mixture import GaussianMixture
 
-    from audit.stages.discover import pca
+    from audit.clustering import pca
 
     pred = art["predictions"]
     ok = pred["error"].isna().to_numpy()

@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 
 from audit.config import resolve
-from audit.stages.attribute import area_pool
-from audit.stages.discover import (assign_findings, cluster_qr, density_clusters, discover, distances, eigengap_k,
-                                   pair_features, rank_findings, spectrum)
+from audit.maps import area_pool
+from audit.clustering import cluster_qr, density_clusters, distances, eigengap_k, spectrum, ward_cut
+from audit.findings import Finding, ranked
+from audit.stages.discover import assign_findings, discover, pair_features
 
 SIDE = 32
 
@@ -97,26 +98,25 @@ def test_two_planted_clusters_come_back_as_findings():
     predictions, selection, map_rows, maps, feature_rows, features = _case()
     config = resolve(None, [], {"out": "unused"})
     table, findings = discover(config, predictions, selection, map_rows, maps, feature_rows, features)
-    members = [set(f["members"]) for f in findings]
+    members = [set(f.members) for f in findings]
     g1 = {p for p in selection["path"] if p.startswith("g1/")}
     g2 = {p for p in selection["path"] if p.startswith("g2/")}
     assert members == [g1, g2]
     top = findings[0]
-    assert (top["true_label"], top["predicted_label"], top["rank"], top["size"]) == ("a", "b", 1, 12)
-    assert top["n_errors"] == 12 and top["support"] == pytest.approx(12 / 50)
-    assert top["coherence"] > 0.8 and findings[1]["coherence"] > 0.8
-    assert top["score"] == pytest.approx(top["support"] * top["coherence"], rel=1e-4)
-    assert top["eigengap_k"] == 2 and len(top["eigenvalues"]) >= 3
+    assert (top.true_label, top.predicted_label, top.rank, top.size) == ("a", "b", 1, 12)
+    assert top.n_errors == 12 and top.support == pytest.approx(12 / 50)
+    assert top.coherence > 0.8 and findings[1].coherence > 0.8
+    assert top.score == pytest.approx(top.support * top.coherence, rel=1e-4)
+    assert top.eigengap_k == 2 and len(top.eigenvalues) >= 3
     # the table: every selected image once, contrast images never in a finding
     assert sorted(table["row"]) == sorted(selection["row"])
     contrast = table[table["is_contrast"]]
     assert len(contrast) == 10 and contrast["finding_id"].isna().all()
     by_row = table.set_index("row")
-    assert (by_row.loc[findings[0]["rows"], "finding_id"] == findings[0]["id"]).all()
+    assert (by_row.loc[list(findings[0].rows), "finding_id"] == findings[0].id).all()
     # deterministic
     again = discover(config, predictions, selection, map_rows, maps, feature_rows, features)[1]
-    assert [f["id"] for f in again] == [f["id"] for f in findings]
-    assert [f["members"] for f in again] == [f["members"] for f in findings]
+    assert again == findings
 
 
 def test_small_pairs_are_not_clustered():
@@ -138,25 +138,24 @@ def test_pair_features_blocks_weigh_as_configured():
 
 def test_ranking_uses_the_causal_term():
     findings = [
-        {"id": "F-a", "support": 0.4, "coherence": 0.5, "causal": 0.0, "rows": [1, 2], "true_label": "x",
-         "predicted_label": "y", "centrality": [1.0, 0.5]},
-        {"id": "F-b", "support": 0.3, "coherence": 0.5, "causal": 0.9, "rows": [2, 3], "true_label": "x",
-         "predicted_label": "y", "centrality": [1.0, 0.5]},
+        Finding(id="F-a", support=0.4, coherence=0.5, causal=0.0, members=("p1", "p2"), rows=(1, 2), true_label="x",
+                predicted_label="y", centrality=(1.0, 0.5)),
+        Finding(id="F-b", support=0.3, coherence=0.5, causal=0.9, members=("p2", "p3"), rows=(2, 3), true_label="x",
+                predicted_label="y", centrality=(1.0, 0.5)),
     ]
-    ranked = rank_findings(findings)
-    assert [f["id"] for f in ranked] == ["F-b", "F-a"]
-    assert ranked[0]["score"] == pytest.approx(0.3 * 0.5 * 1.9) and ranked[1]["score"] == pytest.approx(0.2)
+    out = ranked(findings)
+    assert [f.id for f in out] == ["F-b", "F-a"] and [f.rank for f in out] == [1, 2]
+    assert out[0].score == pytest.approx(0.3 * 0.5 * 1.9) and out[1].score == pytest.approx(0.2)
+    assert [f.rank for f in findings] == [0, 0]   # records are replaced, never edited
     table = pd.DataFrame({"pair": "x -> y", "row": [1, 2, 3, 4], "finding_id": None, "cluster": -1,
                           "centrality": np.nan})
-    out = assign_findings(table, ranked)
+    out = assign_findings(table, out)
     # row 2 is in both findings: it goes to the better-ranked one
     assert out["finding_id"].tolist() == ["F-a", "F-b", "F-b", None]
     assert out["cluster"].tolist() == [1, 0, 0, -1]
 
 
 def test_ward_cut_merges_parts_and_keeps_distinct_groups_apart():
-    from audit.stages.discover import ward_cut
-
     rng = np.random.default_rng(5)
     x = np.vstack([rng.normal(0.0, 0.3, (10, 4)), rng.normal(0.6, 0.3, (12, 4)), rng.normal(8.0, 0.3, (9, 4))])
     parts = [np.arange(10), np.arange(10, 22), np.arange(22, 31)]

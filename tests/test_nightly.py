@@ -14,10 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audit import nightly
 from audit.config import resolve
 from audit.errors import UsageError
-from audit.stages.discover import assign_ids, cue_descriptor, stable_id
+from audit.findings import Finding, assign_ids, cue_descriptor, stable_id
+from audit.nightly import baseline as nightly_baseline
+from audit.nightly import history as nightly_history
+from audit.nightly import triage as nightly_triage
+from audit.nightly.baseline import apply_baseline, match
+from audit.nightly.runs import Run
 from audit.stages.gate import merge_pairs, pair_rates, summarize
 from tests.conftest import audit_command
 
@@ -41,7 +45,8 @@ def _findings_with_maps(maps_list, pairs):
     findings, start = [], 0
     for m, (true, predicted) in zip(maps_list, pairs):
         rows = list(range(start, start + len(m)))
-        findings.append({"id": "F-tmp", "true_label": true, "predicted_label": predicted, "rows": rows})
+        findings.append(Finding(id="F-tmp", true_label=true, predicted_label=predicted,
+                                members=tuple(map(str, rows)), rows=tuple(rows)))
         start += len(m)
     return findings, maps, {r: r for r in range(len(maps))}
 
@@ -49,14 +54,14 @@ def _findings_with_maps(maps_list, pairs):
 def test_cue_descriptor_locates_and_measures_focus():
     rng = np.random.default_rng(0)
     corner = cue_descriptor(_blob_maps(rng, 10, where=(2, 2)))
-    assert corner["cell"] == "top-left" and corner["x"] < 0.2 and corner["y"] < 0.2
+    assert corner.cell == "top-left" and corner.x < 0.2 and corner.y < 0.2
     blobs = cue_descriptor(_blob_maps(rng, 30))
-    assert blobs["cell"] == "centre"  # blobs anywhere average out to the centre
+    assert blobs.cell == "centre"  # blobs anywhere average out to the centre
     uniform = cue_descriptor(np.ones((5, 32, 40), np.float32))
-    assert uniform["focus"] == pytest.approx(0.1, abs=0.01)
-    assert blobs["focus"] > 3 * uniform["focus"]
+    assert uniform.focus == pytest.approx(0.1, abs=0.01)
+    assert blobs.focus > 3 * uniform.focus
     empty = cue_descriptor(np.zeros((3, 8, 8), np.float32))  # all-zero maps count as uniform
-    assert empty["cell"] == "centre" and empty["focus"] == pytest.approx(6 / 64, abs=1e-4)  # 6 of 64 cells
+    assert empty.cell == "centre" and empty.focus == pytest.approx(6 / 64, abs=1e-4)  # 6 of 64 cells
 
 
 def test_ids_are_stable_across_member_sets_and_differ_by_pair_and_place():
@@ -65,8 +70,7 @@ def test_ids_are_stable_across_member_sets_and_differ_by_pair_and_place():
         rng = np.random.default_rng(seed)
         f, maps, at = _findings_with_maps([_blob_maps(rng, 20 + seed * 7), _blob_maps(rng, 12, where=(1, 30))],
                                           [("pool", "bathroom"), ("pool", "bathroom")])
-        assign_ids(f, maps, at)
-        ids.append([x["id"] for x in f])
+        ids.append([x.id for x in assign_ids(f, maps, at)])
     assert ids[0] == ids[1]
     assert ids[0][0] == stable_id("pool", "bathroom", "centre") and ids[0][0] != ids[0][1]
     assert stable_id("pool", "bathroom", "centre") != stable_id("bathroom", "pool", "centre")
@@ -76,18 +80,23 @@ def test_id_collisions_within_a_run_are_numbered_in_order():
     rng = np.random.default_rng(3)
     f, maps, at = _findings_with_maps([_blob_maps(rng, 10), _blob_maps(rng, 8), _blob_maps(rng, 9)],
                                       [("a", "b"), ("a", "b"), ("b", "a")])
-    assign_ids(f, maps, at)
+    f = assign_ids(f, maps, at)
     base = stable_id("a", "b", "centre")
-    assert [x["id"] for x in f] == [base, f"{base}-2", stable_id("b", "a", "centre")]
-    assert f[1]["cue"]["id"] == f"{base}-2"
+    assert [x.id for x in f] == [base, f"{base}-2", stable_id("b", "a", "centre")]
+    assert f[1].cue.id == f"{base}-2"
 
 
 # ----------------------------------------------------------------------------- matching
 
-def _finding(fid, x=0.5, y=0.5, focus=0.4, pair=("pool", "bathroom"), members=(), score=0.3, size=10, **extra):
-    return {"id": fid, "true_label": pair[0], "predicted_label": pair[1], "size": size, "score": score,
-            "members": list(members), "rows": [], "cue": {"x": x, "y": y, "focus": focus, "cell": "centre", "id": fid},
-            **extra}
+def _entry(fid, x=0.5, y=0.5, focus=0.4, pair=("pool", "bathroom"), members=(), score=0.3, cue_id=None, **extra):
+    """A finding as summary.json lists it."""
+    return {"id": fid, "true_label": pair[0], "predicted_label": pair[1], "score": score,
+            "members": list(members), "rows": [],
+            "cue": {"x": x, "y": y, "focus": focus, "cell": "centre", "id": cue_id or fid}, **extra}
+
+
+def _finding(fid, **kwargs):
+    return Finding.from_json(_entry(fid, **kwargs))
 
 
 @pytest.mark.parametrize("other, matched", [
@@ -101,30 +110,31 @@ def _finding(fid, x=0.5, y=0.5, focus=0.4, pair=("pool", "bathroom"), members=()
 def test_match_by_pair_cue_and_overlap(other, matched):
     base = _finding("F-aaaaaaaa", members=[f"m{i}" for i in range(10)])
     new = _finding("F-bbbbbbbb", **{"members": [f"n{i}" for i in range(10)], **other})
-    assert nightly.match([new], [base], 0.15, 0.5, 0.5) == ({0: 0} if matched else {})
+    assert match([new], [base], 0.15, 0.5, 0.5) == ({0: 0} if matched else {})
 
 
 def test_match_is_one_to_one_closest_first():
     old = [_finding("F-1", x=0.50), _finding("F-2", x=0.60)]
     new = [_finding("F-3", x=0.58), _finding("F-4", x=0.49)]
-    assert nightly.match(new, old, 0.15, 0.5, 0.5) == {1: 0, 0: 1}
+    assert match(new, old, 0.15, 0.5, 0.5) == {1: 0, 0: 1}
 
 
 def test_apply_baseline_marks_status_inherits_ids_and_lists_resolved():
-    baseline = nightly.Run(Path("night1"), {"run_id": "night1", "findings": [
-        _finding("F-rails", x=0.5), _finding("F-gone", x=0.1, y=0.1, pair=("a", "b"))]})
+    baseline = Run(Path("night1"), {"run_id": "night1", "findings": [
+        _entry("F-rails", x=0.5), _entry("F-gone", x=0.1, y=0.1, pair=("a", "b"))]})
+    # the second: content ID equal to a baseline ID, but a different (diffuse) cue
     findings = [_finding("F-rails2", x=0.52), _finding("F-rails", x=0.5, focus=0.1), _finding("F-x", pair=("c", "d"))]
-    findings[1]["cue"]["id"] = "F-rails"  # content ID equal to a baseline ID, but a different (diffuse) cue
-    resolved = nightly.apply_baseline(findings, baseline, 0.15, 0.5, 0.5)
-    assert [(f["id"], f["status"]) for f in findings] == [
-        ("F-rails", "persisting"), ("F-rails-2", "new"), ("F-x", "new")]
-    assert findings[0]["baseline"]["id"] == "F-rails"
+    out, resolved = apply_baseline(findings, baseline, 0.15, 0.5, 0.5)
+    assert [(f.id, f.status) for f in out] == [("F-rails", "persisting"), ("F-rails-2", "new"), ("F-x", "new")]
+    assert out[0].baseline["id"] == "F-rails"
     assert [r["id"] for r in resolved] == ["F-gone"]
+    assert [f.status for f in findings] == ["new"] * 3 and findings[0].id == "F-rails2"   # records are not edited
     # idempotent: finishing again starts from each finding's own content ID
-    nightly.apply_baseline(findings, baseline, 0.15, 0.5, 0.5)
-    assert [f["id"] for f in findings] == ["F-rails", "F-rails-2", "F-x"]
-    assert nightly.apply_baseline(findings, None, 0.15, 0.5, 0.5) == []
-    assert {f["status"] for f in findings} == {"new"} and findings[0]["id"] == "F-rails2"
+    again, _ = apply_baseline(out, baseline, 0.15, 0.5, 0.5)
+    assert [f.id for f in again] == ["F-rails", "F-rails-2", "F-x"]
+    plain, resolved = apply_baseline(again, None, 0.15, 0.5, 0.5)
+    assert resolved == [] and {f.status for f in plain} == {"new"} and plain[0].id == "F-rails2"
+    assert plain[0].baseline is None
 
 
 # ----------------------------------------------------------------------------- triage
@@ -142,15 +152,14 @@ findings:
   F-00000000: {action: suppress}
   F-11111111: {action: suppress, expires: 2020-01-01}
 """)
-    triage = nightly.read_triage(path)
-    assert triage["F-1a2b3c4d"] == {"status": "acknowledged", "reason": "known", "owner": "alice",
+    entries = nightly_triage.read_triage(path)
+    assert entries["F-1a2b3c4d"] == {"status": "acknowledged", "reason": "known", "owner": "alice",
                                     "expires": "2030-01-01"}
-    assert triage["F-00000000"]["status"] == "suppressed" and "F-11111111" not in triage
-    findings = [_finding("F-1a2b3c4d"), _finding("F-22222222")]
-    nightly.apply_triage(findings, triage)
-    assert [f["triage"] for f in findings] == ["acknowledged", None]
-    assert findings[0]["triage_note"]["owner"] == "alice"
-    assert nightly.read_triage(_triage(tmp_path, "")) == {}
+    assert entries["F-00000000"]["status"] == "suppressed" and "F-11111111" not in entries
+    findings = nightly_triage.apply_triage([_finding("F-1a2b3c4d"), _finding("F-22222222")], entries)
+    assert [f.triage for f in findings] == ["acknowledged", None]
+    assert findings[0].triage_note["owner"] == "alice" and findings[1].triage_note is None
+    assert nightly_triage.read_triage(_triage(tmp_path, "")) == {}
 
 
 @pytest.mark.parametrize("text, key", [
@@ -167,11 +176,11 @@ findings:
 def test_triage_errors_name_the_file_and_key(tmp_path, text, key):
     path = _triage(tmp_path, text)
     with pytest.raises(UsageError) as info:
-        nightly.read_triage(path)
+        nightly_triage.read_triage(path)
     message = str(info.value)
     assert message.startswith(str(path)) and key in message and "\n" not in message
     with pytest.raises(UsageError, match="no such triage file"):
-        nightly.read_triage(tmp_path / "missing.yaml")
+        nightly_triage.read_triage(tmp_path / "missing.yaml")
 
 
 # ----------------------------------------------------------------------------- gates
@@ -212,7 +221,7 @@ def test_gates_respect_status_triage_and_baseline():
                 _finding("F-sup", score=0.9, status="new", triage="suppressed", causal=1.0, verification=verified),
                 _finding("F-old", score=0.4, status="persisting", triage=None),
                 _finding("F-open", score=0.2, status="new", triage=None, causal=0.3, verification=verified)]
-    baseline = nightly.Run(Path("b"), {"run_id": "b", "findings": []},
+    baseline = Run(Path("b"), {"run_id": "b", "findings": []},
                            [{"true_label": "a", "predicted_label": "b", "error_rate": 0.1}])
     config = _config(max_new_finding_score=0.25, max_finding_score=0.45, max_pair_error_rate_increase=0.25,
                      min_verification_lift=0.95, max_error_rate=0.2)
@@ -231,27 +240,27 @@ def test_gates_respect_status_triage_and_baseline():
     summary = summarize(_config(max_pair_error_rate_increase=0.1, max_new_finding_score=0.25), predictions,
                         SELECTION, plain)
     assert [g["name"] for g in summary["gates"]] == ["max_new_finding_score"]
-    assert summary["status"] == "fail" and plain[0]["status"] == "new" and summary["baseline"] is None
+    assert summary["status"] == "fail" and plain[0].status == "new" and summary["baseline"] is None
 
 
 # ----------------------------------------------------------------------------- history
 
 def _rows(run_id, n=2):
     summary = {"run_id": run_id, "status": "pass", "metrics": {"accuracy": 0.9},
-               "findings": [_finding("F-1", pair=("a", "b"), score=0.4)],
+               "findings": [_entry("F-1", pair=("a", "b"), score=0.4)],
                "pairs": [{"true_label": "a", "predicted_label": "b", "n_true": 10, "n_confused": 2,
                           "error_rate": 0.2}] * (n - 1) + [{"true_label": "b", "predicted_label": "a", "n_true": 10,
                                                            "n_confused": 1, "error_rate": 0.1}]}
-    return nightly.history_rows(summary, "2026-11-22T03:00:00+00:00", Path("x") / run_id)
+    return nightly_history.history_rows(summary, "2026-11-22T03:00:00+00:00", Path("x") / run_id)
 
 
 def test_history_appends_and_replaces_a_rerun(tmp_path):
     path = tmp_path / "history.parquet"
-    nightly.append_history(path, _rows("n1"))
-    nightly.append_history(path, _rows("n2"))
-    nightly.append_history(path, _rows("n1", n=1))  # re-run of n1: its rows replaced
+    nightly_history.append_history(path, _rows("n1"))
+    nightly_history.append_history(path, _rows("n2"))
+    nightly_history.append_history(path, _rows("n1", n=1))  # re-run of n1: its rows replaced
     again = _rows("n3", n=1).assign(run_dir=_rows("n2")["run_dir"][0])  # a new run ID in the folder of n2
-    nightly.append_history(path, again)
+    nightly_history.append_history(path, again)
     table = pd.read_parquet(path)
     assert sorted(table["run_id"]) == ["n1", "n3"]
     assert list(table.columns)[:11] == ["run_id", "created", "true_label", "predicted_label", "n_true", "n_confused",
@@ -262,14 +271,14 @@ def test_history_appends_and_replaces_a_rerun(tmp_path):
 
 
 def test_history_without_pairs_keeps_the_run():
-    rows = nightly.history_rows({"run_id": "r", "status": "pass", "metrics": {"accuracy": 1.0}, "findings": [],
+    rows = nightly_history.history_rows({"run_id": "r", "status": "pass", "metrics": {"accuracy": 1.0}, "findings": [],
                                  "pairs": []}, "t")
     assert len(rows) == 1 and rows["true_label"].isna().all() and rows["accuracy"][0] == 1.0
 
 
 def _append_many(path: str, worker: int) -> None:
     for i in range(5):
-        nightly.append_history(Path(path), _rows(f"w{worker}-{i}"))
+        nightly_history.append_history(Path(path), _rows(f"w{worker}-{i}"))
 
 
 def test_history_concurrent_appends_lose_nothing(tmp_path):
@@ -289,8 +298,8 @@ def test_history_concurrent_appends_lose_nothing(tmp_path):
 def test_unreadable_history_is_left_alone(tmp_path):
     path = tmp_path / "history.parquet"
     path.write_bytes(b"not parquet")
-    with pytest.raises(nightly.HistoryError, match="history.parquet: cannot read the history"):
-        nightly.append_history(path, _rows("n1"))
+    with pytest.raises(nightly_history.HistoryError, match="history.parquet: cannot read the history"):
+        nightly_history.append_history(path, _rows("n1"))
     assert path.read_bytes() == b"not parquet"
 
 
@@ -307,11 +316,11 @@ def _run_folder(path: Path, run_id: str, findings: list[dict], pairs: list[dict]
 
 def test_compare_cli_prints_and_writes_the_diff(tmp_path):
     pair = {"true_label": "pool", "predicted_label": "bathroom", "n_true": 100}
-    a = _run_folder(tmp_path / "a", "night1", [_finding("F-rails", score=0.31, size=55),
-                                               _finding("F-bath", pair=("bathroom", "pool"), score=0.08)],
+    a = _run_folder(tmp_path / "a", "night1", [_entry("F-rails", score=0.31, size=55),
+                                               _entry("F-bath", pair=("bathroom", "pool"), score=0.08)],
                     [{**pair, "n_confused": 53, "error_rate": 0.53}], 0.85)
-    b = _run_folder(tmp_path / "b", "night2", [_finding("F-bath", pair=("bathroom", "pool"), score=0.5, size=40),
-                                               _finding("F-diffuse", focus=0.12, score=0.18)],
+    b = _run_folder(tmp_path / "b", "night2", [_entry("F-bath", pair=("bathroom", "pool"), score=0.5, size=40),
+                                               _entry("F-diffuse", focus=0.12, score=0.18)],
                     [{**pair, "n_confused": 20, "error_rate": 0.2}], 0.84)
     probe = ("import sys, audit.cli; code = audit.cli.main(sys.argv[1:]); "
              "print('tensorflow loaded' if 'tensorflow' in sys.modules else 'no tensorflow'); sys.exit(code)")
@@ -475,20 +484,20 @@ def test_demo_nightly_acceptance(tmp_path):
 
 
 def test_baseline_latest_comes_from_the_history(tmp_path):
-    first = _run_folder(tmp_path / "n1", "n1", [_finding("F-1")], [], 0.9)
-    second = _run_folder(tmp_path / "n2", "n2", [_finding("F-2")], [], 0.9)
+    first = _run_folder(tmp_path / "n1", "n1", [_entry("F-1")], [], 0.9)
+    second = _run_folder(tmp_path / "n2", "n2", [_entry("F-2")], [], 0.9)
     for run, created in ((first, "2026-11-20T03:00:00+00:00"), (second, "2026-11-21T03:00:00+00:00")):
         summary = json.loads((run / "summary.json").read_text())
-        nightly.append_history(tmp_path / "history.parquet", nightly.history_rows(summary, created, run))
+        nightly_history.append_history(tmp_path / "history.parquet", nightly_history.history_rows(summary, created, run))
     config = resolve(None, [], {"run_id": "n3", "out": str(tmp_path / "n3"), "baseline.run_dir": "latest"})
-    assert nightly.resolve_baseline(config).run_id == "n2"
+    assert nightly_baseline.resolve_baseline(config).run_id == "n2"
     config = resolve(None, [], {"run_id": "n2b", "out": str(second), "baseline.run_dir": "latest"})
-    assert nightly.resolve_baseline(config).run_id == "n1"  # never the run folder itself
+    assert nightly_baseline.resolve_baseline(config).run_id == "n1"  # never the run folder itself
     config = resolve(None, [], {"run_id": "x", "out": str(tmp_path / "other" / "x"), "baseline.run_dir": "latest"})
-    assert nightly.resolve_baseline(config) is None  # no history there: the first night has no baseline
+    assert nightly_baseline.resolve_baseline(config) is None  # no history there: the first night has no baseline
     config = resolve(None, [], {"run_id": "n2", "out": str(second), "baseline.run_dir": str(second)})
     with pytest.raises(UsageError, match="is the run folder itself"):
-        nightly.resolve_baseline(config)
+        nightly_baseline.resolve_baseline(config)
 
 
 @pytest.mark.slow

@@ -270,17 +270,22 @@ def test_sanity_size_follows_sample_and_budget():
 
 def test_finding_trust_badges():
     from audit.config import resolve
+    from audit.findings import Finding
     from audit.stages.trust import finding_trust
 
     config = resolve(sets=["trust.min_agreement=0.4", "trust.min_lift=0.2"])
-    finding = {"rows": [3, 5, 9], "verification": {"verified": True, "occlusion": {"lift": 0.1},
-                                                    "transplant": {"lift": 0.5}}}
-    t = finding_trust(config, finding, {3: 0.2, 5: 0.8, 9: None})
-    assert t == {"agreement": 0.5, "n_images": 2, "lift": 0.5, "agrees": True, "confirmed": True, "level": "high"}
-    weak = finding_trust(config, {"rows": [3], "verification": {"verified": False, "reason": "budget"}}, {3: 0.2})
-    assert weak["lift"] is None and weak["confirmed"] is None and weak["agrees"] is False and weak["level"] == "low"
-    unverified = finding_trust(config, {"rows": [5], "verification": {"verified": False}}, {5: 0.8})
-    assert unverified["agrees"] is True and unverified["level"] == "medium"
+    def finding(rows, verification):
+        return Finding.from_json({"id": "F-1", "members": [str(r) for r in rows], "rows": rows,
+                                  "verification": verification})
+
+    tested = finding([3, 5, 9], {"verified": True, "occlusion": {"lift": 0.1}, "transplant": {"lift": 0.5}})
+    t = finding_trust(config, tested, {3: 0.2, 5: 0.8, 9: None})
+    assert t.to_json() == {"agreement": 0.5, "n_images": 2, "lift": 0.5, "agrees": True, "confirmed": True,
+                           "level": "high"}
+    weak = finding_trust(config, finding([3], {"verified": False, "reason": "budget"}), {3: 0.2})
+    assert weak.lift is None and weak.confirmed is None and weak.agrees is False and weak.level == "low"
+    unverified = finding_trust(config, finding([5], {"verified": False}), {5: 0.8})
+    assert unverified.agrees is True and unverified.level == "medium"
 
 
 def test_trust_of_an_empty_selection_has_no_badges(tmp_path):
@@ -288,18 +293,18 @@ def test_trust_of_an_empty_selection_has_no_badges(tmp_path):
 
     from audit.config import resolve
     from audit.explainers.base import classifier_of
-    from audit.stages.trust import add_to_summary, trust
+    from audit.stages.trust import summary_figures, trust
 
     config = resolve(sets=["attribution.methods=[gradcam,occlusion]"])
     selection = pd.DataFrame({"row": pd.Series([], dtype="int64"), "path": pd.Series([], dtype=str),
                               "pair_label": pd.Series([], dtype=str)})
     result = trust(config, ".", ["a", "b", "c"], selection, tmp_path, classifier_of(build_model("nested")))
-    summary = add_to_summary(config, {"findings": []}, result)
-    cam = summary["trust"]["methods"]["gradcam"]
+    figures = summary_figures(result)
+    cam = figures["methods"]["gradcam"]
     assert cam["badge"] == {"sanity": None, "faithful": None, "trusted": False}
-    assert summary["trust"]["sample"] == {"faithfulness": 0, "sanity": 0}
-    assert summary["trust"]["agreement"]["mean"] is None and summary["trust"]["completeness_gap"] is None
-    json.dumps(summary, allow_nan=False)
+    assert figures["sample"] == {"faithfulness": 0, "sanity": 0}
+    assert figures["agreement"]["mean"] is None and figures["completeness_gap"] is None
+    json.dumps(figures, allow_nan=False)
 
 
 # ---------------------------------------------------------------- the pipeline, summary and report

@@ -14,7 +14,9 @@ import pytest
 from PIL import Image
 
 from audit.config import resolve
-from audit.stages.verify import top_region, verify
+from audit.findings import Finding
+from audit.maps import top_region
+from audit.stages.verify import verify
 
 SIDE = 16
 CLASSES = ["grey", "red"]
@@ -62,9 +64,9 @@ def case(tmp_path_factory):
 
 
 def _finding(fid, rows, support=0.1):
-    return {"id": fid, "rank": 0, "true_label": "grey", "predicted_label": "red", "size": len(rows),
-            "rows": list(rows), "members": [f"{r}.png" for r in rows], "support": support,
-            "coherence": 0.5, "causal": 0.0, "score": 0.0, "centrality": [0.0] * len(rows)}
+    return Finding(id=fid, true_label="grey", predicted_label="red", rows=tuple(rows),
+                   members=tuple(f"{r}.png" for r in rows), support=support, coherence=0.5,
+                   centrality=(0.0,) * len(rows))
 
 
 def _config(*sets):
@@ -92,22 +94,22 @@ def test_patch_is_causal_and_a_wrong_explanation_is_not(case, red_detector):
     findings = [_finding("F-patch", range(10), support=0.1), _finding("F-elsewhere", range(10), support=0.2)]
     config = _config("verify.samples=20", "verify.max_samples=20")
     out = verify(config, root, CLASSES, predictions, map_rows, maps, findings[:1], red_detector)
-    v = out[0]["verification"]
+    v = out[0].to_json()["verification"]
     assert v["verified"] and v["members_tested"] == 10
     assert (v["occlusion"]["n"], v["occlusion"]["flipped"]) == (10, 10)
     assert v["occlusion"]["random_rate"] <= 0.2 and v["occlusion"]["lift"] >= 0.8
     assert (v["transplant"]["n"], v["transplant"]["flipped"]) == (20, 20)
     assert v["transplant"]["random_rate"] <= 0.3 and v["transplant"]["lift"] >= 0.7
-    assert out[0]["causal"] == pytest.approx(max(v["occlusion"]["lift"], v["transplant"]["lift"]))
+    assert out[0].causal == pytest.approx(max(v["occlusion"]["lift"], v["transplant"]["lift"]))
     assert v["mean_area"] == pytest.approx(9 / 256, abs=1e-4)
 
     elsewhere = verify(config, root, CLASSES, predictions, map_rows, wrong_maps, findings[1:], red_detector)[0]
-    assert elsewhere["verification"]["occlusion"]["flipped"] == 0
-    assert elsewhere["verification"]["transplant"]["flipped"] <= 4
-    assert elsewhere["causal"] <= 0.2
+    assert elsewhere.to_json()["verification"]["occlusion"]["flipped"] == 0
+    assert elsewhere.to_json()["verification"]["transplant"]["flipped"] <= 4
+    assert elsewhere.causal <= 0.2
     # causal evidence re-ranks: the verified patch beats a larger but non-causal finding
-    ranked = sorted([out[0], elsewhere], key=lambda f: -f["score"])
-    assert ranked[0]["id"] == "F-patch"
+    ranked = sorted([out[0], elsewhere], key=lambda f: -f.score)
+    assert ranked[0].id == "F-patch"
 
 
 def test_rounds_caps_and_switches(case, red_detector):
@@ -115,28 +117,28 @@ def test_rounds_caps_and_switches(case, red_detector):
     findings = [_finding("F-1", range(10), 0.3), _finding("F-2", range(5), 0.1)]
     out = verify(_config("verify.max_findings=1", "verify.samples=4", "verify.max_samples=6"),
                  root, CLASSES, predictions, map_rows, maps, findings, red_detector)
-    first = next(f for f in out if f["id"] == "F-1")
-    second = next(f for f in out if f["id"] == "F-2")
+    first = next(f for f in out if f.id == "F-1").to_json()
+    second = next(f for f in out if f.id == "F-2").to_json()
     v = first["verification"]
     # occlusion: 4 of 4 flipped against none, conclusive after one round; transplant within the cap
     assert v["occlusion"]["n"] == 4 and v["occlusion"]["lift"] == 1.0 and v["occlusion"]["se"] == 0.0
     assert v["transplant"]["n"] in (4, 6) and v["rounds"] == (1 if v["transplant"]["n"] == 4 else 2)
     assert not second["verification"]["verified"] and "max_findings" in second["verification"]["reason"]
-    assert second["causal"] == 0.0 and [f["rank"] for f in out] == [1, 2]
+    assert second["causal"] == 0.0 and [f.rank for f in out] == [1, 2]
     # an ambiguous test takes more rounds, up to max_samples
     noisy = maps.copy()
     for i in range(0, 10, 2):   # half the maps point away from the patch
         noisy[i] = np.roll(maps[i], SIDE // 2, axis=1)
     more = verify(_config("verify.samples=4", "verify.max_samples=8", "verify.max_se=0.01"), root, CLASSES,
-                  predictions, map_rows, noisy, [_finding("F-4", range(10))], red_detector)[0]["verification"]
+                  predictions, map_rows, noisy, [_finding("F-4", range(10))], red_detector)[0].to_json()["verification"]
     assert more["rounds"] == 2 and more["occlusion"]["n"] == 8 and more["transplant"]["n"] == 8
     # the budget: ceil(30 attributed images x 1.1) = 33 passes; a first round of 4 + 4 costs 16
     tight = verify(_config("verify.samples=4", "verify.max_se=0.01", "verify.budget=1.1"), root, CLASSES,
                    predictions, map_rows, noisy, [_finding(f"F-{i}", range(10), 0.5 - i / 10) for i in range(5)],
                    red_detector)
-    verified = [f["verification"]["verified"] for f in sorted(tight, key=lambda f: f["id"])]
+    verified = [f.verification.verified for f in sorted(tight, key=lambda f: f.id)]
     assert verified == [True, True, False, False, False]
-    assert "budget" in next(f for f in tight if f["id"] == "F-2")["verification"]["reason"]
+    assert "budget" in next(f for f in tight if f.id == "F-2").verification.reason
     off = verify(_config("verify.enabled=false"), root, CLASSES, predictions, map_rows, maps,
                  [_finding("F-3", range(10))], red_detector)
-    assert not off[0]["verification"]["verified"] and off[0]["causal"] == 0.0
+    assert not off[0].verification.verified and off[0].causal == 0.0

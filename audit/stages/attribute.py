@@ -24,6 +24,7 @@ from audit.data import load_images, preprocess
 from audit.errors import UsageError
 from audit.explainers import IntegratedGradients, get
 from audit.explainers.base import Explainer
+from audit.maps import attention_pooled
 from audit.model_io import classifier_for
 
 
@@ -86,31 +87,3 @@ def check_methods(config: Config, classifier) -> None:
             explainer.explain(classifier, blank, np.zeros(1, np.int32))
         except ValueError as exc:
             raise UsageError(str(exc).replace(f"`{method}.", f"`attribution.params.{method}.", 1)) from None
-
-
-def attention_pooled(activations: np.ndarray, maps: np.ndarray) -> np.ndarray:
-    """Activations ``[n, h, w, c]`` averaged over space with weights from ``maps`` ``[n, H, W]``.
-
-    The positive part of each map is area-averaged to ``h x w`` and normalised to
-    sum 1 (uniform where the map is all zero). Returns ``[n, c]`` float32.
-    """
-    n, h, w, _ = activations.shape
-    weights = area_pool(np.maximum(maps, 0.0), h, w) if n else np.zeros((0, h, w))
-    total = weights.sum(axis=(1, 2), keepdims=True)
-    weights = np.where(total > 0, weights / np.where(total > 0, total, 1.0), 1.0 / (h * w))
-    return np.einsum("nhw,nhwc->nc", weights, activations).astype(np.float32)
-
-
-def area_pool(maps: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Mean of each map ``[n, H, W]`` (or one ``[H, W]``) over an ``h x w`` grid of nearly
-    equal cells; when the grid is finer than the map, a cell is one map pixel."""
-    maps = np.asarray(maps, np.float64)
-    single = maps.ndim == 2
-    maps = maps[None] if single else maps
-    out = maps
-    for axis, cells in ((1, h), (2, w)):
-        size = maps.shape[axis]
-        bounds = np.linspace(0, size, cells + 1).astype(int)
-        counts = np.maximum(np.diff(bounds), 1)
-        out = np.add.reduceat(out, bounds[:-1], axis=axis) / np.expand_dims(counts, tuple(a for a in range(3) if a != axis))
-    return out[0] if single else out

@@ -64,35 +64,27 @@ score.
 Each finding lists its members most central first and carries its pair's
 Laplacian eigenvalues (``eigenvalues``, ``eigengap_k``) for the report.
 
-Finding IDs
------------
-A finding's ``id`` is derived from content, not from list position or membership:
-``F-`` + a hash of its confusion pair and of the 3 x 3 grid cell that holds the
-centre of mass of its members' mean positive attribution map (``cue``: ``x``,
-``y``, ``cell``, and ``focus``, how concentrated each member's map is; see
-``cue_descriptor`` and ``assign_ids``). The same cue therefore keeps its
-ID when a few members change or the model is retrained; two findings of one pair
-in the same cell get ``-2``, ``-3``, ... by rank within the pair.
+Findings are ``audit.findings.Finding`` records; their stable IDs and ``cue``
+(where the members' attribution sits) come from ``audit.findings.assign_ids``.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
 import pandas as pd
-from scipy.linalg import qr, svd
-from sklearn.cluster import HDBSCAN
 from threadpoolctl import ThreadpoolController
 
+from audit.clustering import density_clusters, distances, pca, spectral_clusters, ward_cut
 from audit.config import Config
-from audit.stages.attribute import area_pool
+from audit.findings import Finding, assign_ids, finding_score, ranked
+from audit.maps import area_pool
 
-# One-off costs paid when the module loads rather than in the first audit: the BLAS thread
-# pools of the process are looked up once (a scan of every loaded library, tens of ms in a
-# process with TensorFlow; limiting them is then cheap), and scikit-learn's first fit looks
-# up its dataframe plugins (a few ms).
+# Paid when the module loads rather than in the first audit: the BLAS thread pools of the
+# process are looked up once (a scan of every loaded library, tens of ms in a process with
+# TensorFlow; limiting them is then cheap).
 _THREAD_POOLS = ThreadpoolController()
-HDBSCAN(min_cluster_size=2, metric="precomputed", copy=True).fit(np.zeros((2, 2)))
 N_EIGENVALUES_SHOWN = 16       # eigenvalues kept per pair for the report's plot
 TABLE_COLUMNS = ["row", "path", "pair", "true_label", "predicted_label", "reason", "cluster", "finding_id",
                  "spectral_cluster", "density_cluster", "centrality", "is_contrast", "x", "y"]
@@ -100,7 +92,7 @@ TABLE_COLUMNS = ["row", "path", "pair", "true_label", "predicted_label", "reason
 
 def discover(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame,
              map_rows: np.ndarray, maps: np.ndarray,
-             feature_rows: np.ndarray, features: np.ndarray) -> tuple[pd.DataFrame, list[dict]]:
+             feature_rows: np.ndarray, features: np.ndarray) -> tuple[pd.DataFrame, list[Finding]]:
     """Cluster each pair; return ``(discovery table, findings sorted by score)``.
 
     Parameters
@@ -123,7 +115,7 @@ def discover(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame,
 
 def _discover(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame,
               map_rows: np.ndarray, maps: np.ndarray,
-              feature_rows: np.ndarray, features: np.ndarray) -> tuple[pd.DataFrame, list[dict]]:
+              feature_rows: np.ndarray, features: np.ndarray) -> tuple[pd.DataFrame, list[Finding]]:
     map_of = {int(r): i for i, r in enumerate(map_rows)}
     feat_of = {int(r): i for i, r in enumerate(feature_rows)}
     labels = predictions["label"].to_numpy(dtype=object)[predictions["error"].isna().to_numpy()]
@@ -148,10 +140,10 @@ def _discover(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame
         if len(contrast):
             parts.append(_part(sel, contrast, f"* -> {predicted}", sel.true_label[contrast], predicted,
                                xy[len(into):], contrast=True))
-    assign_ids(findings, maps, map_of)
+    findings = ranked(assign_ids(findings, maps, map_of))
     table = pd.DataFrame({c: pd.Series(np.concatenate([p[c] for p in parts]) if parts else [],
                                        dtype=object if c == "finding_id" else None) for c in TABLE_COLUMNS})
-    return assign_findings(table, rank_findings(findings)), findings
+    return assign_findings(table, findings), findings
 
 
 class _Selection:
@@ -199,25 +191,6 @@ def semantic_features(features: np.ndarray, components: int) -> np.ndarray:
     return pca(scaled, min(components, scaled.shape[0] - 1, scaled.shape[1]))
 
 
-def pca(x: np.ndarray, n: int) -> np.ndarray:
-    """Scores ``[rows, n]`` of the centred rows of ``x`` on their ``n`` principal axes
-    (eigen-decomposition of the smaller Gram or covariance matrix; signs fixed so the
-    largest loading of each axis is positive). ``n < 1`` returns ``x`` centred."""
-    x = x - x.mean(axis=0, keepdims=True)
-    if n < 1:
-        return x
-    if x.shape[0] < x.shape[1]:
-        values, vectors = np.linalg.eigh(x @ x.T)
-        scores = vectors[:, ::-1][:, :n] * np.sqrt(np.maximum(values[::-1][:n], 0.0))
-        axes = x.T @ scores
-    else:
-        _, vectors = np.linalg.eigh(x.T @ x)
-        axes = vectors[:, ::-1][:, :n]
-        scores = x @ axes
-    signs = np.sign(axes[np.argmax(np.abs(axes), axis=0), np.arange(axes.shape[1])])
-    return scores * np.where(signs == 0, 1.0, signs)
-
-
 def _scaled(x: np.ndarray) -> np.ndarray:
     """``x`` centred, scaled to mean squared row norm 1 (zero when constant)."""
     centred = x - x.mean(axis=0, keepdims=True)
@@ -232,84 +205,9 @@ def _embed2d(x: np.ndarray) -> np.ndarray:
     return out if out.shape[1] == 2 else np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
 
 
-# ---------------------------------------------------------------- clustering
-
-def distances(x: np.ndarray) -> np.ndarray:
-    """Euclidean distances ``[n, n]`` between the rows of ``x`` (zero diagonal)."""
-    sq = np.sum(x * x, axis=1)
-    d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * x @ x.T, 0.0))
-    np.fill_diagonal(d, 0.0)
-    return d
-
-
-def affinity(d: np.ndarray, neighbors: int) -> np.ndarray:
-    """Symmetric kNN affinity ``[n, n]`` from distances ``d``, with self-tuning Gaussian
-    weights (zero diagonal).
-
-    ``W_ij = exp(-d_ij^2 / (s_i s_j))`` when ``j`` is among the ``neighbors`` nearest of
-    ``i`` or ``i`` among those of ``j``; ``s_i`` is the distance from ``i`` to its
-    farthest kept neighbour.
-    """
-    n = len(d)
-    k = min(neighbors, n - 1)
-    if k < 1:
-        return np.zeros((n, n))
-    off = d + np.diag(np.full(n, np.inf))
-    nearest = np.argsort(off, axis=1, kind="stable")[:, :k]
-    scale = np.maximum(d[np.arange(n), nearest[:, -1]], 1e-12)
-    keep = np.zeros((n, n), bool)
-    keep[np.repeat(np.arange(n), k), nearest.ravel()] = True
-    keep |= keep.T
-    return np.where(keep, np.exp(-d ** 2 / (scale[:, None] * scale[None, :])), 0.0)
-
-
-def spectrum(w: np.ndarray, n_vectors: int) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (ascending, all) of the symmetric normalised Laplacian of ``w`` and
-    its first ``n_vectors`` eigenvectors ``[n, n_vectors]``."""
-    degree = w.sum(axis=1)
-    inv = np.where(degree > 0, 1.0 / np.sqrt(np.where(degree > 0, degree, 1.0)), 0.0)
-    lap = np.eye(len(w)) - inv[:, None] * w * inv[None, :]
-    values, vectors = np.linalg.eigh((lap + lap.T) / 2.0)
-    return np.clip(values, 0.0, 2.0), vectors[:, :n_vectors]
-
-
-def eigengap_k(values: np.ndarray, k_max: int) -> int:
-    """Number of clusters: ``k`` in ``[1, k_max]`` maximising ``values[k] - values[k - 1]``
-    (``values`` ascending Laplacian eigenvalues)."""
-    k_max = min(k_max, len(values) - 1)
-    if k_max <= 1:
-        return 1
-    return int(np.argmax(np.diff(values[: k_max + 1])) + 1)
-
-
-def cluster_qr(vectors: np.ndarray) -> np.ndarray:
-    """Cluster labels from the rows of ``k`` eigenvectors ``[n, k]`` by column-pivoted QR
-    (Damle, Minden and Ying 2019): deterministic, no k-means restarts."""
-    k = vectors.shape[1]
-    _, _, piv = qr(vectors.T, pivoting=True)
-    ut, _, v = svd(vectors[piv[:k], :].T)
-    return np.abs(vectors @ (ut @ v.conj())).argmax(axis=1)
-
-
-def spectral_clusters(d: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(labels [n], eigenvalues, k)`` of the spectral clustering of points with distances ``d``."""
-    w = affinity(d, config.discovery.neighbors)
-    values, vectors = spectrum(w, min(config.discovery.max_clusters, len(d)))
-    k = eigengap_k(values, config.discovery.max_clusters)
-    labels = np.zeros(len(d), int) if k <= 1 else cluster_qr(vectors[:, :k])
-    return labels, values, k
-
-
-def density_clusters(d: np.ndarray, min_size: int) -> np.ndarray:
-    """HDBSCAN labels (``-1`` = noise) of points with distances ``d``."""
-    if len(d) < 2 * min_size:
-        return np.full(len(d), -1)
-    return HDBSCAN(min_cluster_size=min_size, metric="precomputed", copy=True).fit(d).labels_
-
-
 def _discover_pair(config: Config, sel: _Selection, members: np.ndarray, x: np.ndarray, n_spatial: int,
                    xy: np.ndarray, content: "_Content", true: str, predicted: str,
-                   n_true: int) -> tuple[dict, list[dict]]:
+                   n_true: int) -> tuple[dict, list[Finding]]:
     """Cluster one pair's ``members`` (positions in ``sel``); return its table part and findings."""
     part = _part(sel, members, f"{true} -> {predicted}", np.full(len(members), true, object), predicted, xy,
                  contrast=False)
@@ -317,7 +215,7 @@ def _discover_pair(config: Config, sel: _Selection, members: np.ndarray, x: np.n
         return part, []
     min_size = config.discovery.min_cluster_size
     d = distances(x)
-    spectral, values, k = spectral_clusters(d, config)
+    spectral, values, k = spectral_clusters(d, config.discovery.neighbors, config.discovery.max_clusters)
     density = density_clusters(d, min_size) if config.discovery.density else np.full(len(x), -1)
     part["spectral_cluster"] = spectral
     part["density_cluster"] = density
@@ -331,9 +229,9 @@ def _discover_pair(config: Config, sel: _Selection, members: np.ndarray, x: np.n
         if len(g) < min_size or key in seen:
             continue
         seen.add(key)
-        finding = _finding(sel, members[g], x[g], content, true, predicted, n_true, config.report.exemplars)
-        finding.update(eigenvalues=shown, eigengap_k=k)
-        scored.append((finding_score(finding), len(g), finding["id"], g, finding))
+        finding = dataclasses.replace(_finding(sel, members[g], x[g], content, true, predicted, n_true,
+                                               config.report.exemplars), eigenvalues=tuple(shown), eigengap_k=k)
+        scored.append((finding_score(finding), len(g), finding.id, g, finding))
     scored.sort(key=lambda c: (-c[0], -c[1], c[2]))
     kept, covered = [], np.zeros(len(x), bool)
     for _, _, _, g, finding in scored:
@@ -341,29 +239,6 @@ def _discover_pair(config: Config, sel: _Selection, members: np.ndarray, x: np.n
             kept.append(finding)
             covered[g] = True
     return part, kept
-
-
-def ward_cut(x: np.ndarray, clusters: list[np.ndarray]) -> list[np.ndarray]:
-    """Merge ``clusters`` (row index arrays into ``x``) bottom-up by Ward's criterion and
-    cut the tree at its largest gap in merge height (the clusters themselves at
-    height 0): parts of one group merge, distinct groups stay apart."""
-    groups = [np.asarray(c) for c in clusters]
-    states, heights = [list(groups)], [0.0]
-    while len(groups) > 1:
-        best = None
-        for i in range(len(groups)):
-            for j in range(i + 1, len(groups)):
-                a, b = groups[i], groups[j]
-                cost = np.sum((x[a].mean(axis=0) - x[b].mean(axis=0)) ** 2) * len(a) * len(b) / (len(a) + len(b))
-                if best is None or cost < best[0]:
-                    best = (cost, i, j)
-        cost, i, j = best
-        groups = [g for n, g in enumerate(groups) if n not in (i, j)] + [np.sort(np.concatenate([groups[i], groups[j]]))]
-        states.append(list(groups))
-        heights.append(max(float(cost), heights[-1]))
-    if len(states) == 1:
-        return states[0]
-    return states[int(np.argmax(np.diff(heights)))]
 
 
 def _part(sel: _Selection, at: np.ndarray, pair: str, true: np.ndarray, predicted: str, xy: np.ndarray,
@@ -403,7 +278,7 @@ class _Content:
 
 
 def _finding(sel: _Selection, at: np.ndarray, x: np.ndarray, content: _Content, true: str, predicted: str,
-             n_true: int, n_exemplars: int) -> dict:
+             n_true: int, n_exemplars: int) -> Finding:
     rows = sel.row[at]
     coherence = content.coherence(rows)
     n_errors = int(np.sum(sel.reason[at] == "misclassified"))
@@ -415,94 +290,14 @@ def _finding(sel: _Selection, at: np.ndarray, x: np.ndarray, content: _Content, 
     # A key of the membership, only to order equal-scored candidates and seed their verification
     # until ``assign_ids`` gives the kept findings their stable IDs.
     digest = hashlib.sha1("\n".join([true, predicted, *sorted(paths)]).encode()).hexdigest()[:8]
-    return {
-        "id": f"F-{digest}", "rank": 0, "true_label": true, "predicted_label": predicted,
-        "size": len(at), "score": 0.0, "members": paths, "rows": rows[order].tolist(),
-        "n_errors": n_errors, "n_low_confidence": n_unsure,
-        "support": round(float(support), 6), "coherence": round(coherence, 6), "causal": 0.0,
-        "centrality": [round(float(c), 4) for c in centrality[order]],
-        "exemplars": paths[:n_exemplars],
-    }
+    return Finding(id=f"F-{digest}", true_label=true, predicted_label=predicted, members=tuple(paths),
+                   rows=tuple(int(r) for r in rows[order]), n_errors=n_errors, n_low_confidence=n_unsure,
+                   support=round(float(support), 6), coherence=round(coherence, 6),
+                   centrality=tuple(round(float(c), 4) for c in centrality[order]),
+                   exemplars=tuple(paths[:n_exemplars]))
 
 
-CUE_CELLS = (("top-left", "top", "top-right"),     # the cue's place: a cell of a 3 x 3 grid over the image
-             ("left", "centre", "right"),
-             ("bottom-left", "bottom", "bottom-right"))
-FOCUS_SHARE = 0.1              # a cue's focus: the share of its attribution in its top 10% of pixels
-
-
-def cue_descriptor(maps: np.ndarray) -> dict:
-    """A coarse, model-independent description of where a finding's cue sits.
-
-    ``maps`` ``[n, H, W]`` are the members' attribution maps. Each member's positive part is
-    L1-normalised (every member weighs the same; an all-zero map counts as uniform):
-
-    * ``x``, ``y``: the centre of mass of the members' mean map, as fractions of the image
-      width and height (0 = left / top);
-    * ``cell``: the name of the cell of a 3 x 3 grid holding ``(x, y)`` (``CUE_CELLS``; an odd
-      grid keeps the image centre, where cues placed anywhere average out, off cell borders);
-    * ``focus``: the members' mean share of their positive attribution in their own top
-      ``FOCUS_SHARE`` of pixels (of grid cells: the pipeline passes maps pooled to ``discovery.grid``): ``FOCUS_SHARE`` for a uniform map, 1 when it all sits there.
-      A small object (rails) gives a high focus, a whole-scene confusion a low one, wherever
-      the object sits in each image.
-    """
-    positive = np.maximum(np.asarray(maps, np.float64), 0.0)
-    n, h, w = positive.shape
-    total = positive.reshape(n, -1).sum(axis=1)[:, None, None]
-    normed = np.where(total > 0, positive / np.where(total > 0, total, 1.0), 1.0 / (h * w))
-    mean = normed.mean(axis=0)
-    ys, xs = (np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w
-    x = float((mean.sum(axis=0) * xs).sum())
-    y = float((mean.sum(axis=1) * ys).sum())
-    top = max(1, int(round(FOCUS_SHARE * h * w)))
-    focus = float(-np.sort(-normed.reshape(n, -1), axis=1)[:, :top].sum(axis=1).mean())
-    col, row = (min(int(v * 3), 2) for v in (x, y))
-    return {"x": round(x, 4), "y": round(y, 4), "focus": round(focus, 4), "cell": CUE_CELLS[row][col]}
-
-
-def stable_id(true_label: str, predicted_label: str, cell: str) -> str:
-    """``F-`` + 8 hex digits of the SHA-1 of the confusion pair and the cue's cell."""
-    digest = hashlib.sha1("\n".join([true_label, predicted_label, cell]).encode()).hexdigest()[:8]
-    return f"F-{digest}"
-
-
-def assign_ids(findings: list[dict], maps: np.ndarray, map_of: dict[int, int]) -> list[dict]:
-    """Give each finding its ``cue`` (``cue_descriptor`` of its members' maps) and stable ``id``.
-
-    The ID depends only on the confusion pair and the cue's cell, not on which images are
-    members or on the model's scores, so the same cue keeps its ID across nights, retrained
-    models and slightly different data (``audit.nightly`` matches a run to its baseline by pair
-    and nearest cue centre as well, so a cue that moves across a cell border keeps its ID too).
-    Findings of one pair whose cues share a cell get ``-2``, ``-3``, ... in the order given (each
-    pair's findings best-scored first), so IDs are unique and deterministic within a run.
-    In place; returned.
-    """
-    seen: dict[str, int] = {}
-    for f in findings:
-        f["cue"] = cue_descriptor(maps[[map_of[int(r)] for r in f["rows"]]])
-        base = stable_id(f["true_label"], f["predicted_label"], f["cue"]["cell"])
-        seen[base] = seen.get(base, 0) + 1
-        f["id"] = base if seen[base] == 1 else f"{base}-{seen[base]}"
-        f["cue"]["id"] = f["id"]
-    return findings
-
-
-def finding_score(finding: dict) -> float:
-    """``support * coherence * (1 + causal)`` (see the module docstring)."""
-    return float(finding["support"]) * float(finding["coherence"]) * (1.0 + float(finding.get("causal") or 0.0))
-
-
-def rank_findings(findings: list[dict]) -> list[dict]:
-    """Score every finding, sort by score (ties by id) and number the ranks from 1; in place, returned."""
-    for f in findings:
-        f["score"] = round(finding_score(f), 6)
-    findings.sort(key=lambda f: (-f["score"], f["id"]))
-    for rank, f in enumerate(findings, start=1):
-        f["rank"] = rank
-    return findings
-
-
-def assign_findings(table: pd.DataFrame, findings: list[dict]) -> pd.DataFrame:
+def assign_findings(table: pd.DataFrame, findings: list[Finding]) -> pd.DataFrame:
     """Set each table row's ``finding_id``, ``cluster`` (the finding's position in
     ``findings``, unique across pairs) and ``centrality`` from the best-ranked finding
     that holds it (findings ranked; contrast rows are never members)."""
@@ -512,11 +307,11 @@ def assign_findings(table: pd.DataFrame, findings: list[dict]) -> pd.DataFrame:
     centrality = np.full(len(table), np.nan)
     position = {k: i for i, k in enumerate(zip(table["pair"].tolist(), table["row"].astype(int).tolist()))}
     for index, f in reversed(list(enumerate(findings))):
-        pair = f"{f['true_label']} -> {f['predicted_label']}"
-        for r, c in zip(f["rows"], f.get("centrality") or [np.nan] * len(f["rows"])):
+        pair = f"{f.true_label} -> {f.predicted_label}"
+        for r, c in zip(f.rows, f.centrality or [np.nan] * len(f.rows)):
             i = position.get((pair, int(r)))
             if i is not None:
-                finding_id[i], cluster[i], centrality[i] = f["id"], index, c
+                finding_id[i], cluster[i], centrality[i] = f.id, index, c
     table["finding_id"] = pd.Series(finding_id, index=table.index, dtype=object)
     table["cluster"], table["centrality"] = cluster, centrality
     return table

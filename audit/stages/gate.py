@@ -18,6 +18,7 @@ from __future__ import annotations
 import pandas as pd
 
 from audit.config import Config
+from audit.findings import Finding
 
 
 def pair_rates(predictions: pd.DataFrame) -> list[dict]:
@@ -47,17 +48,18 @@ def merge_pairs(current: list[dict], baseline: list[dict] | None, n_true: dict[s
     return out
 
 
-def verification_lift(finding: dict) -> float:
+def verification_lift(finding: Finding) -> float:
     """The finding's verified causal lift (``causal``), 0 when it was not verified."""
-    verification = finding.get("verification") or {}
-    return float(finding.get("causal") or 0.0) if verification.get("verified") else 0.0
+    verified = finding.verification is not None and finding.verification.verified
+    return float(finding.causal or 0.0) if verified else 0.0
 
 
-def summarize(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame, findings: list[dict],
+def summarize(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame, findings: list[Finding],
               baseline=None, resolved: list[dict] | tuple = ()) -> dict:
-    """The summary of a run. ``baseline`` is an ``audit.nightly.Run`` (or None), ``resolved`` its
-    findings that are no longer present; findings carry ``status`` and ``triage`` (default
-    ``new`` and None)."""
+    """The summary of a run (``summary.json`` without the trust figures).
+
+    ``baseline`` is an ``audit.nightly.Run`` (or None), ``resolved`` its findings that are
+    no longer present; the findings carry their ``status`` and ``triage``."""
     valid = predictions[predictions["error"].isna()]
     accuracy = float((valid["predicted"] == valid["label"]).mean()) if len(valid) else 0.0
     metrics = {
@@ -68,12 +70,9 @@ def summarize(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame
         "n_misclassified": int((selection["reason"] == "misclassified").sum()),
         "n_low_confidence": int((selection["reason"] == "low_confidence").sum()),
     }
-    for f in findings:
-        f.setdefault("status", "new")
-        f.setdefault("triage", None)
     n_true = valid["label"].astype(str).value_counts().to_dict()
     pairs = merge_pairs(pair_rates(predictions), baseline.pairs if baseline is not None else None, n_true)
-    gated = [f for f in findings if f["triage"] != "suppressed"]
+    gated = [f for f in findings if f.triage != "suppressed"]
     gates = []
 
     def gate(name: str, value: float, passed: bool) -> None:
@@ -84,10 +83,10 @@ def summarize(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame
         value = 1.0 - accuracy
         gate("max_error_rate", value, round(value, 6) <= config.gates.max_error_rate)
     if config.gates.max_finding_score is not None:
-        value = max((f["score"] for f in gated), default=0.0)
+        value = max((f.score for f in gated), default=0.0)
         gate("max_finding_score", value, value <= config.gates.max_finding_score)
     if config.gates.max_new_finding_score is not None:
-        value = max((f["score"] for f in gated if f["status"] == "new" and f["triage"] is None), default=0.0)
+        value = max((f.score for f in gated if f.status == "new" and f.triage is None), default=0.0)
         gate("max_new_finding_score", value, value <= config.gates.max_new_finding_score)
     if config.gates.max_pair_error_rate_increase is not None and baseline is not None:
         rises = [p["error_rate"] - p["baseline_error_rate"] for p in pairs if p["baseline_error_rate"] is not None]
@@ -100,7 +99,7 @@ def summarize(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame
         "run_id": config.run_id,
         "status": "pass" if all(g["passed"] for g in gates) else "fail",
         "metrics": metrics,
-        "findings": findings,
+        "findings": [f.to_json() for f in findings],
         "gates": gates,
         "baseline": None if baseline is None else {"run_id": baseline.run_id, "run_dir": str(baseline.run_dir)},
         "resolved": list(resolved),

@@ -20,17 +20,17 @@ resumed with the same inputs and settings reuses them).
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from audit import artifacts
+from audit import artifacts, resume
 from audit.config import Config
 from audit.data import load_images, preprocess
 from audit.errors import UsageError
+from audit.findings import Finding
 from audit.internals import grids
 
 FOLDER = "internals"
@@ -38,19 +38,23 @@ INDEX = "index.json"
 PREVIEW = 128   # px, side of a class or filter visualization in the pictures
 
 
-def run_internals(config: Config, root: Path, classes: list[str], predictions: pd.DataFrame, findings: list[dict],
-                  map_rows: np.ndarray, maps: np.ndarray, classifier, key: str,
+def run_internals(config: Config, root: Path, classes: list[str], predictions: pd.DataFrame,
+                  findings: list[Finding], map_rows: np.ndarray, maps: np.ndarray, classifier, key: str,
                   log: Callable[[str], None] = print) -> dict:
-    """Write ``<run>/internals/`` for the top findings; return its index (reused when ``key`` matches)."""
+    """Write ``<run>/internals/`` for the top findings; return its index (reused when ``key`` matches).
+
+    Parameters
+    ----------
+    findings : the run's findings, ranked (the first ``internals.findings`` get an entry).
+    map_rows, maps : int ``[n]`` row ids and float ``[n, G, G]`` first-method maps pooled to
+        ``discovery.grid`` cells, as discovery read them.
+    key : the stage key (``audit.resume.stage_keys``).
+    """
     out = Path(config.run_dir) / FOLDER
+    previous = resume.reused_folder(out, INDEX, key, log)
+    if previous is not None:
+        return previous
     index_path = out / INDEX
-    if index_path.exists():
-        previous = artifacts.read_json(index_path)
-        if previous.get("key") == key:
-            log(f"  reusing internals stored under key {key}")
-            return previous
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
     index = {"key": key, "enabled": bool(config.internals.enabled), "findings": [], "classes": {},
              "channels": {}, "layer": classifier.layer.name}
     top = findings[:config.internals.findings] if config.internals.enabled else []
@@ -62,8 +66,7 @@ def run_internals(config: Config, root: Path, classes: list[str], predictions: p
 
 def _internals(config, root, classes, predictions, top, map_rows, maps, classifier, out: Path) -> dict:
     from audit.internals import Ascent, attributed_channels, input_range, resolve_layers
-    from audit.stages.attribute import area_pool
-    from audit.stages.verify import top_regions
+    from audit.maps import area_pool, top_regions
 
     low, high = input_range(config.data.preprocess, classifier.input_shape[2])
     layer = classifier.layer
@@ -78,7 +81,7 @@ def _internals(config, root, classes, predictions, top, map_rows, maps, classifi
 
     entries = []
     for f in top:
-        rows = [int(r) for r in f.get("rows", []) if int(r) in map_of and int(r) in readable.index]
+        rows = [int(r) for r in f.rows if int(r) in map_of and int(r) in readable.index]
         rows = rows[:config.internals.max_members]
         pixels, errors = load(rows)
         ok = [i for i, e in enumerate(errors) if e is None]
@@ -92,10 +95,10 @@ def _internals(config, root, classes, predictions, top, map_rows, maps, classifi
             scores = attributed_channels(classifier, layer, preprocess(pixels, config.data.preprocess), targets,
                                          weights, config.internals.batch_size)
             best = [int(c) for c in np.argsort(-scores, kind="stable")[:config.internals.finding_channels]]
-        entries.append({"id": str(f["id"]), "members": sorted(int(r) for r in f.get("rows") or []),
-                        "rank": f.get("rank"), "true_label": f["true_label"],
-                        "predicted_label": f["predicted_label"], "n_members_used": len(rows),
-                        "classes": [classes.index(f["true_label"]), classes.index(f["predicted_label"])],
+        entries.append({"id": f.id, "members": sorted(int(r) for r in f.rows),
+                        "rank": f.rank, "true_label": f.true_label,
+                        "predicted_label": f.predicted_label, "n_members_used": len(rows),
+                        "classes": [classes.index(f.true_label), classes.index(f.predicted_label)],
                         "channels": [{"channel": c, "score": round(float(scores[c]), 6)} for c in best],
                         "exemplar_rows": _exemplar_rows(f, table, config.internals.exemplars)})
 
@@ -119,9 +122,9 @@ def _internals(config, root, classes, predictions, top, map_rows, maps, classifi
     return index
 
 
-def _exemplar_rows(f: dict, table: pd.DataFrame, n: int) -> list[int]:
-    by_path = dict(zip(f.get("members", []), f.get("rows", [])))
-    rows = [int(by_path[p]) for p in f.get("exemplars", []) if p in by_path]
+def _exemplar_rows(f: Finding, table: pd.DataFrame, n: int) -> list[int]:
+    by_path = dict(zip(f.members, f.rows))
+    rows = [int(by_path[p]) for p in f.exemplars if p in by_path]
     rows = [r for r in rows if r in table.index and pd.isna(table.at[r, "error"])]
     return rows[:n]
 

@@ -32,11 +32,12 @@ verification lift (occlusion or transplant) is at least ``trust.min_lift``; its
 trust ``level`` is ``high`` when both hold, ``medium`` when one does, else ``low``.
 
 ``trust(...)`` returns the whole result (written to the run folder);
-``add_to_summary`` puts the figures into ``summary.json``: top-level ``"trust"``
-and a ``"trust"`` dict per finding.
+``summary_figures`` is what ``summary.json`` keeps of it (top-level ``"trust"``) and
+``with_trust`` gives each finding its ``trust`` record.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,8 @@ import pandas as pd
 from audit import artifacts
 from audit.config import Config
 from audit.data import load_images, preprocess
-from audit.stages.attribute import area_pool
+from audit.findings import Finding, FindingTrust
+from audit.maps import area_pool
 from audit.trust import agreement, faithfulness, sanity
 
 IG = "integrated_gradients"
@@ -152,40 +154,38 @@ def trust(config: Config, root: Path, classes: list[str], selection: pd.DataFram
     }
 
 
-def add_to_summary(config: Config, summary: dict, result: dict | None) -> dict:
-    """Add ``summary["trust"]`` (per-image detail left out) and ``finding["trust"]`` to each finding."""
+def summary_figures(result: dict | None) -> dict | None:
+    """The run's trust figures for ``summary.json`` (``trust``): ``result`` without its per-image detail."""
     if result is None:
-        summary["trust"] = None
-        for f in summary.get("findings", []):
-            f["trust"] = None
-        return summary
-    summary["trust"] = {
+        return None
+    return {
         **{k: v for k, v in result.items() if k not in ("agreement", "sample")},
         "agreement": {k: v for k, v in result["agreement"].items() if k not in ("rows", "values")},
         "sample": {k: v for k, v in result["sample"].items() if k != "rows"},
         "completeness_gap": {k: v for k, v in result["completeness_gap"].items() if k != "values"}
         if result["completeness_gap"] else None,
     }
+
+
+def with_trust(config: Config, findings: list[Finding], result: dict | None) -> list[Finding]:
+    """Each finding with its ``trust`` (``finding_trust``; None when the trust stage did not run)."""
+    if result is None:
+        return [dataclasses.replace(f, trust=None) for f in findings]
     by_row = dict(zip(result["agreement"]["rows"], result["agreement"]["values"]))
-    for f in summary.get("findings", []):
-        f["trust"] = finding_trust(config, f, by_row)
-    return summary
+    return [dataclasses.replace(f, trust=finding_trust(config, f, by_row)) for f in findings]
 
 
-def finding_trust(config: Config, finding: dict, agreement_by_row: dict[int, float | None]) -> dict:
+def finding_trust(config: Config, finding: Finding, agreement_by_row: dict[int, float | None]) -> FindingTrust:
     """Agreement of a finding's members and its verification lift, their badges and the trust level."""
-    values = [agreement_by_row.get(int(r)) for r in finding.get("rows") or []]
+    values = [agreement_by_row.get(int(r)) for r in finding.rows]
     finite = [v for v in values if v is not None]
     mean = agreement.nanmean(finite) if finite else None
-    verification = finding.get("verification") or {}
-    lifts = [verification[t]["lift"] for t in ("occlusion", "transplant")
-             if isinstance(verification.get(t), dict) and verification[t].get("lift") is not None]
-    lift = max(lifts) if verification.get("verified") and lifts else None
+    lift = finding.verification.best_lift if finding.verification is not None else None
     agrees = None if mean is None else bool(mean >= config.trust.min_agreement)
     confirmed = None if lift is None else bool(lift >= config.trust.min_lift)
     level = ("low", "medium", "high")[int(bool(agrees)) + int(bool(confirmed))]
-    return {"agreement": _round(mean), "n_images": len(finite), "lift": _round(lift),
-            "agrees": agrees, "confirmed": confirmed, "level": level}
+    return FindingTrust(agreement=_round(mean), n_images=len(finite), lift=_round(lift),
+                        agrees=agrees, confirmed=confirmed, level=level)
 
 
 def _common_rows(row_sets: list[np.ndarray]) -> np.ndarray:

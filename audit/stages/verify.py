@@ -36,6 +36,7 @@ and its score becomes ``support * coherence * (1 + causal)``
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -44,17 +45,16 @@ import pandas as pd
 
 from audit.config import Config
 from audit.data import load_images, preprocess
-from audit.stages.attribute import area_pool
-from audit.stages.discover import rank_findings
+from audit.maps import top_regions
+from audit.findings import Finding, Intervention, Verification, ranked
 
-PEAK_FRACTION = 0.5   # a region's cells hold at least this share of the peak cell's attribution
 CONCLUSIVE = 3.0      # a lift whose +- CONCLUSIVE standard errors exclude 0 needs no more samples
 TESTS = ("occlusion", "transplant")
 
 
 def verify(config: Config, root: Path, classes: list[str], predictions: pd.DataFrame,
-           map_rows: np.ndarray, maps: np.ndarray, findings: list[dict], classifier=None) -> list[dict]:
-    """Add a ``verification`` dict and ``causal`` to each finding and re-rank them.
+           map_rows: np.ndarray, maps: np.ndarray, findings: list[Finding], classifier=None) -> list[Finding]:
+    """Each finding with its ``verification`` and ``causal`` lift, re-scored and re-ranked.
 
     Parameters
     ----------
@@ -68,29 +68,20 @@ def verify(config: Config, root: Path, classes: list[str], predictions: pd.DataF
 
     Returns
     -------
-    The same finding dicts, re-scored and re-ranked. ``verification`` is
-    ``{"verified": False, "reason": ...}`` for a finding that was not tested, else
-    ``{"verified": True, "members_tested", "mean_area", "rounds", "occlusion": {...},
-    "transplant": {...}}`` with ``n``, ``flipped``, ``rate``, ``random_flipped``,
-    ``random_rate``, ``lift`` and ``se`` in each test.
+    New records, re-scored and re-ranked: ``verification`` is a ``Verification``
+    (``verified`` False with its ``reason`` for a finding that was not tested).
     """
     if not config.verify.enabled:
-        for f in findings:
-            f["verification"] = {"verified": False, "reason": "verification disabled (verify.enabled)"}
-        return findings
+        return [dataclasses.replace(f, verification=Verification(False, "verification disabled (verify.enabled)"))
+                for f in findings]
     if classifier is None:
         from audit.model_io import classifier_for
 
         classifier = classifier_for(config)
     map_of = {int(r): i for i, r in enumerate(map_rows)}
     table = _Predictions(predictions)
-    plans = []
-    for n, f in enumerate(findings):
-        if n >= config.verify.max_findings:
-            f["verification"] = {"verified": False, "reason": f"ranked below verify.max_findings "
-                                                              f"({config.verify.max_findings}) before verification"}
-        else:
-            plans.append(_Plan(config, f, table, map_of, classes.index(f["predicted_label"])))
+    plans = [_Plan(config, f, table, map_of, classes.index(f.predicted_label))
+             for f in findings[:config.verify.max_findings]]
     budget = int(np.ceil(config.verify.budget * len(map_rows)))
     images: dict[int, np.ndarray] = {}
     while True:
@@ -113,17 +104,19 @@ def verify(config: Config, root: Path, classes: list[str], predictions: pd.DataF
         for (p, _), batch in zip(steps, batches):
             p.record(predicted[start:start + len(batch)])
             start += len(batch)
+    below = Verification(False, f"ranked below verify.max_findings ({config.verify.max_findings}) before verification")
+    spent = Verification(False, f"the verification budget (verify.budget = {config.verify.budget} model passes "
+                                f"per attributed image) was spent on better findings")
+    out = [dataclasses.replace(f, verification=below) for f in findings[len(plans):]]
     for p in plans:
         if p.rounds == 0 and p.exhausted:
-            p.finding["verification"] = {"verified": False, "reason": f"the verification budget (verify.budget = "
-                                                                      f"{config.verify.budget} model passes per "
-                                                                      f"attributed image) was spent on better findings"}
+            out.append(dataclasses.replace(p.finding, verification=spent))
             continue
-        p.finding["verification"] = p.summary()
-        lifts = [p.finding["verification"][t]["lift"] for t in TESTS]
-        lifts = [x for x in lifts if x is not None]
-        p.finding["causal"] = round(float(np.clip(max(lifts), 0.0, 1.0)), 6) if lifts else 0.0
-    return rank_findings(findings)
+        verification = p.summary()
+        lifts = [t.lift for t in (verification.occlusion, verification.transplant) if t.lift is not None]
+        causal = round(float(np.clip(max(lifts), 0.0, 1.0)), 6) if lifts else 0.0
+        out.append(dataclasses.replace(p.finding, verification=verification, causal=causal))
+    return ranked(out)
 
 
 class _Predictions:
@@ -147,17 +140,17 @@ def _seed(config: Config, *parts: str) -> np.random.Generator:
 class _Plan:
     """The sequential tests of one finding: candidates in seeded order, outcomes so far."""
 
-    def __init__(self, config: Config, finding: dict, table: _Predictions, map_of: dict[int, int], target: int):
+    def __init__(self, config: Config, finding: Finding, table: _Predictions, map_of: dict[int, int], target: int):
         self.finding, self.target = finding, target
         self.max_samples, self.max_se = config.verify.max_samples, config.verify.max_se
-        self.rng = _seed(config, "members", finding["id"])
-        wrong = [int(r) for r in finding["rows"]
-                 if int(r) in map_of and table.predicted[table.at[int(r)]] == finding["predicted_label"]]
+        self.rng = _seed(config, "members", finding.id)
+        wrong = [int(r) for r in finding.rows
+                 if int(r) in map_of and table.predicted[table.at[int(r)]] == finding.predicted_label]
         self.members = [wrong[i] for i in self.rng.permutation(len(wrong))]
-        true = finding["true_label"]
+        true = finding.true_label
         clean = table.row[table.ok & (table.label == true) & (table.predicted == true)
                           & (table.margin >= config.select.margin)]
-        clean = clean[~np.isin(clean, finding["rows"])]
+        clean = clean[~np.isin(clean, finding.rows)]
         self.targets = clean[_seed(config, "targets", true).permutation(len(clean))].tolist()
         self.regions: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.tested: list[int] = []          # members with a region, in test order
@@ -249,15 +242,12 @@ class _Plan:
         tr_rnd += (predicted[2 * m + t:2 * m + 2 * t] == self.target).tolist()
         self.rounds += 1
 
-    def summary(self) -> dict:
-        out = {"verified": True, "members_tested": len(self.tested), "rounds": self.rounds,
-               "mean_area": round(float(np.mean([self.regions[r][0].mean() for r in self.tested])), 4)
-               if self.tested else None}
-        for test in TESTS:
-            out[test] = _rates(*self.outcomes[test])
-        if not self.tested:
-            out["reason"] = "no misclassified member with a positive map to test"
-        return out
+    def summary(self) -> Verification:
+        mean_area = round(float(np.mean([self.regions[r][0].mean() for r in self.tested])), 4) if self.tested else None
+        return Verification(True, None if self.tested else "no misclassified member with a positive map to test",
+                            members_tested=len(self.tested), rounds=self.rounds, mean_area=mean_area,
+                            occlusion=_rates(*self.outcomes["occlusion"]),
+                            transplant=_rates(*self.outcomes["transplant"]))
 
 
 def _lift(top: list[bool], rnd: list[bool]) -> tuple[float, float]:
@@ -283,37 +273,6 @@ def _load(config: Config, root: Path, classifier, table: _Predictions, rows: lis
     return {r: images[i] for i, r in enumerate(rows) if errors[i] is None}
 
 
-def top_region(cam: np.ndarray, grid: int, max_area: float) -> np.ndarray | None:
-    """Boolean mask ``[H, W]`` of the top-attributed region of ``cam`` (see the module
-    docstring), or ``None`` when the map has no positive attribution."""
-    return top_regions(np.asarray(cam)[None], grid, max_area)[0]
-
-
-def top_regions(cams: np.ndarray, grid: int, max_area: float,
-                shape: tuple[int, int] | None = None) -> list[np.ndarray | None]:
-    """``top_region`` of each map of ``cams`` ``[n, H, W]``, as masks of ``shape`` (default
-    ``(H, W)``). ``cams`` may be given already pooled to ``grid x grid`` (pooling is then
-    the identity) with the image's ``shape``."""
-    n, h, w = cams.shape
-    h, w = shape or (h, w)
-    pooled = area_pool(np.maximum(cams, 0.0), grid, grid).reshape(n, -1)
-    cap = max(1, int(np.floor(max_area * grid * grid)))
-    rows = np.minimum((np.arange(h) * grid) // h, grid - 1)
-    cols = np.minimum((np.arange(w) * grid) // w, grid - 1)
-    out: list[np.ndarray | None] = []
-    for values in pooled:
-        peak = values.max()
-        if not peak > 0:
-            out.append(None)
-            continue
-        cells = values >= PEAK_FRACTION * peak
-        if cells.sum() > cap:
-            cells = np.zeros_like(cells)
-            cells[np.argsort(-values, kind="stable")[:cap]] = True
-        out.append(cells.reshape(grid, grid)[rows][:, cols])
-    return out
-
-
 def _predict(classifier, inputs: np.ndarray, batch: int) -> np.ndarray:
     if len(inputs) == 0:
         return np.zeros(0, int)
@@ -321,12 +280,11 @@ def _predict(classifier, inputs: np.ndarray, batch: int) -> np.ndarray:
                            for i in range(0, len(inputs), batch)])
 
 
-def _rates(top: list[bool], rnd: list[bool]) -> dict:
+def _rates(top: list[bool], rnd: list[bool]) -> Intervention:
     n = len(top)
     if n == 0:
-        return {"n": 0, "flipped": 0, "rate": None, "random_flipped": 0, "random_rate": None, "lift": None,
-                "se": None}
+        return Intervention()
     lift, se = _lift(top, rnd)
-    return {"n": n, "flipped": int(sum(top)), "rate": round(sum(top) / n, 4),
-            "random_flipped": int(sum(rnd)), "random_rate": round(sum(rnd) / n, 4),
-            "lift": round(lift, 4), "se": round(se, 4) if np.isfinite(se) else None}
+    return Intervention(n=n, flipped=int(sum(top)), rate=round(sum(top) / n, 4), random_flipped=int(sum(rnd)),
+                        random_rate=round(sum(rnd) / n, 4), lift=round(lift, 4),
+                        se=round(se, 4) if np.isfinite(se) else None)

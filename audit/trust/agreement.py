@@ -13,7 +13,7 @@ from itertools import combinations
 
 import numpy as np
 
-from audit.stages.attribute import area_pool
+from audit.maps import area_pool
 from audit.trust.similarity import spearman
 
 

@@ -36,7 +36,7 @@ def pixel_ranks(maps: np.ndarray, grid: int | None = None, seed: int = 0) -> np.
     2017), then by their own value inside the cell. Remaining ties (e.g. the zeros
     of a ReLU'd map) are broken by a seeded random order, never by position.
     """
-    from audit.stages.attribute import area_pool
+    from audit.maps import area_pool
 
     maps = np.nan_to_num(np.asarray(maps, np.float64), nan=-np.inf)
     n, h, w = maps.shape

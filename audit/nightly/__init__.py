@@ -1,0 +1,32 @@
+"""Nightly operation: what turns one audit into a night of a series. No TensorFlow here.
+
+* ``runs``: a finished run folder as the nightly steps read it;
+* ``baseline``: matching this run's findings to the previous night's (stable IDs,
+  ``status`` new / persisting, resolved findings);
+* ``triage``: ``triage.yaml`` acknowledging or suppressing finding IDs;
+* ``history``: ``history.parquet``, one row per run and confusion pair;
+* ``compare``: ``audit compare RUN_A RUN_B``.
+
+``prepare`` reads and checks the baseline and the triage file before any work; the
+pipeline's finish step (``audit.pipeline``) applies them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from audit.nightly.baseline import resolve_baseline
+from audit.nightly.runs import Run
+from audit.nightly.triage import read_triage
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the nightly steps need, read and checked before any work."""
+
+    baseline: Run | None
+    triage: dict[str, dict]
+
+
+def prepare(config) -> Inputs:
+    """Read and check the baseline and the triage file (``UsageError`` before any work)."""
+    return Inputs(baseline=resolve_baseline(config), triage=read_triage(config.triage.path))
