@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if not (Path(args.run_dir) / "summary.json").is_file():
                 raise UsageError(f"{args.run_dir}: not a finished run folder (no summary.json)")
-            print(render(Path(args.run_dir), layout=args.layout))
+            print(render(Path(args.run_dir), layout=args.layout, templates=args.templates))
             return EXIT_OK
         import_tensorflow_quietly()
         if args.command == "internals":
@@ -168,6 +168,8 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("run_dir")
     render.add_argument("--layout", choices=("single", "folder"),
                         help="one self-contained index.html, or index.html + assets/ (default: report.layout of the run)")
+    render.add_argument("--templates", metavar="DIR",
+                        help="folder of template overrides searched first (default: report.templates of the run)")
     render.add_argument("--quiet", action="store_true")
 
     compare = sub.add_parser("compare", help="diff two run folders (no TensorFlow needed)")

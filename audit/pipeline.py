@@ -241,6 +241,8 @@ def _check_inputs(config: Config, frame: pd.DataFrame, classes: list[str], n_out
     if conflicting.any():
         path = frame["path"][conflicting].iloc[0]
         raise UsageError(f"{config.data.path}: {path} is listed with different labels")
+    if config.report.templates is not None and not Path(config.report.templates).is_dir():
+        raise UsageError(f"`report.templates` {config.report.templates}: no such folder")
     if config.select.pair is not None:
         for name in config.select.pair.split(":"):
             if name.strip() not in classes:

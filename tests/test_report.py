@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 
 
 from audit import artifacts  # noqa: E402
+from audit.errors import UsageError  # noqa: E402
 from audit.report import plots  # noqa: E402
 from audit.report import findings as findings_module  # noqa: E402
 from audit.report.loading import Run  # noqa: E402
@@ -511,6 +512,26 @@ def test_folder_layout_writes_assets(tmp_path):
     assert not (run_dir / "assets" / "row-999-gradcam.jpg").exists()
     render(run_dir, layout="single")
     assert not (run_dir / "assets").exists()
+
+
+def test_template_overrides_replace_one_section(tmp_path):
+    """A folder of overrides (report.templates) replaces the templates it holds, the rest stays shipped."""
+    run_dir = build_run(tmp_path / "run")
+    shipped = render(run_dir).read_text(encoding="utf-8")
+    overrides = tmp_path / "brand"
+    (overrides / "sections").mkdir(parents=True)
+    (overrides / "sections" / "run.html.j2").write_text("<p>Acme audit metadata: {{ run_id }}</p>\n")
+    (overrides / "style.css.j2").write_text("body { font-family: AcmeSans; }\n")
+    html = render(run_dir, templates=overrides).read_text(encoding="utf-8")
+    assert "Acme audit metadata: run-test-001" in html and "AcmeSans" in html
+    assert "font-family: AcmeSans" not in shipped
+    page, before = _Page(html), _Page(shipped)
+    assert page.ids() == before.ids()                   # every section still there, same anchors
+    assert len(page.find("img")) == len(before.find("img"))
+    set_report_config(run_dir, templates=str(overrides))   # as recorded by `audit run --set report.templates=...`
+    assert "Acme audit metadata" in render(run_dir).read_text(encoding="utf-8")
+    with pytest.raises(UsageError, match="`report.templates` .*nowhere: no such folder"):
+        render(run_dir, templates=tmp_path / "nowhere")
 
 
 def test_image_views_are_capped_in_single_layout(tmp_path):

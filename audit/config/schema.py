@@ -199,6 +199,9 @@ class Report:
                              "size budget of the report; a warning line when exceeded")
     max_image_views: int = setting(300, NON_NEGATIVE_INT,
                                    "single layout: gallery images with embedded overlays (folder: all)")
+    templates: str | None = setting(None, optional(text("a folder path"), "a folder path or null"),
+                                    "folder of template overrides searched before the shipped templates/",
+                                    path=True)
 
 
 @dataclass(frozen=True)

@@ -95,11 +95,11 @@ def _entries(index: dict, findings: list[dict]) -> dict[str, dict]:
 
 def write_page(folder: Path) -> Path:
     """``folder/index.html`` of ``audit internals``: its ``index.json`` with the PNGs beside it."""
-    from audit.report.render import _environment
+    from audit.report.jinja import environment
 
     folder = Path(folder)
     index = json.loads((folder / INDEX).read_text())
-    html = _environment().get_template("internals_page.html.j2").render(index=index, layout="folder")  # PNGs beside it
+    html = environment().get_template("internals_page.html.j2").render(index=index, layout="folder")  # PNGs beside it
     out = folder / "index.html"
     out.write_text(html, encoding="utf-8")
     return out

@@ -17,7 +17,8 @@ The page is a list of sections, ``SECTIONS`` below. Adding one takes two things:
    (``None`` leaves the section out) that reads the artifacts through ``run`` and
    embeds every picture with ``assets.image(name, array_or_png_bytes_or_figure)``,
    which returns the ``src`` for either layout (see ``audit.report.assets``);
-2. a template ``templates/sections/<key>.html.j2`` that renders ``s`` (the dict
+2. a template ``templates/sections/<key>.html.j2`` (the project's top-level
+   ``templates/``, see ``audit.report.jinja``) that renders ``s`` (the dict
    returned) plus the shared ``run_id``; then one ``Section(...)`` line in
    ``SECTIONS``. The section gets ``<section id="<key>">``, a navigation link and the
    browser test's checks (images load, in-page links resolve) automatically.
@@ -32,14 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import jinja2
-
+from audit.errors import UsageError
 from audit.report import findings, gallery, internals, outputs, summary, tables, trend, trust
 from audit.report.assets import LAYOUTS, Assets
-from audit.report.fmt import fmt_num, fmt_pct, fmt_seconds
+from audit.report.jinja import environment
 from audit.report.loading import Run
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
 INDEX = "index.html"
 
 
@@ -65,12 +64,21 @@ SECTIONS: list[Section] = [
 ]
 
 
-def render(run_dir: Path, layout: str | None = None, warn: Callable[[str], None] | None = None) -> Path:
+def render(run_dir: Path, layout: str | None = None, warn: Callable[[str], None] | None = None,
+           templates: str | Path | None = None) -> Path:
     """Render ``index.html`` (+ ``assets/`` in the folder layout), ``summary.md`` and ``junit.xml``.
 
-    ``layout``: ``"single"`` or ``"folder"``; default ``report.layout`` of the run's
-    config. ``warn`` receives the one-line size-budget warning (default: stderr).
-    Returns the path of ``index.html``.
+    Parameters
+    ----------
+    run_dir : a finished run folder.
+    layout : ``"single"`` or ``"folder"``; default ``report.layout`` of the run's config.
+    warn : receives the one-line size-budget warning (default: stderr).
+    templates : a folder of template overrides, searched before the shipped templates;
+        default ``report.templates`` of the run's config.
+
+    Returns
+    -------
+    The path of ``index.html``.
     """
     run_dir = Path(run_dir)
     run = Run.load(run_dir)
@@ -84,7 +92,10 @@ def render(run_dir: Path, layout: str | None = None, warn: Callable[[str], None]
         if ctx is not None:
             shown.append({"key": sec.key, "title": sec.title, "template": f"sections/{sec.key}.html.j2", "s": ctx})
     head = summary.summary_view(run)
-    html = _environment().get_template("index.html.j2").render(
+    overrides = templates or run.config.report.templates
+    if overrides is not None and not Path(overrides).is_dir():
+        raise UsageError(f"`report.templates` {overrides}: no such folder")
+    html = environment(overrides).get_template("index.html.j2").render(
         sections=shown, run_id=head["run_id"], status=head["status"], notes=run.notes, layout=layout,
         n_pictures=assets.count)
     out = run_dir / INDEX
@@ -114,13 +125,3 @@ def report_size(run_dir: Path) -> int:
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
-                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    env.filters["num"] = fmt_num
-    env.filters["pct"] = fmt_pct
-    env.filters["seconds"] = fmt_seconds
-    env.policies["json.dumps_kwargs"] = {"sort_keys": False, "ensure_ascii": False, "allow_nan": False}
-    return env
