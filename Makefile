@@ -3,16 +3,21 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS ?= cpu,test
+EXTRAS ?= cpu,test,peers
 
 .PHONY: install browser demo test test-fast bench clean
 
 install: $(STAMP) browser
 
+# The peers the tests cross-check against (Xplique, tf-keras-vis and their tf-keras) go in with
+# --no-deps, so they cannot pull a second, GPU TensorFlow; their light dependencies come with the
+# `peers` extra, and tf-keras matches the installed TensorFlow's minor version.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	TF=$$($(BIN)/pip show tensorflow-cpu tensorflow 2>/dev/null | awk '/^Version:/ {split($$2, v, "."); print v[1] "." v[2]; exit}'); \
+	$(BIN)/pip install --quiet --no-deps xplique==2.0.2 tf-keras-vis==0.8.7 "tf-keras==$$TF.*"
 	touch $(STAMP)
 
 # tests/test_browser.py drives Debian chromium (headless, through playwright): install it when missing.

@@ -11,8 +11,8 @@ from audit.explainers import (  # noqa: F401  (each import registers its method)
     saliency,
     smoothgrad,
 )
-from audit.explainers.base import Explainer, available, explain, get, register
+from audit.explainers.base import Explainer, available, explain, get, register, unregister
 from audit.explainers.integrated_gradients import IntegratedGradients
 from audit.explainers.occlusion import Occlusion
 
-__all__ = ["Explainer", "IntegratedGradients", "Occlusion", "available", "explain", "get", "register"]
+__all__ = ["Explainer", "IntegratedGradients", "Occlusion", "available", "explain", "get", "register", "unregister"]

@@ -61,6 +61,13 @@ def register(name: str):
     return wrap
 
 
+def unregister(name: str) -> None:
+    """Remove the method registered under ``name`` (a method registered for one notebook or test)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown attribution method {name!r}; available: {', '.join(available())}")
+    del _REGISTRY[name]
+
+
 def available() -> list[str]:
     """Names of the registered methods."""
     return sorted(_REGISTRY)
