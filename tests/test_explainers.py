@@ -5,7 +5,7 @@ import pytest
 import audit
 from audit.explainers import available, get
 from audit.model_io import Classifier
-from conftest import build_model  # tests/ is on sys.path (rootdir conftest, no __init__)
+from tests.conftest import build_model
 
 EXPECTED = {"gradcam", "gradcam_plus_plus", "occlusion", "integrated_gradients", "saliency", "smoothgrad",
             "gradient_x_input", "guided_backprop", "deconvnet", "expected_gradients"}

@@ -7,7 +7,7 @@ from audit.explainers import IntegratedGradients, Occlusion
 from audit.explainers.integrated_gradients import RULES, quadrature
 from audit.explainers.occlusion import anchors
 from audit.model_io import Classifier
-from conftest import build_model  # tests/ is on sys.path (rootdir conftest, no __init__)
+from tests.conftest import build_model
 
 
 def linear_model(shape=(5, 6, 2), classes=3, seed=0):
