@@ -268,7 +268,6 @@ def test_mobilenet_v2_nested_in_a_sequential_with_rescaling():
     maps = lrp(model, images, [1, 7], batch_size=2)
     assert maps.shape == (2, 224, 224) and np.isfinite(maps).all() and (np.abs(maps).sum(axis=(1, 2)) > 0).all()
     np.testing.assert_allclose(lrp(model, images, [1, 7], batch_size=1), maps, atol=1e-6 * np.abs(maps).max())
-    assert not np.allclose(lrp(model, images, [3, 3], batch_size=2), maps)
 
 
 @pytest.mark.parametrize("composite", COMPOSITES)
