@@ -6,8 +6,9 @@ stripped), on inputs already on the device:
 
 - Grad-CAM, Grad-CAM++: one forward pass per image;
 - occlusion: one forward pass per patch (the unoccluded pass is not in the floor);
-- saliency, gradient x input, guided backprop, DeconvNet: one forward and backward
-  pass to the input per image;
+- saliency, gradient x input, guided backprop, DeconvNet, LRP (its default
+  composite): one forward and backward pass to the input per image (LRP's backward
+  pass is modified: its rules add forwards with clipped weights per layer);
 - integrated gradients, SmoothGrad, expected gradients: ``steps`` (samples) times
   one forward and backward pass per image.
 
@@ -49,7 +50,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-ONE_GRADIENT = ("saliency", "gradient_x_input", "guided_backprop", "deconvnet")
+ONE_GRADIENT = ("saliency", "gradient_x_input", "guided_backprop", "deconvnet", "lrp")
 STEP_METHODS = ("integrated_gradients", "smoothgrad", "expected_gradients")
 REQUIRED = ("gradcam", "occlusion", "integrated_gradients")  # the ratio and peer targets, on MobileNetV2
 MAX_RATIO = 1.10

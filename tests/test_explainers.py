@@ -8,7 +8,7 @@ from audit.model_io import Classifier
 from tests.conftest import build_model
 
 EXPECTED = {"gradcam", "gradcam_plus_plus", "occlusion", "integrated_gradients", "saliency", "smoothgrad",
-            "gradient_x_input", "guided_backprop", "deconvnet", "expected_gradients"}
+            "gradient_x_input", "guided_backprop", "deconvnet", "expected_gradients", "lrp"}
 
 
 def test_every_issue_method_is_registered():
@@ -81,6 +81,11 @@ def test_contract_errors(images):
     ("occlusion", {"budget": 1.5}, "`occlusion.budget` must be a number"),
     ("smoothgrad", {"noise": -0.1}, "`smoothgrad.noise` must be a number >= 0"),
     ("expected_gradients", {"background": np.zeros((2, 5, 5, 3))}, "`expected_gradients.background` must be"),
+    ("lrp", {"composite": "alpha_beta"}, "`lrp.composite` must be one of epsilon, epsilon_plus, epsilon_gamma_box"),
+    ("lrp", {"epsilon": 0}, r"`lrp.epsilon` must be a number > 0.0 \(got 0\)"),
+    ("lrp", {"gamma": -1}, "`lrp.gamma` must be a number >= 0.0"),
+    ("lrp", {"low": "black"}, "`lrp.low` must be a finite number or null"),
+    ("lrp", {"low": 5, "high": 1}, r"`lrp.high` must be a number > `lrp.low` \(5\) \(got 1\)"),
 ])
 def test_parameter_errors_name_the_parameter(method, params, message, images):
     with pytest.raises(ValueError, match=message):

@@ -317,13 +317,13 @@ def test_trust_of_an_empty_selection_has_no_badges(tmp_path):
 
 @pytest.fixture(scope="module")
 def trust_run(audit_case, tmp_path_factory):
-    """An in-process audit of the planted-cue case with Grad-CAM and the edge detector."""
+    """An in-process audit of the planted-cue case with Grad-CAM, LRP and the edge detector."""
     from audit import pipeline
     from audit.config import resolve
 
     out = tmp_path_factory.mktemp("trust") / "run"
     logs: list[str] = []
-    sets = [f"attribution.methods=[gradcam,{EDGE}]", "run_id=trust", "trust.sample=12", "trust.sanity_sample=6",
+    sets = [f"attribution.methods=[gradcam,lrp,{EDGE}]", "run_id=trust", "trust.sample=12", "trust.sanity_sample=6",
             "trust.sanity_budget=1"]
     config = resolve(None, sets, {"model.path": str(audit_case / "model.keras"),
                                   "data.path": str(audit_case / "manifest.csv"),
@@ -344,7 +344,9 @@ def test_summary_has_trust_figures_and_the_edge_detector_fails_sanity(trust_run)
     assert cam["faithfulness"]["deletion_auc"] < trust["random"]["deletion_auc"]
     assert cam["faithfulness"]["insertion_auc"] > trust["random"]["insertion_auc"]
     assert len(trust["random"]["deletion_auc_per_seed"]) == trust["settings"]["random_maps"] == 2
-    assert set(trust["agreement"]["pairs"]) == {f"gradcam~{EDGE}"}
+    assert set(trust["agreement"]["pairs"]) == {"gradcam~lrp", f"gradcam~{EDGE}", f"lrp~{EDGE}"}
+    lrp = trust["methods"]["lrp"]                        # checked like any method
+    assert lrp["sanity"]["final_spearman"] is not None and lrp["faithfulness"]["deletion_auc"] is not None
     assert trust["completeness_gap"] is None            # no IG maps in this run
     assert trust["sample"] == {"faithfulness": 12, "sanity": 6}
     assert summary["findings"] and all(set(f["trust"]) >= {"agreement", "lift", "level"} for f in summary["findings"])
@@ -363,7 +365,7 @@ def test_trust_stage_is_keyed_and_resumable(trust_run, tmp_path):
     stored = list(out.glob("chunks/trust-*/part-00000.json"))
     assert len(stored) == 1
     logs: list[str] = []
-    changed = resolve(None, [f"attribution.methods=[gradcam,{EDGE}]", "run_id=trust", "trust.sample=12",
+    changed = resolve(None, [f"attribution.methods=[gradcam,lrp,{EDGE}]", "run_id=trust", "trust.sample=12",
                              "trust.sanity_sample=6", "trust.sanity_budget=1", "trust.max_spearman=0.05"],
                       {"model.path": config.model.path, "data.path": config.data.path,
                        "data.classes": config.data.classes, "out": str(out)})
@@ -395,6 +397,7 @@ def test_report_shows_trust_badges(trust_run):
     assert '<section class="part" id="trust">' in html and "<h2>Trust</h2>" in html
     assert f'data-method="{EDGE}" data-trusted="false" data-sanity="false"' in html
     assert 'data-method="gradcam" data-trusted="true" data-sanity="true"' in html
+    assert 'data-method="lrp" data-trusted=' in html
     assert f'data-untrusted="{EDGE}"' in html and 'data-untrusted="gradcam"' not in html
     for f in summary["findings"]:
         assert f'data-finding="{f["id"]}" data-level="{f["trust"]["level"]}"' in html

@@ -7,6 +7,7 @@ from audit.explainers import (  # noqa: F401  (each import registers its method)
     gradient_x_input,
     guided_backprop,
     integrated_gradients,
+    lrp,
     occlusion,
     saliency,
     smoothgrad,
