@@ -52,6 +52,21 @@ class Step:
 
     ``forward(values)`` computes the output from the input values; ``linear`` steps
     are computed from ``op``, ``variables()`` (or ``params()``) and ``activation``.
+
+    Attributes
+    ----------
+    kind : str
+        ``linear``, ``pass``, ``route`` or ``norm`` (module docstring).
+    name : str
+        The Keras layer's name.
+    inputs, output : tuple of int, int
+        Slots read and written (slot 0: the model input).
+    forward, op, layer, activation, depthwise, separable, dense, bn, preprocess
+        As commented on each field.
+    nonneg_output, nonneg_input : bool
+        The output / input is surely >= 0 (module docstring).
+    bounded_input, bounded_output : bool
+        The input / output lies in the input domain, so z^B box bounds reach it.
     """
 
     kind: str
@@ -110,12 +125,28 @@ class Step:
 
 @dataclass
 class Program:
+    """A flattened model.
+
+    Attributes
+    ----------
+    steps : list of Step
+        In topological order.
+    output : int
+        Slot of the model's output (the logits).
+    """
+
     steps: list[Step]
     output: int
 
 
 def bn_affine(bn):
-    """``(a, c)`` of a BatchNormalization at inference, ``y = a * x + c``, as tensors."""
+    """``(a, c)`` of a BatchNormalization at inference, ``y = a * x + c``, as tensors ``[channels]``.
+
+    Parameters
+    ----------
+    bn : keras.layers.BatchNormalization
+        ``a = gamma / sqrt(moving_variance + epsilon)``, ``c = beta - a * moving_mean``.
+    """
     import tensorflow as tf
 
     a = tf.math.rsqrt(tf.convert_to_tensor(bn.moving_variance) + bn.epsilon)
@@ -126,13 +157,35 @@ def bn_affine(bn):
 
 
 def unsupported(layer, why: str = "") -> ValueError:
+    """The one-line error for a layer LRP cannot go through.
+
+    Parameters
+    ----------
+    layer : keras.layers.Layer or keras.Model
+        Named in the message with its type.
+    why : str, optional
+        The reason; without one the message lists the supported layers.
+    """
     detail = f" ({why})" if why else f"; supported: {SUPPORTED}"
     return ValueError(f"lrp cannot propagate relevance through layer {layer.name!r} of type "
                       f"{type(layer).__name__}{detail}")
 
 
 def build(model, softmax: tuple[str, Any] | None = None) -> Program:
-    """The model as a ``Program``; ``softmax`` is ``Classifier.softmax`` (the final softmax, explained away)."""
+    """The model as a ``Program``.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Functional or Sequential, nested models inlined.
+    softmax : (str, keras.layers.Layer), optional
+        ``Classifier.softmax``: the final softmax, passed through (the logits are explained).
+
+    Raises
+    ------
+    ValueError
+        One line naming an unsupported layer and its type, or a model with several outputs.
+    """
     builder = _Builder(softmax)
     outputs = builder.inline(model, [0])
     if len(outputs) != 1:

@@ -26,6 +26,13 @@ def overridden_relu(rule: str, max_value: float | None = None):
 
     Built from the native ops (``Relu6``/``Relu``, ``Relu6Grad``/``ReluGrad`` on the
     output), so the override costs about what the ordinary gradient costs.
+
+    Parameters
+    ----------
+    rule : str
+        ``"guided"``: ``dx = relu(dy) * [0 < y (< max_value)]``; ``"deconvnet"``: ``dx = relu(dy)``.
+    max_value : float, optional
+        The cap (6 for relu6); None: no cap.
     """
     import tensorflow as tf
 
@@ -64,7 +71,20 @@ def _activation_max(fn) -> tuple[bool, float | None]:
 
 @contextlib.contextmanager
 def relu_gradients(classifier, rule: str | None) -> Iterator[None]:
-    """While active, every ReLU of ``classifier.model`` back-propagates with ``rule`` (None: no change)."""
+    """While active, every ReLU of ``classifier.model`` back-propagates with ``rule``.
+
+    Parameters
+    ----------
+    classifier : audit.model_io.Classifier
+        Its model is patched in place and restored on exit; its lock is held meanwhile.
+    rule : str or None
+        ``"guided"`` or ``"deconvnet"``; None: no change.
+
+    Raises
+    ------
+    ValueError
+        For another rule.
+    """
     if rule is None:
         yield
         return

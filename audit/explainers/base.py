@@ -1,35 +1,28 @@
 """The explainer contract, the registry of methods by name, and the shared batching.
 
-``explain(model, images, targets, method="gradcam", **params)`` returns raw maps
-``[N, H, W]`` float32 at input resolution, not normalised. ``images`` are float32
-``[N, H, W, C]`` as the model takes them, ``targets`` int ``[N]`` (one class per
-image). Models ending in softmax are explained through their pre-softmax logits.
+``explain(model, images, targets, method="gradcam", **params)`` returns raw maps ``[N, H, W]`` float32 at input
+resolution, not normalised. ``images`` are float32 ``[N, H, W, C]`` as the model takes them, ``targets`` int
+``[N]`` (one class per image). Models ending in softmax are explained through their pre-softmax logits.
 
-A method is a class registered with ``@register("name")``; its constructor only
-stores (and checks) parameters, the work happens in its ``maps``, which
-``Explainer.explain`` calls on checked inputs of at least one image.
+A method is a class registered with ``@register("name")``; its constructor only stores (and checks) parameters,
+the work happens in its ``maps``, which ``Explainer.explain`` calls on checked inputs of at least one image.
 
-Batching. Every method describes its work as a flat list of *items*, one model
-input each: an image (Grad-CAM, saliency), an (image, step) pair (integrated
-gradients, SmoothGrad, expected gradients) or an (image, patch) pair
-(occlusion). ``run_flat`` cuts that list into chunks of ``batch_size`` items
-(the memory bound: model inputs per model call) regardless of image boundaries,
-and passes each chunk's distinct images once with a per-item index; the traced
-function builds the model inputs on the device (paths, occluded copies) and
-either sums its results per image or returns them per item. The host side of
-the next chunk is prepared while the model runs the current one.
+Batching. Every method describes its work as a flat list of *items*, one model input each: an image (Grad-CAM,
+saliency), an (image, step) pair (integrated gradients, SmoothGrad, expected gradients) or an (image, patch) pair
+(occlusion). ``run_flat`` cuts that list into chunks of ``batch_size`` items (the memory bound: model inputs per
+model call) regardless of image boundaries, and passes each chunk's distinct images once with a per-item index;
+the traced function builds the model inputs on the device (paths, occluded copies) and either sums its results per
+image or returns them per item. The host side of the next chunk is prepared while the model runs the current one.
 
-Traced functions are cached on the ``Classifier`` under a (method, variant) key
-and take ``None``-batch specs, so no chunk size ever re-traces and a Dask worker
-traces each method once per model. The last chunk is therefore not padded: on
-the CPU a new batch size costs neither a trace nor a per-item premium (measured
-on MobileNetV2: 0.283 s for a first call of 18 images, 0.287 s for the next),
-while padding would spend up to ``batch_size - 1`` wasted passes per call.
+Traced functions are cached on the ``Classifier`` under a (method, variant) key and take ``None``-batch specs, so
+no chunk size ever re-traces and a Dask worker traces each method once per model. The last chunk is therefore not
+padded: on the CPU a new batch size costs neither a trace nor a per-item premium (measured on MobileNetV2: 0.283 s
+for a first call of 18 images, 0.287 s for the next), while padding would spend up to ``batch_size - 1`` wasted
+passes per call.
 
-Randomness (noise, baselines, background draws) is drawn per image (and per
-sample) from ``numpy.random.default_rng([seed, image_index, ...])`` where
-``image_index`` is the image's position in the call, so maps do not depend on
-``batch_size`` and repeat exactly.
+Randomness (noise, baselines, background draws) is drawn per image (and per sample) from
+``numpy.random.default_rng([seed, image_index, ...])`` where ``image_index`` is the image's position in the call,
+so maps do not depend on ``batch_size`` and repeat exactly.
 """
 from __future__ import annotations
 
@@ -49,7 +42,13 @@ _CLASSIFIERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary(
 
 
 def register(name: str):
-    """Class decorator: make an ``Explainer`` subclass available under ``name``."""
+    """Class decorator: make an ``Explainer`` subclass available under ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The method's name (``explain(..., method=name)``); a name already taken raises ``ValueError``.
+    """
 
     def wrap(cls: type[Explainer]) -> type[Explainer]:
         if name in _REGISTRY:
@@ -62,7 +61,7 @@ def register(name: str):
 
 
 def unregister(name: str) -> None:
-    """Remove the method registered under ``name`` (a method registered for one notebook or test)."""
+    """Remove the method registered under ``name`` (registered for one notebook or test; else ``ValueError``)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown attribution method {name!r}; available: {', '.join(available())}")
     del _REGISTRY[name]
@@ -74,6 +73,7 @@ def available() -> list[str]:
 
 
 def get(name: str) -> type["Explainer"]:
+    """The ``Explainer`` class registered under ``name`` (from ``available()``; another raises ``ValueError``)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown attribution method {name!r}; available: {', '.join(available())}")
     return _REGISTRY[name]
@@ -84,8 +84,8 @@ class Explainer:
 
     Parameters
     ----------
-    batch_size : model inputs per model call (images, images x steps or images x
-        patches, depending on the method); bounds memory.
+    batch_size : int, default 32
+        Model inputs per model call (images, images x steps or images x patches, by method): the memory bound.
     """
 
     name: ClassVar[str] = ""
@@ -96,8 +96,15 @@ class Explainer:
     def explain(self, classifier, images: Images, targets: Targets) -> Maps:
         """Maps ``[N, H, W]`` float32 for ``images`` ``[N, H, W, C]`` and ``targets`` ``[N]``.
 
-        Checks the inputs (``check_inputs``), answers an empty batch with no maps,
-        and leaves the rest to the method's ``maps``.
+        Checks the inputs (``check_inputs``), answers an empty batch with no maps, and leaves the rest to the
+        method's ``maps``.
+
+        Parameters
+        ----------
+        classifier : audit.model_io.Classifier
+            The model (``classifier_of`` wraps a ``keras.Model``).
+        images, targets : np.ndarray
+            float32 ``[N, H, W, C]`` as the model takes them; int ``[N]``, the class explained per image.
         """
         images, targets = check_inputs(classifier, images, targets)
         if not len(images):
@@ -105,15 +112,16 @@ class Explainer:
         return self.maps(classifier, images, targets)
 
     def maps(self, classifier, images: Images, targets: Targets) -> Maps:
-        """The method's work, on checked inputs of at least one image."""
+        """The method's work: ``classifier``, ``images``, ``targets`` as in ``explain``, checked, N >= 1."""
         raise NotImplementedError
 
     def fail(self, param: str, expected: str, got: Any) -> ValueError:
-        """The one error format of method parameters: "`method.param` must be ... (got ...)"."""
+        """The error "`method.param` must be ``expected`` (got ``got``)" for parameter ``param``."""
         return ValueError(f"`{self.name}.{param}` must be {expected} (got {got!r})")
 
 
 def check_int(explainer: Explainer, param: str, value: Any, minimum: int = 1) -> int:
+    """``value`` of parameter ``param`` as an int >= ``minimum`` (bools refused), else ``explainer.fail`` raised."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise explainer.fail(param, "a positive int" if minimum == 1 else f"an int >= {minimum}", value)
     return int(value)
@@ -121,6 +129,8 @@ def check_int(explainer: Explainer, param: str, value: Any, minimum: int = 1) ->
 
 def check_float(explainer: Explainer, param: str, value: Any, low: float = 0.0, high: float = np.inf,
                 open_low: bool = True) -> float:
+    """``value`` of parameter ``param`` as a float in (``low``, ``high``] (closed at ``low`` unless ``open_low``),
+    else ``explainer.fail`` raised."""
     ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
     ok = ok and (value > low if open_low else value >= low) and value <= high
     if not ok:
@@ -130,13 +140,20 @@ def check_float(explainer: Explainer, param: str, value: Any, low: float = 0.0, 
 
 
 def check_choice(explainer: Explainer, param: str, value: Any, choices: Sequence[str]) -> str:
+    """``value`` of parameter ``param`` if it is one of ``choices``, else ``explainer.fail`` raised."""
     if value not in choices:
         raise explainer.fail(param, "one of " + ", ".join(choices), value)
     return value
 
 
 def classifier_of(model, target_layer: str | None = None):
-    """A ``Classifier`` for a ``keras.Model`` (cached per model object) or the classifier itself."""
+    """A ``Classifier`` for a ``keras.Model`` (cached per model object) or the classifier itself.
+
+    Parameters
+    ----------
+    model, target_layer : keras.Model or Classifier, str or None
+        The model; the layer of layer-based methods (default: last spatial 4-D layer).
+    """
     from audit.model_io import Classifier
 
     if isinstance(model, Classifier):
@@ -169,7 +186,13 @@ def explain(model, images: Images, targets: Targets, method: str = "gradcam",
 
 
 def check_inputs(classifier, images, targets) -> tuple[Images, Targets]:
-    """``images`` as float32 ``[N, H, W, C]`` and ``targets`` as int32 ``[N]``, or a ``ValueError``."""
+    """``images`` as float32 ``[N, H, W, C]`` and ``targets`` as int32 ``[N]``, or a ``ValueError``.
+
+    Parameters
+    ----------
+    classifier, images, targets : Classifier, array-like, array-like
+        The model (input shape, class count ``K``); ``[N, H, W, C]``; int ``[N]`` in ``[0, K)``.
+    """
     images = np.asarray(images, dtype=np.float32)
     targets = np.asarray(targets)
     if images.ndim != 4 or images.shape[1:] != classifier.input_shape:
@@ -188,21 +211,25 @@ def run_flat(fn: Callable, owner: np.ndarray, per_image: Sequence[np.ndarray], p
 
     Parameters
     ----------
-    fn : traced function ``fn(*per_image_slices, index, *per_item_chunks)``. The
-        ``per_image`` arrays arrive sliced to the chunk's images ``[M, ...]``;
-        ``index`` int32 ``[B]`` maps each item to its row in those slices; the
-        ``per_item`` arrays arrive as ``[B, ...]`` (``B <= batch_size``, smaller
-        for the last chunk).
-    owner : int ``[T]``, non-decreasing: the image of each item.
-    per_image : arrays ``[N, ...]`` (methods with one item per image pass their
-        images as ``per_item`` instead, which saves the gather).
-    per_item : arrays ``[T, ...]`` or callables ``(start, stop) -> [stop - start, ...]``
-        that build a chunk's items on demand (e.g. noise).
-    batch_size : items per call (the memory bound).
-    n_images : N.
-    reduce : if true, ``fn`` returns per-image sums ``[M, ...]`` accumulated here in
-        float64 into ``[N, ...]``; otherwise ``fn`` returns ``[B, ...]`` per item and
-        the result is ``[T, ...]``.
+    fn : callable
+        Traced function ``fn(*per_image_slices, index, *per_item_chunks)``. The ``per_image`` arrays arrive sliced
+        to the chunk's images ``[M, ...]``; ``index`` int32 ``[B]`` maps each item to its row in those slices; the
+        ``per_item`` arrays arrive as ``[B, ...]`` (``B <= batch_size``, smaller for the last chunk).
+    owner : np.ndarray
+        Int ``[T]``, non-decreasing: the image of each item.
+    per_image : list of np.ndarray
+        Arrays ``[N, ...]`` (methods with one item per image pass their images as ``per_item`` instead, which
+        saves the gather).
+    per_item : list of np.ndarray or callable
+        Arrays ``[T, ...]`` or callables ``(start, stop) -> [stop - start, ...]`` that build a chunk's items on
+        demand (e.g. noise).
+    batch_size : int
+        Items per call (the memory bound).
+    n_images : int
+        N.
+    reduce : bool
+        If true, ``fn`` returns per-image sums ``[M, ...]`` accumulated here in float64 into ``[N, ...]``;
+        otherwise ``fn`` returns ``[B, ...]`` per item and the result is ``[T, ...]``.
     """
     import tensorflow as tf
 
@@ -245,7 +272,8 @@ def per_image_items(n_images: int, per_image_count: int) -> np.ndarray:
 
 
 def target_scores(classifier, x, t):
-    """Inside a traced function: the pre-softmax logit of class ``t`` ``[B]`` for ``x`` ``[B, H, W, C]``."""
+    """Inside a traced function: the pre-softmax logit of class ``t`` (int32 ``[B]``) of ``classifier`` for ``x``
+    (float32 ``[B, H, W, C]``), ``[B]``."""
     import tensorflow as tf
 
     logits, _ = classifier.forward(x)
@@ -253,7 +281,8 @@ def target_scores(classifier, x, t):
 
 
 def input_gradients(classifier, x, t):
-    """Inside a traced function: ``d logit_t / d x`` ``[B, H, W, C]`` per item."""
+    """Inside a traced function: ``d logit_t / d x`` ``[B, H, W, C]`` per item (``classifier``, ``x``, ``t`` as in
+    ``target_scores``)."""
     import tensorflow as tf
 
     with tf.GradientTape() as tape:
@@ -263,7 +292,14 @@ def input_gradients(classifier, x, t):
 
 
 def gradient_function(classifier, key: str, reduce_map: Callable, relu: str | None = None) -> Callable:
-    """Traced ``(index [B], images [B], targets [B]) -> reduce_map(x, grad) [B, H, W]``, one pass per image."""
+    """Traced ``(index [B], images [B], targets [B]) -> reduce_map(x, grad) [B, H, W]``, one pass per image.
+
+    Parameters
+    ----------
+    classifier, key, reduce_map, relu : Classifier, str, callable, str or None
+        The trace is cached on ``classifier`` under ``(key, relu)``; ``reduce_map(x, grad)`` maps two
+        ``[B, H, W, C]`` to ``[B, H, W]``; ``relu``: a ReLU gradient rule of ``_relu`` (None: true gradient).
+    """
     import tensorflow as tf
 
     from audit.explainers._relu import relu_gradients
@@ -278,14 +314,18 @@ def gradient_function(classifier, key: str, reduce_map: Callable, relu: str | No
 
 def one_pass_maps(explainer: Explainer, classifier, images, targets, key: str, reduce_map: Callable,
                   relu: str | None = None) -> Maps:
-    """Maps of a method that needs one forward and backward pass per image (saliency and kin)."""
+    """Maps ``[N, H, W]`` of a method that needs one forward and backward pass per image (saliency and kin).
+
+    ``explainer`` gives ``batch_size``; ``classifier``, ``images``, ``targets`` are as in ``Explainer.explain``,
+    ``key``, ``reduce_map``, ``relu`` as in ``gradient_function``.
+    """
     fn = gradient_function(classifier, key, reduce_map, relu)
     owner = np.arange(len(images))
     return run_flat(fn, owner, [], [images, targets], explainer.batch_size, len(images), reduce=False)
 
 
 def max_abs_over_channels(_x, grads):
-    """Magnitude map: ``max_c |g|`` (Simonyan et al., 2014)."""
+    """Magnitude map ``max_c |g|`` ``[B, H, W]`` of gradients ``grads`` ``[B, H, W, C]`` (Simonyan et al., 2014)."""
     import tensorflow as tf
 
     return tf.reduce_max(tf.abs(grads), axis=-1)
@@ -300,6 +340,11 @@ def resolve_baseline(explainer: Explainer, baseline: Any, images: Images, sigma:
     ``min(H, W) / 10``), ``"noise"`` (uniform in each image's [min, max], drawn from
     ``default_rng([seed, i])``), a number (constant input) or an array ``[H, W, C]``
     or ``[N, H, W, C]``.
+
+    Parameters
+    ----------
+    explainer, baseline, images, sigma, seed, param : Explainer, see above, ndarray, float or None, int, str
+        ``param`` is the parameter named in errors.
     """
     n, h, w, c = images.shape
     if isinstance(baseline, str):
@@ -328,7 +373,8 @@ def resolve_baseline(explainer: Explainer, baseline: Any, images: Images, sigma:
 
 
 def blur(images: Images, sigma: float) -> Images:
-    """Gaussian blur over height and width (``sigma`` in pixels, reflected borders)."""
+    """Gaussian blur of ``images`` float32 ``[N, H, W, C]`` over height and width (``sigma`` in pixels, <= 0: a
+    copy; reflected borders)."""
     from scipy.ndimage import gaussian_filter
 
     if sigma <= 0:

@@ -1,9 +1,18 @@
-"""DeconvNet (Zeiler & Fergus, 2014), as a modified gradient.
+"""DeconvNet, as a modified gradient: its magnitude per pixel.
 
-The gradient of the target logit with respect to the input where every ReLU
-passes back the positive part of the incoming gradient regardless of its
-forward input (see ``_relu``); the map is ``max_c |g_c|`` per pixel. One forward
-and one backward pass per image.
+Paper: M. D. Zeiler, R. Fergus, "Visualizing and understanding convolutional
+networks", ECCV 2014 (LNCS 8689). The "modified gradient" reading follows
+Springenberg et al., ICLR Workshop 2015.
+
+Formula: ``g = d f_t(x) / d x`` computed by the chain rule except at every ReLU
+``y = relu(z)`` (and ``relu6``, see ``_relu``), whose backward pass ignores the
+forward input::
+
+    dL/dz = relu(dL/dy)
+
+and ``map[i, j] = max_c |g[i, j, c]|``, with ``f_t`` the pre-softmax logit of the
+target class. No baseline, no normalisation; ``[H, W]`` float32, non-negative.
+Cost: one forward and one backward pass per image.
 """
 from __future__ import annotations
 
@@ -16,7 +25,8 @@ class DeconvNet(Explainer):
 
     Parameters
     ----------
-    batch_size : images per model call.
+    batch_size : int, default 32
+        Images per model call (the memory bound).
     """
 
     def maps(self, classifier, images: Images, targets: Targets) -> Maps:

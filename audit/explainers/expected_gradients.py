@@ -1,10 +1,22 @@
-"""Expected gradients (Erion et al., 2021), as SHAP's ``GradientExplainer`` computes them.
+"""Expected gradients: integrated gradients averaged over baselines drawn from a background set.
 
-``EG(x)_c = E_{b ~ background, a ~ U(0, 1)} [(x - b)_c * d logit_t / d x_c (b + a (x - b))]``,
-estimated with ``samples`` draws per image; the map is the sum over channels, so
-``E[sum(map)] = f(x) - E_b f(b)``. The draws of image ``i`` (background rows and
-``a``) come from ``default_rng([seed, i])``, so maps do not depend on ``batch_size``.
-Cost: ``samples`` forward and backward passes per image, images x samples
+Paper: G. Erion, J. D. Janizek, P. Sturmfels, S. M. Lundberg, S.-I. Lee, "Improving
+performance of deep learning models with axiomatic attribution priors and
+expected gradients", Nature Machine Intelligence 3, 2021. Computed as SHAP's
+``GradientExplainer`` does (one random point on each path).
+
+Formula, for image ``i`` ``x`` ``[H, W, C]``, ``f_t`` the pre-softmax logit of the
+target class, background ``B`` ``[M, H, W, C]`` and ``n = samples``::
+
+    EG(x)_c  = E_{b ~ B, a ~ U(0, 1)} [(x - b)_c * d f_t / d x_c (b + a (x - b))]
+             ~ (1 / n) * sum_s (x - b_s)_c * d f_t / d x_c (b_s + a_s (x - b_s))
+    map[i,j] = sum_c EG(x)[i, j, c]
+
+where ``rng = default_rng([seed, i])`` draws first the ``n`` background rows
+(``b_s = B[rng.integers(0, M, n)[s]]``, uniform with replacement) then the ``n``
+points ``a_s = rng.uniform(0, 1, n)``. Signed float32 in logit units, not
+normalised; ``E[sum(map)] = f_t(x) - E_b f_t(b)``. Maps do not depend on
+``batch_size``. Cost: ``samples`` forward and backward passes per image, images x samples
 flattened into chunks of ``batch_size`` model inputs.
 """
 from __future__ import annotations
@@ -22,14 +34,18 @@ class ExpectedGradients(Explainer):
 
     Parameters
     ----------
-    batch_size : model inputs (images x samples) per model call.
-    samples : (baseline, a) draws per image.
-    background : float32 ``[M, H, W, C]`` reference images the baselines are drawn
+    batch_size : int, default 32
+        Model inputs (images x samples) per model call.
+    samples : int, default 32
+        (baseline, a) draws per image.
+    background : np.ndarray, optional
+        float32 ``[M, H, W, C]`` reference images the baselines are drawn
         from, as the model takes them. Default: the images of the ``explain`` call
         itself (as SHAP does with a data sample); pass a fixed set (e.g. a sample of
         the training data) for maps that do not depend on the other images of the
         call. With a single image and no background the map is zero.
-    seed : seed of the draws.
+    seed : int, default 0
+        Seed of the draws (>= 0).
     """
 
     def __init__(self, batch_size: int = 32, samples: int = 32, background: np.ndarray | None = None,

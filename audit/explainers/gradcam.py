@@ -1,9 +1,20 @@
-"""Grad-CAM (Selvaraju et al., 2017).
+"""Grad-CAM: the target layer's channels weighted by their mean gradient.
 
-``cam = relu(sum_k w_k A_k)`` with ``w_k`` the spatial mean of ``d logit_c / d A_k``
-over the target layer's activations ``A`` ``[h, w, K]``, upsampled bilinearly on
-the device to the input resolution. One forward pass per image, plus the short
-backward pass from the logits to the target layer.
+Paper: R. R. Selvaraju, M. Cogswell, A. Das, R. Vedantam, D. Parikh, D. Batra,
+"Grad-CAM: visual explanations from deep networks via gradient-based
+localization", ICCV 2017.
+
+Formula, with ``A`` ``[h, w, K]`` the activations of the classifier's target layer
+(``model.target_layer``; default the last layer with a spatial 4-D output), ``f_t``
+the pre-softmax logit of the target class and ``g = d f_t / d A``::
+
+    w_k      = (1 / (h w)) * sum_{i, j} g[i, j, k]
+    cam      = relu(sum_k w_k * A[:, :, k])                    [h, w]
+    map      = bilinear_resize(cam, (H, W))                    [H, W]
+
+No baseline, no normalisation: non-negative float32 in logit units. The resize
+runs on the device (``tf.image.resize``). Cost: one forward pass per image plus
+the backward pass from the logits to the target layer.
 """
 from __future__ import annotations
 
@@ -15,7 +26,20 @@ from audit.explainers.base import Explainer, Images, Maps, Targets, register, ru
 def cam_function(classifier, key: str, weights_of):
     """Traced ``(index [B], images [B], targets [B]) -> relu(sum_k w_k A_k)`` at input resolution ``[B, H, W]``.
 
-    ``weights_of(grads, acts) -> [B, 1, 1, K]`` gives the channel weights.
+    Parameters
+    ----------
+    classifier : audit.model_io.Classifier
+        The model; the trace is cached on it under ``key``.
+    key : str
+        Cache key of the traced function (the method's name).
+    weights_of : callable
+        ``weights_of(grads, acts) -> [B, 1, 1, K]``: the channel weights from the
+        gradients ``d f_t / d A`` and activations ``A``, both ``[B, h, w, K]``.
+
+    Returns
+    -------
+    callable
+        The traced function; ``index`` int32 ``[B]`` is unused (one item per image).
     """
     import tensorflow as tf
 
@@ -35,6 +59,19 @@ def cam_function(classifier, key: str, weights_of):
 
 
 def cam_maps(explainer: Explainer, classifier, images: Images, targets: Targets, key: str, weights_of) -> Maps:
+    """Class activation maps ``[N, H, W]`` float32 of ``images`` ``[N, H, W, C]`` for ``targets`` int ``[N]``.
+
+    Parameters
+    ----------
+    explainer : Explainer
+        Gives ``batch_size`` (images per model call).
+    classifier, key, weights_of
+        As in ``cam_function``.
+    images : np.ndarray
+        float32 ``[N, H, W, C]``, as the model takes them.
+    targets : np.ndarray
+        int32 ``[N]``, the class explained per image.
+    """
     fn = cam_function(classifier, key, weights_of)
     return run_flat(fn, np.arange(len(images)), [], [images, targets], explainer.batch_size, len(images),
                     reduce=False)
@@ -52,7 +89,8 @@ class GradCAM(Explainer):
 
     Parameters
     ----------
-    batch_size : images per model call.
+    batch_size : int, default 32
+        Images per model call (the memory bound).
     """
 
     def maps(self, classifier, images: Images, targets: Targets) -> Maps:

@@ -1,11 +1,21 @@
-"""Grad-CAM++ (Chattopadhay et al., 2018).
+"""Grad-CAM++: Grad-CAM with pixel-weighted positive gradients as channel weights.
 
-Channel weights ``w_k = sum_ij alpha_ijk relu(g_ijk)`` with ``g = d logit_c / d A``
-and ``alpha = g^2 / (2 g^2 + sum_ab A_abk g^3)`` (the closed form of the paper
-for an exponential output, as in its reference code; 0 where the denominator
-is 0); ``cam = relu(sum_k w_k A_k)`` upsampled bilinearly on the device. Same
-cost as Grad-CAM: one forward pass per image and the backward pass to the
-target layer.
+Paper: A. Chattopadhay, A. Sarkar, P. Howlader, V. N. Balasubramanian,
+"Grad-CAM++: generalized gradient-based visual explanations for deep
+convolutional networks", WACV 2018.
+
+Formula, with ``A`` ``[h, w, K]`` the target layer's activations (as in Grad-CAM),
+``f_t`` the pre-softmax logit of the target class and ``g = d f_t / d A``::
+
+    alpha[i, j, k] = g[i,j,k]^2 / (2 g[i,j,k]^2 + (sum_{a, b} A[a,b,k]) * g[i,j,k]^3)
+                     (0 where the denominator is 0)
+    w_k            = sum_{i, j} alpha[i, j, k] * relu(g[i, j, k])
+    map            = bilinear_resize(relu(sum_k w_k * A[:, :, k]), (H, W))
+
+``alpha`` is the paper's closed form for an exponential output ``exp(f_t)``, as in
+its reference code. No baseline, no normalisation: non-negative float32
+``[H, W]``. Same cost as Grad-CAM: one forward pass per image and the backward
+pass to the target layer.
 """
 from __future__ import annotations
 
@@ -29,7 +39,8 @@ class GradCAMPlusPlus(Explainer):
 
     Parameters
     ----------
-    batch_size : images per model call.
+    batch_size : int, default 32
+        Images per model call (the memory bound).
     """
 
     def maps(self, classifier, images: Images, targets: Targets) -> Maps:

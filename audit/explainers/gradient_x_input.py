@@ -1,7 +1,16 @@
-"""Gradient x input (Shrikumar et al., 2016): ``sum_c x_c * d logit_t / d x_c`` per pixel.
+"""Gradient x input: the input times its gradient, summed over channels.
 
-Signed. One forward and one backward pass to the input per image. Equals
-integrated gradients with a black baseline for a model that is linear in its input.
+Paper: A. Shrikumar, P. Greenside, A. Shcherbina, A. Kundaje, "Not just a black
+box: learning important features through propagating activation differences",
+arXiv:1605.01713, 2016.
+
+Formula, with ``f_t`` the pre-softmax logit of the target class::
+
+    map[i, j] = sum_c x[i, j, c] * d f_t(x) / d x[i, j, c]
+
+Signed, ``[H, W]`` float32 in logit units; no baseline (implicitly the all-zero
+input), no normalisation. Equals integrated gradients with a black baseline for
+a model that is linear in its input. Cost: one forward and one backward pass per image.
 """
 from __future__ import annotations
 
@@ -20,7 +29,8 @@ class GradientXInput(Explainer):
 
     Parameters
     ----------
-    batch_size : images per model call.
+    batch_size : int, default 32
+        Images per model call (the memory bound).
     """
 
     def maps(self, classifier, images: Images, targets: Targets) -> Maps:

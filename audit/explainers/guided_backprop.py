@@ -1,8 +1,16 @@
-"""Guided backpropagation (Springenberg et al., 2015).
+"""Guided backpropagation: a modified input gradient, its magnitude per pixel.
 
-The gradient of the target logit with respect to the input where every ReLU
-passes back only positive gradients at positive inputs (see ``_relu``); the map
-is ``max_c |g_c|`` per pixel. One forward and one backward pass per image.
+Paper: J. T. Springenberg, A. Dosovitskiy, T. Brox, M. Riedmiller, "Striving for
+simplicity: the all convolutional net", ICLR Workshop, 2015.
+
+Formula: ``g = d f_t(x) / d x`` computed by the chain rule except at every ReLU
+``y = relu(z)`` (and ``relu6``, see ``_relu``), whose backward pass becomes::
+
+    dL/dz = relu(dL/dy) * [z > 0]          (capped ReLU: also * [y < cap])
+
+and ``map[i, j] = max_c |g[i, j, c]|``, with ``f_t`` the pre-softmax logit of the
+target class. No baseline, no normalisation; ``[H, W]`` float32, non-negative.
+Cost: one forward and one backward pass per image.
 """
 from __future__ import annotations
 
@@ -15,7 +23,8 @@ class GuidedBackprop(Explainer):
 
     Parameters
     ----------
-    batch_size : images per model call.
+    batch_size : int, default 32
+        Images per model call (the memory bound).
     """
 
     def maps(self, classifier, images: Images, targets: Targets) -> Maps:

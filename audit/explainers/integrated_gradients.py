@@ -1,9 +1,19 @@
-"""Integrated gradients (Sundararajan et al., 2017).
+"""Integrated gradients: gradients along the straight path from a baseline, times the input change.
 
-``IG(x)_c = (x - b)_c * integral_0^1 d logit_t / d x_c (b + a (x - b)) da`` with the
-integral replaced by a quadrature rule over ``steps`` nodes ``a_k`` and weights
-``w_k``; the map is the sum over channels, so ``sum(map) ~ f(x) - f(b)``
-(completeness). Rules: ``left``/``right``/``mid`` Riemann sums (``right`` is the
+Paper: M. Sundararajan, A. Taly, Q. Yan, "Axiomatic attribution for deep networks",
+ICML 2017 (PMLR 70).
+
+Formula, for an image ``x`` ``[H, W, C]``, baseline ``b`` (default the all-zero
+"black" input; see ``base.resolve_baseline``) and ``f_t`` the pre-softmax logit of
+the target class::
+
+    IG(x)_c  = (x - b)_c * integral_0^1 d f_t / d x_c (b + a (x - b)) da
+             ~ (x - b)_c * sum_k w_k * d f_t / d x_c (b + a_k (x - b))
+    map[i,j] = sum_c IG(x)[i, j, c]
+
+with ``steps`` nodes ``a_k`` in [0, 1] and weights ``w_k`` (summing to 1) of the
+quadrature ``rule``. Signed, float32, logit units, not normalised;
+``sum(map) ~ f_t(x) - f_t(b)`` (completeness). Rules: ``left``/``right``/``mid`` Riemann sums (``right`` is the
 original paper's), ``trapezoid`` (nodes at both ends, Xplique's) and
 ``gauss_legendre`` (the default: exact for polynomials of degree ``2 steps - 1``
 along the path; on a ReLU network the integrand is piecewise constant, and on
@@ -28,7 +38,27 @@ RULES = ("left", "right", "mid", "trapezoid", "gauss_legendre")
 
 
 def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes ``a_k`` in [0, 1] and weights ``w_k`` (summing to 1) of ``rule`` with ``steps`` nodes."""
+    """Nodes ``a_k`` in [0, 1] and weights ``w_k`` (summing to 1) of ``rule`` with ``steps`` nodes.
+
+    Parameters
+    ----------
+    rule : str
+        One of ``RULES``: ``left``/``right``/``mid`` (``a_k = k/n``, ``(k+1)/n``,
+        ``(k+0.5)/n``, ``w_k = 1/n``), ``trapezoid`` (``a_k = k/(n-1)``, end weights
+        halved; ``a = [1]`` for one step) or ``gauss_legendre``.
+    steps : int
+        Number of nodes ``n``.
+
+    Returns
+    -------
+    (np.ndarray, np.ndarray)
+        float64 ``[steps]`` nodes and ``[steps]`` weights.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``rule``.
+    """
     k = np.arange(steps, dtype=np.float64)
     if rule == "left":
         return k / steps, np.full(steps, 1.0 / steps)
@@ -49,7 +79,19 @@ def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def path_contributions(classifier, x, b, t, alpha, weight):
-    """Inside a traced function: ``w * sum_c (x - b)_c * d logit_t / d x_c`` at ``b + a (x - b)``, ``[B, H, W]``."""
+    """Inside a traced function: ``w * sum_c (x - b)_c * d f_t / d x_c`` at ``b + a (x - b)``, ``[B, H, W]``.
+
+    Parameters
+    ----------
+    classifier : audit.model_io.Classifier
+        The model (``f_t`` is its pre-softmax logit of class ``t``).
+    x, b : tf.Tensor
+        float32 ``[B, H, W, C]``: images and their baselines, one per item.
+    t : tf.Tensor
+        int32 ``[B]``: target class per item.
+    alpha, weight : tf.Tensor
+        float32 ``[B]``: quadrature node ``a`` in [0, 1] and weight ``w`` per item.
+    """
     import tensorflow as tf
 
     delta = x - b
@@ -63,14 +105,20 @@ class IntegratedGradients(Explainer):
 
     Parameters
     ----------
-    batch_size : model inputs (images x steps) per model call.
-    steps : quadrature nodes per image (model passes per image).
-    rule : ``gauss_legendre`` (default), ``mid``, ``left``, ``right`` or ``trapezoid``.
-    baseline : ``"black"`` (all-zero input, default), ``"blur"``, ``"noise"``,
-        ``"mean"``, a number, or an array ``[H, W, C]`` / ``[N, H, W, C]`` (see
+    batch_size : int, default 32
+        Model inputs (images x steps) per model call.
+    steps : int, default 32
+        Quadrature nodes per image (model passes per image).
+    rule : str, default "gauss_legendre"
+        ``gauss_legendre``, ``mid``, ``left``, ``right`` or ``trapezoid``.
+    baseline : str, float or np.ndarray, default "black"
+        ``"black"`` (all-zero input), ``"blur"``, ``"noise"``, ``"mean"``, a number, or
+        float32 ``[H, W, C]`` / ``[N, H, W, C]`` in model input units (see
         ``base.resolve_baseline``).
-    sigma : blur radius in pixels for ``baseline="blur"`` (default ``min(H, W) / 10``).
-    seed : seed of the ``noise`` baseline, drawn per image.
+    sigma : float, optional
+        Blur radius in pixels for ``baseline="blur"`` (default ``min(H, W) / 10``).
+    seed : int, default 0
+        Seed of the ``noise`` baseline, drawn per image.
 
     ``explain`` returns the maps; ``explain_with_gap`` also returns the
     completeness gap per image, ``sum(map) - (f(x) - f(baseline))`` in logits,
@@ -90,15 +138,41 @@ class IntegratedGradients(Explainer):
         return self._maps(classifier, images, targets)[0]
 
     def explain_with_gap(self, classifier, images: Images, targets: Targets) -> tuple[Maps, np.ndarray]:
-        """``(maps [N, H, W] float32, gaps [N] float64)``; ``gap = sum(map) - (f(x) - f(baseline))``."""
+        """``(maps [N, H, W] float32, gaps [N] float64)``; ``gap = sum(map) - (f(x) - f(baseline))``.
+
+        Parameters
+        ----------
+        classifier : audit.model_io.Classifier
+            The model.
+        images : np.ndarray
+            float32 ``[N, H, W, C]``, as the model takes them.
+        targets : np.ndarray
+            int ``[N]``, the class explained per image.
+
+        Returns
+        -------
+        (np.ndarray, np.ndarray)
+            The maps and the completeness gap per image, in logits.
+        """
         images, targets = check_inputs(classifier, images, targets)
         maps, baselines = self._maps(classifier, images, targets)
         return maps, maps.sum(axis=(1, 2), dtype=np.float64) - self.differences(classifier, images, targets,
                                                                                 baselines)
 
     def differences(self, classifier, images: Images, targets: Targets, baselines: Images | None = None) -> np.ndarray:
-        """``f(x) - f(baseline)`` of the target logit per image, float64 ``[N]``: what a map should
-        sum to. ``baselines`` default to this explainer's (its ``baseline``, ``sigma`` and ``seed``)."""
+        """``f(x) - f(baseline)`` of the target logit per image, float64 ``[N]``: what a map should sum to.
+
+        Parameters
+        ----------
+        classifier : audit.model_io.Classifier
+            The model.
+        images : np.ndarray
+            float32 ``[N, H, W, C]``, as the model takes them.
+        targets : np.ndarray
+            int ``[N]``, the class per image.
+        baselines : np.ndarray, optional
+            float32 ``[N, H, W, C]``; default this explainer's (``baseline``, ``sigma``, ``seed``).
+        """
         if baselines is None:
             baselines = resolve_baseline(self, self.baseline, images, self.sigma, self.seed)
         rows = np.arange(len(images))

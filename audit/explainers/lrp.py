@@ -73,14 +73,30 @@ COMPOSITES = ("epsilon", "epsilon_plus", "epsilon_gamma_box")
 
 
 def stabilize(z, e: float):
-    """``z + e * sign(z)`` with ``sign(0) = 1``: a denominator that is never 0."""
+    """``z + e * sign(z)`` with ``sign(0) = 1``: a denominator that is never 0.
+
+    Parameters
+    ----------
+    z : tf.Tensor
+        Pre-activations (any shape).
+    e : float
+        The stabiliser, > 0, in the units of ``z``.
+    """
     import tensorflow as tf
 
     return z + tf.where(z >= 0, e, -e)
 
 
 def rule_of(step, composite: str) -> str:
-    """The rule a linear step gets in ``composite``: epsilon, zplus, gamma or box."""
+    """The rule a linear step gets in ``composite``: epsilon, zplus, gamma or box.
+
+    Parameters
+    ----------
+    step : audit.explainers._lrp_graph.Step
+        A ``linear`` step (its ``dense`` and ``bounded_input`` flags decide).
+    composite : str
+        One of ``COMPOSITES`` (see the table in the module docstring).
+    """
     if composite == "epsilon":
         return "epsilon"
     if composite == "epsilon_gamma_box" and step.bounded_input:
@@ -91,12 +107,24 @@ def rule_of(step, composite: str) -> str:
 
 
 def linear_relevance(step, rule: str, x, zf, r, lrp: "LRP", box):
-    """Relevance ``[B, ...]`` at the input ``x`` of a linear step.
+    """Relevance ``[B, ...]`` at the input ``x`` of a linear step (the rules of the module docstring).
 
-    ``x`` is the step's (gradient-stopped) input, ``zf`` its pre-activation output with
-    the folded BatchNormalization, ``r`` the relevance of its outputs, ``lrp`` the
-    explainer (``epsilon``, ``gamma``, ``stabilizer``) and ``box`` the ``(low, high)``
-    bounds of ``x`` for z^B.
+    Parameters
+    ----------
+    step : audit.explainers._lrp_graph.Step
+        The ``linear`` step (its op, kernel and bias).
+    rule : str
+        ``epsilon``, ``zplus``, ``gamma`` or ``box`` (``rule_of``).
+    x : tf.Tensor
+        ``[B, ...]``: the step's gradient-stopped input.
+    zf : tf.Tensor
+        ``[B, ...]``: its pre-activation output, BatchNormalization folded in.
+    r : tf.Tensor
+        Relevance of its outputs, ``zf``'s shape.
+    lrp : LRP
+        The explainer (``epsilon``, ``gamma``, ``stabilizer``).
+    box : (tf.Tensor, tf.Tensor) or None
+        ``(low, high)`` bounds of ``x``, its shape, for the ``box`` rule.
     """
     import tensorflow as tf
 
@@ -138,7 +166,21 @@ def linear_relevance(step, rule: str, x, zf, r, lrp: "LRP", box):
 
 
 def relevance_function(classifier, lrp: "LRP"):
-    """Traced ``(index [B], images [B, H, W, C], targets [B]) -> maps [B, H, W]``, cached per settings of ``lrp``."""
+    """Traced ``(index [B], images [B, H, W, C], targets [B]) -> maps [B, H, W]``, cached per settings of ``lrp``.
+
+    Parameters
+    ----------
+    classifier : audit.model_io.Classifier
+        The model; its final softmax (if any) is passed through, so the pre-softmax
+        logit is explained.
+    lrp : LRP
+        The explainer's settings (composite, epsilon, gamma, stabilizer, low, high).
+
+    Raises
+    ------
+    ValueError
+        For a layer LRP cannot propagate through (``_lrp_graph.build``).
+    """
     import tensorflow as tf
 
     from audit.explainers._lrp_graph import bn_affine, build
@@ -209,24 +251,30 @@ class LRP(Explainer):
 
     Parameters
     ----------
-    batch_size : images per model call.
-    composite : ``epsilon_plus`` (default: z+ for convolutions, epsilon for Dense),
+    batch_size : int, default 32
+        Images per model call.
+    composite : str, default "epsilon_plus"
+        ``epsilon_plus`` (z+ for convolutions, epsilon for Dense),
         ``epsilon`` (epsilon everywhere) or ``epsilon_gamma_box`` (z^B on the first
         layer, gamma for convolutions, epsilon for Dense).
-    epsilon : the epsilon of the epsilon rule, > 0, in the units of the pre-activations
-        (default 1e-6, Zennit's; larger values absorb weak, contradictory relevance and
+    epsilon : float, default 1e-6
+        The epsilon of the epsilon rule, > 0, in the units of the pre-activations
+        (Zennit's default; larger values absorb weak, contradictory relevance and
         give sparser maps).
-    gamma : the gamma of the gamma rule, >= 0 (default 0.25).
-    stabilizer : the ``e`` of the z+, gamma, z^B and proportional rules, > 0 (default 1e-6,
-        Zennit's): only a guard against dividing by 0 (LRP-0 is epsilon and stabilizer -> 0).
-    low, high : bounds of the model's input values for z^B, in the units the model
+    gamma : float, default 0.25
+        The gamma of the gamma rule, >= 0.
+    stabilizer : float, default 1e-6
+        The ``e`` of the z+, gamma, z^B and proportional rules, > 0 (Zennit's):
+        only a guard against dividing by 0 (LRP-0 is epsilon and stabilizer -> 0).
+    low, high : float, optional
+        Bounds of the model's input values for z^B, in the units the model
         takes (before its own Rescaling/Normalization layers, which carry them to the
         first layer), e.g. ``0`` and ``255``; ``None`` (default): each image's own
         minimum and maximum. Used by ``epsilon_gamma_box`` only; images outside them
         are refused.
 
-    Example
-    -------
+    Examples
+    --------
     >>> maps = audit.explain(model, images, targets, method="lrp", composite="epsilon_gamma_box", low=0, high=255)
     """
 

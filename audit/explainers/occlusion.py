@@ -1,12 +1,20 @@
-"""Occlusion sensitivity (Zeiler & Fergus, 2014).
+"""Occlusion sensitivity: the drop of the target logit when a patch is hidden.
 
-A ``patch`` (height x width) slides over the image with ``stride``; inside the
-patch the image is replaced by a baseline (a constant, the image's per-channel
-mean, or a Gaussian blur of the image). The drop of the target logit
-``f(x) - f(x occluded)`` is spread over the patch, and each pixel gets the
-average drop of the patches that cover it, so the map is at input resolution.
-The last row and column of patches are aligned to the image border so every
-pixel is covered.
+Paper: M. D. Zeiler, R. Fergus, "Visualizing and understanding convolutional
+networks", ECCV 2014 (LNCS 8689), section 4.2.
+
+A ``patch`` ``(ph, pw)`` pixels slides over the image with ``stride`` ``(sh, sw)``
+pixels; patch corners are ``y0 in {0, sh, 2 sh, ...} + {H - ph}`` (likewise ``x0``),
+so the last row and column end at the border and every pixel is covered. Inside
+the patch the image is replaced by a fill ``b`` (the image's per-channel mean over
+height and width, a constant ``value``, or a Gaussian blur of the image). With
+``f_t`` the pre-softmax logit of the target class and ``x_p`` the image with patch
+``p`` filled::
+
+    drop_p   = f_t(x) - f_t(x_p)
+    map[i,j] = mean of drop_p over the patches p that contain pixel (i, j)
+
+Signed float32 ``[H, W]`` in logit units, not normalised.
 
 Cost (full grid): one forward pass per patch plus one for the unoccluded image.
 Images x patches are flattened into chunks of ``batch_size`` model inputs; the
@@ -41,7 +49,18 @@ GRADIENT_COST = 3  # a forward and backward pass, in forward passes (the backwar
 
 
 def anchors(size: int, patch: int, stride: int) -> np.ndarray:
-    """Start offsets of a patch along one axis; the last patch ends at the border."""
+    """Start offsets of a patch along one axis; the last patch ends at the border.
+
+    Parameters
+    ----------
+    size, patch, stride : int
+        Image side, patch side and step, in pixels (``patch <= size``).
+
+    Returns
+    -------
+    np.ndarray
+        int32 ``[P]``: ``0, stride, 2 stride, ...`` plus ``size - patch`` if missing.
+    """
     starts = list(range(0, size - patch + 1, stride))
     if starts[-1] != size - patch:
         starts.append(size - patch)
@@ -49,13 +68,29 @@ def anchors(size: int, patch: int, stride: int) -> np.ndarray:
 
 
 def grid(shape: tuple[int, int], patch: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
-    """Patch corners ``[P, 2]`` (y0, x0) of the full grid, row-major."""
+    """Patch corners ``[P, 2]`` int32 (y0, x0) of the full grid, row-major.
+
+    Parameters
+    ----------
+    shape, patch, stride : (int, int)
+        Image ``(H, W)``, patch ``(ph, pw)`` and stride ``(sh, sw)``, in pixels.
+    """
     ys, xs = anchors(shape[0], patch[0], stride[0]), anchors(shape[1], patch[1], stride[1])
     return np.stack(np.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)
 
 
 def assemble(drops: np.ndarray, corners: np.ndarray, patch: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
-    """Average drop per pixel ``[N, H, W]`` of patches ``corners`` ``[P, 2]`` with drops ``[N, P]``."""
+    """Average drop per pixel ``[N, H, W]`` float64 of patches ``corners`` ``[P, 2]`` with drops ``[N, P]``.
+
+    Parameters
+    ----------
+    drops : np.ndarray
+        ``[N, P]``: logit drop of each patch, per image.
+    corners : np.ndarray
+        int ``[P, 2]``: (y0, x0) of each patch, in pixels.
+    patch, shape : (int, int)
+        Patch ``(ph, pw)`` and image ``(H, W)``, in pixels. Uncovered pixels get 0.
+    """
     total = np.zeros((len(drops), *shape), np.float64)
     count = np.zeros(shape, np.float64)
     ph, pw = patch
@@ -66,13 +101,32 @@ def assemble(drops: np.ndarray, corners: np.ndarray, patch: tuple[int, int], sha
 
 
 def interpolation(positions: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """Linear interpolation matrix ``[len(positions), len(known)]`` from values at ``positions[known]``."""
+    """Linear interpolation matrix ``[len(positions), len(known)]`` from values at ``positions[known]``.
+
+    Parameters
+    ----------
+    positions : np.ndarray
+        float ``[P]``, increasing: every position along one axis (pixels).
+    known : np.ndarray
+        int ``[K]``: indices into ``positions`` where values are known; outside
+        them values are held constant (``np.interp``).
+    """
     eye = np.eye(len(known))
     return np.stack([np.interp(positions, positions[known], row) for row in eye], axis=1)
 
 
 def patch_sums(maps: np.ndarray, corners: np.ndarray, patch: tuple[int, int]) -> np.ndarray:
-    """Sum of ``maps`` ``[N, H, W]`` over each patch at ``corners`` ``[P, 2]``: ``[N, P]`` (summed-area table)."""
+    """Sum of ``maps`` ``[N, H, W]`` over each patch at ``corners`` ``[P, 2]``: ``[N, P]`` (summed-area table).
+
+    Parameters
+    ----------
+    maps : np.ndarray
+        ``[N, H, W]``, summed in float64.
+    corners : np.ndarray
+        int ``[P, 2]``: (y0, x0) of each patch, in pixels.
+    patch : (int, int)
+        ``(ph, pw)`` in pixels.
+    """
     table = np.pad(maps.astype(np.float64).cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
     y, x = corners[:, 0], corners[:, 1]
     ph, pw = patch
@@ -86,6 +140,17 @@ def estimate_drops(coarse: np.ndarray, predicted: np.ndarray, rows: np.ndarray, 
     ``coarse`` ``[N, len(rows), len(cols)]`` are exact; ``predicted`` ``[N, len(ys), len(xs)]``
     is the first-order prediction everywhere. Estimate: ``a * predicted`` (``a`` per image,
     least squares on the exact positions) plus the residual interpolated bilinearly.
+
+    Parameters
+    ----------
+    coarse : np.ndarray
+        ``[N, R, K]``: exact drops at the known positions.
+    predicted : np.ndarray
+        ``[N, len(ys), len(xs)]``: first-order drops at every position.
+    rows, cols : np.ndarray
+        int ``[R]``, ``[K]``: indices of the known positions into ``ys`` and ``xs``.
+    ys, xs : np.ndarray
+        int: patch corners along each axis, in pixels.
     """
     at_known = predicted[:, rows][:, :, cols]
     denominator = (at_known ** 2).sum(axis=(1, 2))
@@ -101,16 +166,25 @@ class Occlusion(Explainer):
 
     Parameters
     ----------
-    batch_size : model inputs (images x patches) per model call.
-    patch : patch size in pixels, int or (height, width); default ``ceil(min(H, W) / 8)``.
-    stride : step between patches, int or (height, width); default ``ceil(patch / 2)``.
-    baseline : what fills the patch: ``"mean"`` (each image's per-channel mean,
-        default), ``"constant"`` (``value``) or ``"blur"`` (Gaussian blur, ``sigma``).
-    value : the fill of ``baseline="constant"``, in model input units.
-    sigma : blur radius in pixels for ``baseline="blur"`` (default ``max(patch) / 2``).
-    adaptive : coarse-to-fine (see the module docstring).
-    coarse : the coarse pass evaluates every ``coarse``-th patch position per axis (adaptive).
-    budget : model passes per image as a fraction of the full grid's (adaptive); the
+    batch_size : int, default 32
+        Model inputs (images x patches) per model call.
+    patch : int or (int, int), optional
+        Patch size in pixels, (height, width); default ``ceil(min(H, W) / 8)``.
+    stride : int or (int, int), optional
+        Step between patches in pixels; default ``ceil(patch / 2)`` per axis.
+    baseline : str, default "mean"
+        What fills the patch: ``"mean"`` (each image's per-channel mean),
+        ``"constant"`` (``value``) or ``"blur"`` (Gaussian blur, ``sigma``).
+    value : float, default 0.0
+        The fill of ``baseline="constant"``, in model input units.
+    sigma : float, optional
+        Blur radius in pixels for ``baseline="blur"`` (default ``max(patch) / 2``).
+    adaptive : bool, default False
+        Coarse-to-fine (see the module docstring).
+    coarse : int, default 2
+        The coarse pass evaluates every ``coarse``-th patch position per axis (adaptive).
+    budget : float, default 0.33
+        Model passes per image as a share (0, 1] of the full grid's (adaptive); the
         coarse pass is always spent, the remainder refines where the coarse map is
         highest; 1 is the full grid.
     """
@@ -136,7 +210,18 @@ class Occlusion(Explainer):
         return check_int(self, param, pair[0]), check_int(self, param, pair[1])
 
     def geometry(self, shape: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
-        """``(patch, stride)`` resolved for an input of ``shape`` (H, W)."""
+        """``(patch, stride)`` in pixels, resolved for an input of ``shape`` (H, W).
+
+        Parameters
+        ----------
+        shape : (int, int)
+            Input ``(H, W)`` in pixels.
+
+        Raises
+        ------
+        ValueError
+            If the patch is larger than the image.
+        """
         side = math.ceil(min(shape) / 8)
         patch = self.patch or (side, side)
         if patch[0] > shape[0] or patch[1] > shape[1]:

@@ -1,6 +1,15 @@
-"""Saliency (Simonyan et al., 2014): ``max_c |d logit_t / d x_c|`` per pixel.
+"""Saliency: the magnitude of the input gradient of the target logit.
 
-One forward and one backward pass to the input per image.
+Paper: K. Simonyan, A. Vedaldi, A. Zisserman, "Deep inside convolutional networks:
+visualising image classification models and saliency maps", ICLR Workshop, 2014.
+
+Formula, for an image ``x`` ``[H, W, C]`` and target class ``t``, with ``f_t`` the
+pre-softmax logit (the model's output when it has no final softmax)::
+
+    map[i, j] = max_c | d f_t(x) / d x[i, j, c] |
+
+No baseline, no normalisation; ``[H, W]`` float32, non-negative, in logit units
+per input unit. Cost: one forward and one backward pass to the input per image.
 """
 from __future__ import annotations
 
@@ -13,7 +22,8 @@ class Saliency(Explainer):
 
     Parameters
     ----------
-    batch_size : images per model call.
+    batch_size : int, default 32
+        Images per model call (the memory bound).
     """
 
     def maps(self, classifier, images: Images, targets: Targets) -> Maps:

@@ -1,10 +1,21 @@
-"""SmoothGrad (Smilkov et al., 2017).
+"""SmoothGrad: the input gradient averaged over noisy copies, its magnitude per pixel.
 
-The input gradient averaged over ``samples`` noisy copies ``x + N(0, s^2)`` with
-``s = noise * (max(x) - min(x))`` per image; the map is ``max_c |mean_k g_k,c|``.
-Noise of sample ``k`` of image ``i`` comes from ``default_rng([seed, i, k])``, so maps
-do not depend on ``batch_size``. Cost: ``samples`` forward and backward passes per
-image, images x samples flattened into chunks of ``batch_size`` model inputs.
+Paper: D. Smilkov, N. Thorat, B. Kim, F. Viegas, M. Wattenberg, "SmoothGrad:
+removing noise by adding noise", ICML Workshop on Visualization for Deep
+Learning, 2017 (arXiv:1706.03825).
+
+Formula, for image ``i`` ``x`` ``[H, W, C]``, ``f_t`` the pre-softmax logit of the
+target class and ``n = samples``::
+
+    s        = noise * (max(x) - min(x))            (over all pixels and channels)
+    e_k      ~ N(0, I) [H, W, C],  k = 0 .. n-1     (default_rng([seed, i, k]))
+    g        = (1 / n) * sum_k d f_t / d x (x + s * e_k)
+    map[i,j] = max_c | g[i, j, c] |
+
+The absolute value is taken after the mean. No normalisation; ``[H, W]`` float32,
+non-negative. Noise depends only on ``(seed, i, k)``, so maps do not depend on
+``batch_size``. Cost: ``samples`` forward and backward passes per image, images x
+samples flattened into chunks of ``batch_size`` model inputs.
 """
 from __future__ import annotations
 
@@ -20,10 +31,14 @@ class SmoothGrad(Explainer):
 
     Parameters
     ----------
-    batch_size : model inputs (images x samples) per model call.
-    samples : noisy copies per image.
-    noise : noise standard deviation as a fraction of each image's value range.
-    seed : seed of the noise.
+    batch_size : int, default 32
+        Model inputs (images x samples) per model call.
+    samples : int, default 32
+        Noisy copies per image.
+    noise : float, default 0.15
+        Noise standard deviation as a share (>= 0) of each image's value range.
+    seed : int, default 0
+        Seed of the noise (>= 0).
     """
 
     def __init__(self, batch_size: int = 32, samples: int = 32, noise: float = 0.15, seed: int = 0):
