@@ -19,9 +19,23 @@ HDBSCAN(min_cluster_size=2, metric="precomputed", copy=True).fit(np.zeros((2, 2)
 
 
 def pca(x: np.ndarray, n: int) -> np.ndarray:
-    """Scores ``[rows, n]`` of the centred rows of ``x`` on their ``n`` principal axes
-    (eigen-decomposition of the smaller Gram or covariance matrix; signs fixed so the
-    largest loading of each axis is positive). ``n < 1`` returns ``x`` centred."""
+    """Scores of the centred rows of ``x`` on their ``n`` principal axes.
+
+    Eigen-decomposition of the smaller Gram or covariance matrix; signs fixed so the
+    largest loading of each axis is positive.
+
+    Parameters
+    ----------
+    x : np.ndarray
+        ``[rows, features]``.
+    n : int
+        Number of axes; ``n < 1`` returns ``x`` centred.
+
+    Returns
+    -------
+    np.ndarray
+        ``[rows, n]`` (``[rows, features]`` for ``n < 1``).
+    """
     x = x - x.mean(axis=0, keepdims=True)
     if n < 1:
         return x
@@ -38,7 +52,13 @@ def pca(x: np.ndarray, n: int) -> np.ndarray:
 
 
 def distances(x: np.ndarray) -> np.ndarray:
-    """Euclidean distances ``[n, n]`` between the rows of ``x`` (zero diagonal)."""
+    """Euclidean distances ``[n, n]`` between the rows of ``x`` ``[n, features]`` (zero diagonal).
+
+    Parameters
+    ----------
+    x : np.ndarray
+        ``[n, features]``.
+    """
     sq = np.sum(x * x, axis=1)
     d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * x @ x.T, 0.0))
     np.fill_diagonal(d, 0.0)
@@ -52,6 +72,13 @@ def affinity(d: np.ndarray, neighbors: int) -> np.ndarray:
     ``W_ij = exp(-d_ij^2 / (s_i s_j))`` when ``j`` is among the ``neighbors`` nearest of
     ``i`` or ``i`` among those of ``j``; ``s_i`` is the distance from ``i`` to its
     farthest kept neighbour.
+
+    Parameters
+    ----------
+    d : np.ndarray
+        ``[n, n]`` distances.
+    neighbors : int
+        Neighbours per point (capped at ``n - 1``; below 1 the affinity is all zero).
     """
     n = len(d)
     k = min(neighbors, n - 1)
@@ -67,8 +94,21 @@ def affinity(d: np.ndarray, neighbors: int) -> np.ndarray:
 
 
 def spectrum(w: np.ndarray, n_vectors: int) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (ascending, all) of the symmetric normalised Laplacian of ``w`` and
-    its first ``n_vectors`` eigenvectors ``[n, n_vectors]``."""
+    """Spectrum of the symmetric normalised Laplacian ``I - D^-1/2 W D^-1/2`` of ``w``.
+
+    Parameters
+    ----------
+    w : np.ndarray
+        ``[n, n]`` symmetric affinity.
+    n_vectors : int
+        Eigenvectors to return.
+
+    Returns
+    -------
+    (np.ndarray, np.ndarray)
+        All ``n`` eigenvalues, ascending, clipped to [0, 2]; the first ``n_vectors``
+        eigenvectors ``[n, n_vectors]``.
+    """
     degree = w.sum(axis=1)
     inv = np.where(degree > 0, 1.0 / np.sqrt(np.where(degree > 0, degree, 1.0)), 0.0)
     lap = np.eye(len(w)) - inv[:, None] * w * inv[None, :]
@@ -77,8 +117,15 @@ def spectrum(w: np.ndarray, n_vectors: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def eigengap_k(values: np.ndarray, k_max: int) -> int:
-    """Number of clusters: ``k`` in ``[1, k_max]`` maximising ``values[k] - values[k - 1]``
-    (``values`` ascending Laplacian eigenvalues)."""
+    """Number of clusters: ``k`` in ``[1, k_max]`` maximising ``values[k] - values[k - 1]``.
+
+    Parameters
+    ----------
+    values : np.ndarray
+        Ascending Laplacian eigenvalues ``[n]``.
+    k_max : int
+        Largest ``k`` (capped at ``n - 1``; 1 when that is <= 1).
+    """
     k_max = min(k_max, len(values) - 1)
     if k_max <= 1:
         return 1
@@ -86,8 +133,15 @@ def eigengap_k(values: np.ndarray, k_max: int) -> int:
 
 
 def cluster_qr(vectors: np.ndarray) -> np.ndarray:
-    """Cluster labels from the rows of ``k`` eigenvectors ``[n, k]`` by column-pivoted QR
-    (Damle, Minden and Ying 2019): deterministic, no k-means restarts."""
+    """Cluster labels int ``[n]`` in ``[0, k)`` by column-pivoted QR (Damle, Minden and Ying 2019).
+
+    Deterministic, no k-means restarts.
+
+    Parameters
+    ----------
+    vectors : np.ndarray
+        ``[n, k]``: the first ``k`` Laplacian eigenvectors.
+    """
     k = vectors.shape[1]
     _, _, piv = qr(vectors.T, pivoting=True)
     ut, _, v = svd(vectors[piv[:k], :].T)
@@ -95,8 +149,22 @@ def cluster_qr(vectors: np.ndarray) -> np.ndarray:
 
 
 def spectral_clusters(d: np.ndarray, neighbors: int, max_clusters: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(labels [n], eigenvalues, k)`` of the spectral clustering of points with distances ``d``
-    ``[n, n]``: a kNN graph of ``neighbors``, ``k`` at the largest eigengap up to ``max_clusters``."""
+    """Spectral clustering of points with distances ``d``.
+
+    Parameters
+    ----------
+    d : np.ndarray
+        ``[n, n]`` distances.
+    neighbors : int
+        Neighbours per point of the kNN graph (``affinity``).
+    max_clusters : int
+        Largest ``k``; ``k`` is at the largest eigengap (``eigengap_k``).
+
+    Returns
+    -------
+    (np.ndarray, np.ndarray, int)
+        Labels int ``[n]`` (all 0 when ``k <= 1``), the ``[n]`` eigenvalues, and ``k``.
+    """
     w = affinity(d, neighbors)
     values, vectors = spectrum(w, min(max_clusters, len(d)))
     k = eigengap_k(values, max_clusters)
@@ -105,7 +173,15 @@ def spectral_clusters(d: np.ndarray, neighbors: int, max_clusters: int) -> tuple
 
 
 def density_clusters(d: np.ndarray, min_size: int) -> np.ndarray:
-    """HDBSCAN labels (``-1`` = noise) of points with distances ``d``."""
+    """HDBSCAN labels int ``[n]`` (``-1`` = noise) of points with distances ``d``.
+
+    Parameters
+    ----------
+    d : np.ndarray
+        ``[n, n]`` distances (precomputed metric).
+    min_size : int
+        HDBSCAN's ``min_cluster_size``; fewer than ``2 * min_size`` points are all noise.
+    """
     if len(d) < 2 * min_size:
         return np.full(len(d), -1)
     return HDBSCAN(min_cluster_size=min_size, metric="precomputed", copy=True).fit(d).labels_
@@ -114,7 +190,20 @@ def density_clusters(d: np.ndarray, min_size: int) -> np.ndarray:
 def ward_cut(x: np.ndarray, clusters: list[np.ndarray]) -> list[np.ndarray]:
     """Merge ``clusters`` (row index arrays into ``x``) bottom-up by Ward's criterion and
     cut the tree at its largest gap in merge height (the clusters themselves at
-    height 0): parts of one group merge, distinct groups stay apart."""
+    height 0): parts of one group merge, distinct groups stay apart.
+
+    Parameters
+    ----------
+    x : np.ndarray
+        ``[rows, features]``.
+    clusters : list of np.ndarray
+        Row index arrays into ``x``.
+
+    Returns
+    -------
+    list of np.ndarray
+        The groups after the cut, row indices (merged groups sorted).
+    """
     groups = [np.asarray(c) for c in clusters]
     states, heights = [list(groups)], [0.0]
     while len(groups) > 1:

@@ -72,10 +72,12 @@ class Cue:
     id: str | None = None
 
     def to_json(self) -> dict:
+        """The cue as its ``summary.json`` object."""
         return {"x": self.x, "y": self.y, "focus": self.focus, "cell": self.cell, "id": self.id}
 
     @classmethod
     def from_json(cls, data: dict | None) -> "Cue | None":
+        """The record of a ``to_json`` ``data`` (unknown keys ignored), or None when ``data`` is not a dict."""
         return cls(**_fields(cls, data)) if isinstance(data, dict) else None
 
 
@@ -98,10 +100,12 @@ class Intervention:
     se: float | None = None
 
     def to_json(self) -> dict:
+        """The record as its ``summary.json`` object (a ``dict`` of its fields)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, data: dict | None) -> "Intervention | None":
+        """The record of a ``to_json`` ``data`` (unknown keys ignored), or None when ``data`` is not a dict."""
         return cls(**_fields(cls, data)) if isinstance(data, dict) else None
 
 
@@ -124,6 +128,7 @@ class Verification:
     transplant: Intervention | None = None
 
     def to_json(self) -> dict:
+        """The result as its ``summary.json`` object (``verified`` and ``reason`` only when not verified)."""
         if not self.verified:
             return {"verified": False, "reason": self.reason}
         out = {"verified": True, "members_tested": self.members_tested, "rounds": self.rounds,
@@ -134,6 +139,7 @@ class Verification:
 
     @classmethod
     def from_json(cls, data: dict | None) -> "Verification | None":
+        """The record of a ``to_json`` ``data`` (unknown keys ignored), or None when ``data`` is not a dict."""
         if not isinstance(data, dict):
             return None
         values = _fields(cls, data)
@@ -165,10 +171,12 @@ class FindingTrust:
     level: str
 
     def to_json(self) -> dict:
+        """The record as its ``summary.json`` object (a ``dict`` of its fields)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, data: dict | None) -> "FindingTrust | None":
+        """The record of a ``to_json`` ``data`` (unknown keys ignored), or None when ``data`` is not a dict."""
         if not isinstance(data, dict):
             return None
         values = {"agreement": None, "n_images": 0, "lift": None, "agrees": None, "confirmed": None, "level": "low"}
@@ -181,7 +189,8 @@ class Finding:
 
     Discover sets the identity and evidence: ``id``, ``true_label`` / ``predicted_label``
     (the confusion pair), ``members`` (manifest paths, most central first) and their
-    prediction ``rows``, counts, ``support``, ``coherence``, per-member ``centrality``,
+    prediction ``rows``, the counts ``n_errors`` (misclassified members) and ``n_low_confidence``
+    (correct but low-margin ones), ``support``, ``coherence``, per-member ``centrality``,
     ``exemplars``, the pair's Laplacian ``eigenvalues`` and ``eigengap_k``, and ``cue``.
     Verify sets ``verification`` and ``causal`` (clipped best lift, 0 until verified);
     ``score`` and ``rank`` follow from them (``ranked``). Trust sets ``trust``; the
@@ -215,10 +224,12 @@ class Finding:
 
     @property
     def size(self) -> int:
+        """Number of members."""
         return len(self.members)
 
     @property
     def pair(self) -> tuple[str, str]:
+        """The confusion pair ``(true_label, predicted_label)``."""
         return self.true_label, self.predicted_label
 
     def to_json(self) -> dict:
@@ -240,7 +251,7 @@ class Finding:
 
     @classmethod
     def from_json(cls, data: dict) -> "Finding":
-        """A finding from its ``summary.json`` entry; missing keys take their defaults."""
+        """A finding from its ``summary.json`` entry ``data`` (a dict); missing keys take their defaults."""
         values = _fields(cls, data)
         for name in ("members", "exemplars"):
             values[name] = tuple(str(v) for v in data.get(name) or ())
@@ -262,14 +273,16 @@ def cue_descriptor(maps: np.ndarray) -> Cue:
 
     Parameters
     ----------
-    maps : float ``[n, H, W]``, the members' attribution maps (any resolution; the
+    maps : np.ndarray
+        float ``[n, H, W]``, the members' attribution maps (any resolution; the
         pipeline passes them pooled to ``discovery.grid`` cells). Each member's positive
         part is L1-normalised, so every member weighs the same; an all-zero map counts
         as uniform.
 
     Returns
     -------
-    ``Cue`` with ``x``, ``y`` (centre of mass of the members' mean map, fractions of the
+    Cue
+        With ``x``, ``y`` (centre of mass of the members' mean map, fractions of the
     width and height), ``cell`` (the 3 x 3 cell holding it: an odd grid keeps the image
     centre, where cues placed anywhere average out, off cell borders) and ``focus`` (the
     members' mean share of their positive attribution in their own top ``FOCUS_SHARE`` of
@@ -291,7 +304,15 @@ def cue_descriptor(maps: np.ndarray) -> Cue:
 
 
 def stable_id(true_label: str, predicted_label: str, cell: str) -> str:
-    """``F-`` + 8 hex digits of the SHA-1 of the confusion pair and the cue's cell."""
+    """``F-`` + 8 hex digits of the SHA-1 of ``true_label``, ``predicted_label`` and ``cell`` (joined by newlines).
+
+    Parameters
+    ----------
+    true_label, predicted_label : str
+        The confusion pair's class names.
+    cell : str
+        The cue's 3 x 3 cell name (``CUE_CELLS``).
+    """
     digest = hashlib.sha1("\n".join([true_label, predicted_label, cell]).encode()).hexdigest()[:8]
     return f"F-{digest}"
 
@@ -301,9 +322,12 @@ def assign_ids(findings: list[Finding], maps: np.ndarray, map_of: dict[int, int]
 
     Parameters
     ----------
-    findings : each pair's findings best-scored first (the order decides ``-2``, ``-3``).
-    maps : float ``[m, H, W]`` maps of the selected images; ``map_of`` maps a prediction
-        row id to its index in ``maps``.
+    findings : list of Finding
+        Each pair's findings best-scored first (the order decides ``-2``, ``-3``).
+    maps : np.ndarray
+        float ``[m, H, W]`` maps of the selected images.
+    map_of : dict of int to int
+        A prediction row id to its index in ``maps``.
     """
     seen: dict[str, int] = {}
     out = []
@@ -317,12 +341,12 @@ def assign_ids(findings: list[Finding], maps: np.ndarray, map_of: dict[int, int]
 
 
 def finding_score(finding: Finding) -> float:
-    """``support * coherence * (1 + causal)``."""
+    """The score of ``finding``: ``support * coherence * (1 + causal)`` (``causal`` None counts as 0)."""
     return float(finding.support) * float(finding.coherence) * (1.0 + float(finding.causal or 0.0))
 
 
 def ranked(findings: list[Finding]) -> list[Finding]:
-    """The findings scored, sorted by score (ties by id) and numbered from rank 1."""
+    """The ``findings`` scored (rounded to 6 digits), sorted by score (ties by id) and numbered from rank 1."""
     scored = [dataclasses.replace(f, score=round(finding_score(f), 6)) for f in findings]
     scored.sort(key=lambda f: (-f.score, f.id))
     return [dataclasses.replace(f, rank=rank) for rank, f in enumerate(scored, start=1)]

@@ -14,7 +14,19 @@ def attention_pooled(activations: np.ndarray, maps: np.ndarray) -> np.ndarray:
     """Activations ``[n, h, w, c]`` averaged over space with weights from ``maps`` ``[n, H, W]``.
 
     The positive part of each map is area-averaged to ``h x w`` and normalised to
-    sum 1 (uniform where the map is all zero). Returns ``[n, c]`` float32.
+    sum 1 (uniform where the map is all zero).
+
+    Parameters
+    ----------
+    activations : np.ndarray
+        ``[n, h, w, c]``: a layer's activations per image.
+    maps : np.ndarray
+        ``[n, H, W]``: attribution maps of the same images, any resolution.
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``[n, c]``: the attention-weighted mean activation per channel.
     """
     n, h, w, _ = activations.shape
     weights = area_pool(np.maximum(maps, 0.0), h, w) if n else np.zeros((0, h, w))
@@ -24,8 +36,22 @@ def attention_pooled(activations: np.ndarray, maps: np.ndarray) -> np.ndarray:
 
 
 def area_pool(maps: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Mean of each map ``[n, H, W]`` (or one ``[H, W]``) over an ``h x w`` grid of nearly
-    equal cells; when the grid is finer than the map, a cell is one map pixel."""
+    """Mean of each map over an ``h x w`` grid of nearly equal cells.
+
+    When the grid is finer than the map, a cell is one map pixel.
+
+    Parameters
+    ----------
+    maps : np.ndarray
+        ``[n, H, W]`` or one ``[H, W]``.
+    h, w : int
+        Grid rows and columns (cells).
+
+    Returns
+    -------
+    np.ndarray
+        float64 ``[n, h, w]`` (``[h, w]`` for one map).
+    """
     maps = np.asarray(maps, np.float64)
     single = maps.ndim == 2
     maps = maps[None] if single else maps
@@ -39,16 +65,43 @@ def area_pool(maps: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def top_region(cam: np.ndarray, grid: int, max_area: float) -> np.ndarray | None:
-    """Boolean mask ``[H, W]`` of the top-attributed region of ``cam`` (see the module
-    docstring), or ``None`` when the map has no positive attribution."""
+    """Boolean mask ``[H, W]`` of the top-attributed region of ``cam``, or ``None`` when it has no positive value.
+
+    Parameters
+    ----------
+    cam : np.ndarray
+        One map ``[H, W]``.
+    grid, max_area
+        As in ``top_regions``.
+    """
     return top_regions(np.asarray(cam)[None], grid, max_area)[0]
 
 
 def top_regions(cams: np.ndarray, grid: int, max_area: float,
                 shape: tuple[int, int] | None = None) -> list[np.ndarray | None]:
-    """``top_region`` of each map of ``cams`` ``[n, H, W]``, as masks of ``shape`` (default
-    ``(H, W)``). ``cams`` may be given already pooled to ``grid x grid`` (pooling is then
-    the identity) with the image's ``shape``."""
+    """The top-attributed region of each map, as a boolean mask.
+
+    The positive part of a map is area-pooled to ``grid x grid`` cells; the region is
+    the cells holding at least ``PEAK_FRACTION`` of the peak cell's value or, if more
+    than ``cap = max(1, floor(max_area * grid^2))`` cells qualify, the ``cap`` highest.
+
+    Parameters
+    ----------
+    cams : np.ndarray
+        ``[n, H, W]`` maps; may be given already pooled to ``grid x grid`` (pooling is
+        then the identity) with the image's ``shape``.
+    grid : int
+        Cells per side.
+    max_area : float
+        Largest region, as a share 0..1 of the cells.
+    shape : (int, int), optional
+        ``(H, W)`` of the masks in pixels; default the maps' own.
+
+    Returns
+    -------
+    list of np.ndarray or None
+        Per map a bool mask of ``shape``, or None where the map has no positive value.
+    """
     n, h, w = cams.shape
     h, w = shape or (h, w)
     pooled = area_pool(np.maximum(cams, 0.0), grid, grid).reshape(n, -1)

@@ -28,7 +28,17 @@ REDRAW_SECONDS = 0.1
 
 
 def choose_mode(log_format: str, quiet: bool, stream: TextIO | None = None) -> str:
-    """``quiet``, ``json``, ``bar`` when ``stream`` (default stderr) is a terminal, else ``text``."""
+    """The progress mode: ``quiet``, ``json``, ``bar`` when ``stream`` is a terminal, else ``text``.
+
+    Parameters
+    ----------
+    log_format : str
+        The CLI's ``--log-format``; ``"json"`` selects ``json``, anything else a bar or text.
+    quiet : bool
+        ``--quiet``: wins over everything.
+    stream : TextIO, optional
+        The stream a bar would draw on (default ``sys.stderr``).
+    """
     if quiet:
         return "quiet"
     if log_format == "json":
@@ -42,7 +52,15 @@ def _now() -> str:
 
 
 class Stage:
-    """The handle of one running stage: ``update(done, total)`` with finished / all tasks."""
+    """The handle of one running stage: ``update(done, total)`` with finished / all tasks.
+
+    Parameters
+    ----------
+    progress : Progress
+        The log the stage draws on.
+    name : str
+        The stage's name (``predict``, ``attribute``, ...).
+    """
 
     def __init__(self, progress: "Progress", name: str):
         self.progress, self.name = progress, name
@@ -51,6 +69,7 @@ class Stage:
         self._drawn = 0.0
 
     def update(self, done: int, total: int) -> None:
+        """Record ``done`` of ``total`` tasks; a bar redraws at most every ``REDRAW_SECONDS`` (and at the end)."""
         self.done, self.total = int(done), int(total)
         if self.progress.mode == "bar" and (time.perf_counter() - self._drawn >= REDRAW_SECONDS or done >= total):
             self._drawn = time.perf_counter()
@@ -58,11 +77,22 @@ class Stage:
 
     @property
     def seconds(self) -> float:
+        """Wall-clock seconds since the stage started."""
         return time.perf_counter() - self.start
 
 
 class Progress:
-    """The run's log: call it with a message; ``with progress.stage(name) as s: ...`` around a stage."""
+    """The run's log: call it with a message; ``with progress.stage(name) as s: ...`` around a stage.
+
+    A message starting with "warning" is logged at level ``warning``.
+
+    Parameters
+    ----------
+    mode : str, default "text"
+        One of ``MODES`` (module docstring); another raises ``ValueError``.
+    out, err : TextIO, optional
+        Streams for text lines and for bars / JSON lines (default stdout, stderr).
+    """
 
     def __init__(self, mode: str = "text", out: TextIO | None = None, err: TextIO | None = None):
         if mode not in MODES:
@@ -78,6 +108,17 @@ class Progress:
         self.event("log", msg.strip() if self.mode == "json" else msg, level=level)
 
     def event(self, event: str, msg: str, level: str = "info", **fields) -> None:
+        """Emit one ``event`` (``start``, ``end``, ``failed``, ``log``, ``error``) in the current mode.
+
+        Parameters
+        ----------
+        event, msg : str
+            The event's name and its human-readable message.
+        level : str, default "info"
+            ``info``, ``warning`` or ``error`` (JSON mode only).
+        **fields
+            Extra keys of the JSON record (e.g. ``seconds``, ``tasks``).
+        """
         stage = self.current.name if self.current is not None else None
         if self.mode == "quiet":
             return
@@ -94,6 +135,18 @@ class Progress:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[Stage]:
+        """Context manager around stage ``name``: logs its start, then its end (or failure) with seconds.
+
+        Parameters
+        ----------
+        name : str
+            The stage's name.
+
+        Yields
+        ------
+        Stage
+            The handle to feed with ``update(done, total)``.
+        """
         stage = Stage(self, name)
         self.current = stage
         self.event("start", f"[{name}] start")
@@ -134,7 +187,20 @@ class Progress:
 
 @contextlib.contextmanager
 def stage(log: Callable[[str], None], name: str) -> Iterator[Stage | None]:
-    """``log.stage(name)`` for a ``Progress``; for a plain callable, ``[name]`` and ``name took`` lines."""
+    """``log.stage(name)`` for a ``Progress``; for a plain callable, ``[name]`` and ``name took`` lines.
+
+    Parameters
+    ----------
+    log : callable
+        A ``Progress`` or any ``str -> None`` callable.
+    name : str
+        The stage's name.
+
+    Yields
+    ------
+    Stage or None
+        The stage handle (None for a plain callable).
+    """
     if isinstance(log, Progress):
         with log.stage(name) as handle:
             yield handle

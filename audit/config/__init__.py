@@ -46,7 +46,23 @@ def _thaw(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Setting:
-    """One key of the schema: dotted ``key``, ``default``, ``check``, ``doc`` and how YAML/--set treat it."""
+    """One key of the schema (``KEYS`` maps each dotted key to one).
+
+    Attributes
+    ----------
+    key : str
+        Dotted name, e.g. ``"select.margin"``.
+    default : Any
+        Default value, as plain values (lists, dicts).
+    check : Check
+        The value test and its words for the error line.
+    doc : str
+        The comment the commented ``pipelines/*.yaml`` carry.
+    path : bool
+        A relative value in a YAML file is taken relative to that file's folder.
+    mapping : bool
+        A free-form mapping whose nested keys ``--set`` may address.
+    """
 
     key: str
     default: Any
@@ -95,7 +111,15 @@ def defaults() -> dict:
 
 
 def from_dict(values: dict, source: str | None = None) -> Config:
-    """A ``Config`` from a nested dict of (already checked) values; missing keys take their default."""
+    """A ``Config`` from a nested dict of (already checked) values; missing keys take their default.
+
+    Parameters
+    ----------
+    values : dict
+        ``{"select": {"margin": 0.15}, "seed": 0, ...}``; not checked here.
+    source : str, optional
+        The YAML file the values came from (``Config.source``).
+    """
     built = {}
     for f in dataclasses.fields(Settings):
         if f.metadata.get("section"):
@@ -107,8 +131,14 @@ def from_dict(values: dict, source: str | None = None) -> Config:
 
 
 def recorded(values: dict | None) -> Config:
-    """The config a run recorded (``run.json``), read leniently to re-render or compare old runs:
-    keys the schema does not know are ignored; a missing or invalid value takes today's default."""
+    """The config a run recorded (``run.json``), read leniently to re-render or compare old runs.
+
+    Parameters
+    ----------
+    values : dict or None
+        The recorded nested settings; keys the schema does not know are ignored, a
+        missing or invalid value takes today's default.
+    """
     out = defaults()
     for key, setting in KEYS.items():
         try:
@@ -130,14 +160,24 @@ def resolve(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = 
 
     Parameters
     ----------
-    path : YAML file (optional); relative paths in it are taken relative to its folder.
-    sets : ``"key=value"`` strings, the value parsed as YAML (a string stays a string
+    path : str or Path, optional
+        YAML file; relative paths in it are taken relative to its folder.
+    sets : sequence of str
+        ``"key=value"`` strings, the value parsed as YAML (a string stays a string
         where the key expects one: ``run_id=2026-12-02``).
-    flags : dotted key to value; ``None`` values are ignored.
+    flags : dict, optional
+        Dotted key to value; ``None`` values are ignored.
+
+    Returns
+    -------
+    Config
+        Frozen; ``run_id`` defaults to the UTC time ``YYYYmmdd-HHMMSS``, ``out`` to
+        ``reports/<run_id>``.
 
     Raises
     ------
-    UsageError : one line naming the file or key.
+    UsageError
+        One line naming the file or key (unknown key, bad value, bad YAML).
     """
     values = copy.deepcopy(defaults())
     source = None

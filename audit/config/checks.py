@@ -13,10 +13,14 @@ from typing import Any, Callable
 class Check:
     """A test of a setting's value and the words for what it must be.
 
-    Parameters
+    Calling the check with a value returns ``test(value)`` as a bool.
+
+    Attributes
     ----------
-    test : ``value -> bool``; ``True`` when the value is acceptable.
-    text : what the value must be, e.g. "a float in [0, 1]" (a callable when it
+    test : callable
+        ``value -> bool``; ``True`` when the value is acceptable.
+    text : str or callable
+        What the value must be, e.g. "a float in [0, 1]" (a callable when it
         depends on the run time, such as the registered methods).
     """
 
@@ -27,6 +31,7 @@ class Check:
         return bool(self.test(value))
 
     def describe(self) -> str:
+        """``text``, called if it is a callable: the words after "must be" in the error line."""
         return self.text() if callable(self.text) else self.text
 
 
@@ -39,7 +44,15 @@ def _is_number(v: Any) -> bool:
 
 
 def integer(low: int | None = None, high: int | None = None, text: str | None = None) -> Check:
-    """An int in ``[low, high]`` (either bound may be open-ended)."""
+    """An int (not a bool) in [``low``, ``high``]; a bound of None is open-ended.
+
+    Parameters
+    ----------
+    low, high : int, optional
+        Inclusive bounds.
+    text : str, optional
+        The words for the error; default derived from the bounds ("a positive int").
+    """
     default = ("a positive int" if low == 1 and high is None else "a non-negative int" if low == 0 and high is None
                else f"an int >= {low}" if high is None else f"an int in [{low}, {high}]")
     return Check(lambda v: _is_int(v) and (low is None or v >= low) and (high is None or v <= high), text or default)
@@ -47,7 +60,17 @@ def integer(low: int | None = None, high: int | None = None, text: str | None = 
 
 def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
            high_open: bool = False, text: str) -> Check:
-    """A finite int or float within the bounds (``low_open``/``high_open``: the bound excluded)."""
+    """A non-NaN int or float (not a bool) within the bounds.
+
+    Parameters
+    ----------
+    low, high : float, optional
+        Bounds; None is open-ended.
+    low_open, high_open : bool
+        The bound itself is excluded.
+    text : str
+        The words for the error ("a float in [0, 1]").
+    """
     def test(v: Any) -> bool:
         if not _is_number(v):
             return False
@@ -65,7 +88,7 @@ FRACTION = number(0, 1, text="a float in [0, 1]")
 
 
 def optional(check: Check, text: str | None = None) -> Check:
-    """``check`` or ``None`` (null in YAML)."""
+    """``check`` or ``None`` (null in YAML); ``text`` defaults to the check's words + " or null"."""
     return Check(lambda v: v is None or check(v), text or (lambda: f"{check.describe()} or null"))
 
 
@@ -86,12 +109,13 @@ def pair() -> Check:
 
 
 def run_id() -> Check:
+    """A run ID: a string of letters, digits, ``-`` and ``_`` (a folder name)."""
     return Check(lambda v: isinstance(v, str) and v.replace("-", "").replace("_", "").isalnum(),
                  "letters, digits, - and _ only")
 
 
 def names(what: str) -> Check:
-    """A non-empty list of non-empty strings (layer names, ...)."""
+    """A non-empty list of non-empty strings, described as "a non-empty list of ``what``" (layer names, ...)."""
     return Check(lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(TEXT(x) for x in v),
                  f"a non-empty list of {what}")
 

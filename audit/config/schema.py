@@ -29,11 +29,14 @@ def setting(default: Any, check: Check, doc: str, *, path: bool = False, mapping
 
 
 def section(cls: type) -> Any:
+    """A ``Settings`` field holding section ``cls`` (a dataclass of ``setting`` fields), default-built."""
     return field(default_factory=cls, metadata={"section": True})
 
 
 @dataclass(frozen=True)
 class Model:
+    """``model:`` the classifier file and the layer the layer-based methods explain."""
+
     path: str | None = setting(None, optional(text("a model file or folder path"), "a model file or folder path"),
                                "the classifier: .keras or .h5 file", path=True)
     target_layer: str | None = setting(None, optional(text("a layer name"), "a layer name"),
@@ -43,6 +46,8 @@ class Model:
 
 @dataclass(frozen=True)
 class Data:
+    """``data:`` the labelled images, the class order and how pixels are scaled for the model."""
+
     path: str | None = setting(None, optional(text("a folder or manifest path"), "a folder or manifest path"),
                                "folder of class subfolders, or CSV/parquet manifest", path=True)
     classes: str | None = setting(None, optional(text("a text file path"), "a text file path"),
@@ -54,12 +59,16 @@ class Data:
 
 @dataclass(frozen=True)
 class Predict:
+    """``predict:`` batching of the prediction pass over the whole dataset."""
+
     batch_size: int = setting(64, POSITIVE_INT, "images per model call")
     partition_size: int = setting(512, POSITIVE_INT, "images per Dask task")
 
 
 @dataclass(frozen=True)
 class Select:
+    """``select:`` which images are explained: errors, low-margin correct ones and contrast images."""
+
     margin: float = setting(0.15, FRACTION, "correct but top-1 minus top-2 probability below this: low confidence")
     max_per_pair: int = setting(200, POSITIVE_INT, "cap of selected images per confusion pair")
     contrast_per_class: int = setting(30, NON_NEGATIVE_INT,
@@ -70,6 +79,8 @@ class Select:
 
 @dataclass(frozen=True)
 class Attribution:
+    """``attribution:`` the attribution methods, their parameters and batching."""
+
     methods: tuple[str, ...] = setting(("gradcam", "integrated_gradients", "occlusion"), methods(),
                                        "the first one's maps drive discovery")
     params: Any = setting({}, method_params(),
@@ -80,6 +91,8 @@ class Attribution:
 
 @dataclass(frozen=True)
 class Discovery:
+    """``discovery:`` features and clustering that turn selected images into candidate findings."""
+
     grid: int = setting(16, integer(1, 64), "spatial features: positive map pooled to grid x grid")
     pca_components: int = setting(16, POSITIVE_INT, "semantic features: PCA of attention-pooled activations")
     semantic_weight: float = setting(0.5, FRACTION, "share of the semantic block in the squared feature distance")
@@ -94,6 +107,8 @@ class Discovery:
 
 @dataclass(frozen=True)
 class Verify:
+    """``verify:`` intervention tests (occlusion, transplant) of the best findings' cues."""
+
     enabled: bool = setting(True, FLAG, "test the best findings by intervention")
     max_findings: int = setting(3, NON_NEGATIVE_INT, "the best-scored findings are tested by intervention")
     samples: int = setting(8, integer(2), "members occluded / clean images pasted onto, per round")
@@ -111,6 +126,8 @@ SPEARMAN = number(-1, 1, text="a number in [-1, 1]")
 
 @dataclass(frozen=True)
 class Trust:
+    """``trust:`` faithfulness, sanity checks and agreement of the attribution maps."""
+
     enabled: bool = setting(True, FLAG, "faithfulness, sanity checks and agreement of the maps")
     methods: tuple[str, ...] | None = setting(None, optional(methods(), lambda: "null or " + methods().describe()),
                                               "null: every attribution method; else a subset of attribution.methods")
@@ -137,6 +154,8 @@ class Trust:
 
 @dataclass(frozen=True)
 class Gates:
+    """``gates:`` thresholds whose breach fails the run (exit 1); null: the gate is off."""
+
     max_error_rate: float | None = setting(None, optional(FRACTION, "a float in [0, 1] or null"),
                                            "fail when 1 - accuracy exceeds this")
     max_finding_score: float | None = setting(None, optional(number(text="a number"), "a number or null"),
@@ -154,6 +173,8 @@ class Gates:
 
 @dataclass(frozen=True)
 class Baseline:
+    """``baseline:`` the previous run whose findings new ones are matched to, and the matching tolerances."""
+
     run_dir: str | None = setting(None, optional(text("a run folder path"), "a run folder path, \"latest\" or null"),
                                   "previous run folder (--baseline); \"latest\": newest other run in the history",
                                   path=True)
@@ -166,24 +187,32 @@ class Baseline:
 
 @dataclass(frozen=True)
 class Triage:
+    """``triage:`` the file that acknowledges or suppresses finding IDs."""
+
     path: str | None = setting(None, optional(text("a triage YAML file path"), "a triage YAML file path or null"),
                                "triage.yaml acknowledging / suppressing finding IDs (--triage)", path=True)
 
 
 @dataclass(frozen=True)
 class History:
+    """``history:`` the parquet file with one row per run and confusion pair, for trends."""
+
     path: str | None = setting("auto", optional(text("a parquet file path"), "\"auto\", a parquet file path or null"),
                                "history.parquet; auto: in the run folder's parent; null: no history", path=True)
 
 
 @dataclass(frozen=True)
 class Demo:
+    """``demo:`` the embedded synthetic scenario (``audit demo``)."""
+
     rail_rate: float = setting(0.87, FRACTION,
                                "share of bathroom training images with rails (audit demo --rail-rate)")
 
 
 @dataclass(frozen=True)
 class Dask:
+    """``dask:`` where the task graph runs."""
+
     scheduler: str | None = setting(None, optional(text("a scheduler address"),
                                                    "null (local) or a scheduler address such as tcp://host:8786"),
                                     "null: local threads; \"tcp://host:8786\": a distributed cluster")
@@ -192,6 +221,8 @@ class Dask:
 
 @dataclass(frozen=True)
 class Report:
+    """``report:`` layout, size budget and templates of the HTML report."""
+
     exemplars: int = setting(6, POSITIVE_INT, "exemplar images per finding")
     layout: str = setting("single", Check(lambda v: v in ("single", "folder"), "single or folder"),
                           "single: one self-contained index.html | folder: index.html + assets/")
@@ -206,6 +237,8 @@ class Report:
 
 @dataclass(frozen=True)
 class Internals:
+    """``internals:`` the look inside the model (activation maps, channels, patches, visualizations)."""
+
     enabled: bool = setting(True, FLAG, "look inside the model (audit.internals), for the top findings")
     findings: int = setting(3, NON_NEGATIVE_INT, "the best-ranked findings get a \"Model internals\" entry")
     layers: tuple[str, ...] | None = setting(None, optional(names("layer names"), "null or a non-empty list of layer names"),
