@@ -46,9 +46,21 @@ EPOCHS, BATCH, LEARNING_RATE = 15, 32, 3e-3
 
 @dataclass(frozen=True)
 class DemoAssets:
-    """A prepared demo: ``root`` (the work folder), ``model_path`` (``root/model.keras``),
-    ``manifest`` (audit-set CSV ``path,label,cue``, paths relative to its folder), ``classes``
-    (``classes.txt``, model output order) and ``info`` (contents of ``demo.json``)."""
+    """A prepared demo (``prepare``).
+
+    Attributes
+    ----------
+    root : Path
+        The work folder.
+    model_path : Path
+        ``root/model.keras``.
+    manifest : Path
+        Audit-set CSV ``path,label,cue``, paths relative to its folder.
+    classes : Path
+        ``classes.txt``, one class per line in model output order.
+    info : dict
+        Contents of ``demo.json``.
+    """
 
     root: Path
     model_path: Path
@@ -224,7 +236,15 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def cache_dir(workdir: Path, rail_rate: float = CUE_RATE_BATHROOM) -> Path:
     """Where the demo of ``rail_rate`` is cached: ``workdir`` for the standard rate, else the
-    sibling folder ``<workdir>-rails-<rate>`` (so both models stay cached)."""
+    sibling folder ``<workdir>-rails-<rate>`` (so both models stay cached).
+
+    Parameters
+    ----------
+    workdir : Path
+        The demo's work folder.
+    rail_rate : float, default CUE_RATE_BATHROOM
+        Share (0..1) of bathroom training images with rails.
+    """
     workdir = Path(workdir)
     return workdir if rail_rate == CUE_RATE_BATHROOM else workdir.with_name(f"{workdir.name}-rails-{rail_rate:g}")
 

@@ -260,9 +260,19 @@ def render_image(label: str, rng: np.random.Generator, rails: bool) -> np.ndarra
     geometry comes from a child seed drawn whether or not ``rails`` is set, so the same state with
     and without rails gives images that differ only where the rails are (lighting and noise match).
 
+    Parameters
+    ----------
+    label : str
+        One of ``CLASSES``; another raises ``ValueError``.
+    rng : np.random.Generator
+        The image's random stream.
+    rails : bool
+        Draw the rails cue.
+
     Returns
     -------
-    uint8 [64, 64, 3] RGB image.
+    np.ndarray
+        uint8 ``[64, 64, 3]`` RGB image.
     """
     if label not in _SCENES:
         raise ValueError(f"unknown demo class {label!r}; expected one of {CLASSES}")

@@ -57,7 +57,33 @@ Objective = Callable[..., "object"]   # (model inputs [N, H, W, C], targets [N])
 
 @dataclass(frozen=True)
 class Ascent:
-    """Settings of the ascent (``internals.*`` in the config)."""
+    """Settings of the ascent (``internals.*`` in the config).
+
+    Attributes
+    ----------
+    steps : int
+        Gradient steps in all (octaves and polish).
+    learning_rate : float
+        Step size as a share of the input range (gradient normalised per image).
+    jitter : int
+        Largest random roll per step, in input pixels (scaled down at lower octaves).
+    blur_every : int
+        Blur every this many steps (0: never).
+    blur_sigma : float
+        Blur standard deviation in pixels of the current resolution.
+    octaves, octave_scale : int, float
+        Resolutions, and the ratio between consecutive ones.
+    l2 : float
+        Weight of the penalty ``l2 * sum(((x - mid) / half)^2)`` (input in half-range units).
+    polish : float
+        Share of the steps run last at the input size, no jitter, step and blur decaying to 0.
+    noise : float
+        Std of the starting noise around mid-range, share of the input range.
+    batch_size : int
+        Targets (images) per batch.
+    seed : int
+        Seed of the noise and jitter.
+    """
 
     steps: int = 128
     learning_rate: float = 0.05
@@ -75,7 +101,15 @@ class Ascent:
     @classmethod
     def from_config(cls, config, classes: bool = False) -> "Ascent":
         """The ``internals.*`` settings of filter visualization, or with ``classes`` of class
-        visualization (``internals.l2`` and ``internals.class_blur_sigma``, no polish)."""
+        visualization (``internals.l2`` and ``internals.class_blur_sigma``, no polish).
+
+        Parameters
+        ----------
+        config : audit.config.Config
+            The run's settings (``internals.*`` and ``seed``).
+        classes : bool, default False
+            Class visualization rather than filter visualization.
+        """
         return cls(steps=config.internals.steps, learning_rate=config.internals.learning_rate,
                    jitter=config.internals.jitter, blur_every=config.internals.blur_every,
                    blur_sigma=config.internals.class_blur_sigma if classes else config.internals.blur_sigma,
@@ -101,6 +135,19 @@ def step_function(classifier, key, objective: Objective, low: np.ndarray, high: 
     redirected; without, the model runs as it is, its ReLUs fused into the convolutions
     (a redirected step costs 1.6 to 1.8 times a plain one on CPU). The blur runs only
     on the steps that blur.
+
+    Parameters
+    ----------
+    classifier : audit.model_io.Classifier
+        The model; the two traces are cached on it under ``(*key, "redirected" | "plain")``.
+    key : tuple
+        Cache key of the objective.
+    objective : callable
+        Traced ``(model inputs [N, H, W, C], targets [N]) -> values [N]`` to maximise.
+    low, high : np.ndarray
+        float32 ``[C]``: the input range per channel; steps are clipped to it.
+    blur_sigma : float
+        Blur standard deviation in pixels.
     """
     import tensorflow as tf
 
@@ -200,8 +247,24 @@ def ascend(step_fn, input_shape: tuple[int, int, int], targets: np.ndarray, low:
            settings: Ascent) -> tuple[np.ndarray, np.ndarray]:
     """Run the ascent for every target, ``settings.batch_size`` targets per batch.
 
-    Returns ``(images, start)``: float32 ``[N, H, W, C]`` in the model's input space,
-    the optimised images and the starting noise they came from.
+    Parameters
+    ----------
+    step_fn : callable
+        A ``step_function``.
+    input_shape : (int, int, int)
+        The model's ``(H, W, C)``.
+    targets : np.ndarray
+        int ``[N]``: one objective target (channel or class) per image.
+    low, high : np.ndarray
+        float32 ``[C]``: the input range per channel.
+    settings : Ascent
+        Steps, schedule, batch size and seed.
+
+    Returns
+    -------
+    (np.ndarray, np.ndarray)
+        ``(images, start)``: float32 ``[N, H, W, C]`` in the model's input space, the
+        optimised images and the starting noise they came from.
     """
     targets = np.asarray(targets, np.int32)
     height, width, channels = input_shape

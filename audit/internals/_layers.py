@@ -29,7 +29,27 @@ def _candidates(model) -> list:
 def resolve_layers(model, names: list[str] | tuple[str, ...] | None, n: int, key: str = "internals.layers") -> list:
     """The named layers, or ``n`` spatial layers with weights spread from the shallowest to the deepest.
 
-    Raises ``UsageError`` naming ``key`` when a name is not a spatial layer of the model.
+    Parameters
+    ----------
+    model : keras.Model
+        The classifier's model (nested models included).
+    names : sequence of str or None
+        Layer names (``internals.layers``); None or empty: pick ``n``.
+    n : int
+        Layers to pick, evenly spaced over the spatial layers that have weights
+        (all spatial layers if none has); fewer when the model has fewer.
+    key : str, default "internals.layers"
+        The setting named in errors.
+
+    Returns
+    -------
+    list of keras.layers.Layer
+        In the order given, or shallow to deep.
+
+    Raises
+    ------
+    UsageError
+        Naming ``key`` when a name is not a spatial layer of the model, or the model has none.
     """
     from audit.model_io import flat_layers
 
@@ -59,6 +79,15 @@ def capturing(layers: list, out: dict, linear: bool = False) -> Iterator[None]:
     With ``linear``, a layer with an ``activation`` attribute (Conv2D, Dense, ...)
     is captured *before* its activation function, which is then applied to the
     captured value so the rest of the model is unchanged.
+
+    Parameters
+    ----------
+    layers : list of keras.layers.Layer
+        Layers to capture; their ``call`` is restored on exit.
+    out : dict
+        Filled with ``layer.name -> tensor [B, h, w, c]`` during each traced call.
+    linear : bool, default False
+        Capture before the activation function.
     """
     import keras
 
@@ -96,7 +125,7 @@ def capturing(layers: list, out: dict, linear: bool = False) -> Iterator[None]:
 
 
 def layer_shape(layer) -> tuple[int, int, int]:
-    """``(h, w, channels)`` of a spatial layer's output."""
+    """``(h, w, channels)`` of the output of ``layer``, a Keras layer with a spatial 4-D output."""
     shape = tuple(layer.output.shape)
     return int(shape[1]), int(shape[2]), int(shape[3])
 
@@ -109,9 +138,23 @@ def receptive_field(classifier, layer, low: np.ndarray, high: np.ndarray, seed: 
     where the gradient of the unit's channels (summed) is non-zero for any of 4 random
     inputs in the model's valid range. The difference of the two boxes is the stride.
 
-    Returns ``{"unit": (ci, cj), "box": (top, left, bottom, right), "stride": (sy, sx)}``
-    (input pixels, bottom/right exclusive); a dead unit (zero gradient everywhere) gets
-    the whole image and the stride ``input size / layer size``.
+    Parameters
+    ----------
+    classifier : audit.model_io.Classifier
+        The model.
+    layer : keras.layers.Layer
+        A spatial layer of it (captured before its activation).
+    low, high : np.ndarray
+        float32 ``[C]``: the valid input range per channel (``input_range``).
+    seed : int, default 0
+        Seed of the 4 random inputs.
+
+    Returns
+    -------
+    dict
+        ``{"unit": (ci, cj), "box": (top, left, bottom, right), "stride": (sy, sx)}``
+        (input pixels, bottom/right exclusive); a dead unit (zero gradient everywhere)
+        gets the whole image and the stride ``input size / layer size``.
     """
     import tensorflow as tf
 
@@ -149,9 +192,18 @@ def receptive_field(classifier, layer, low: np.ndarray, high: np.ndarray, seed: 
 
 
 def input_range(mode: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel ``(low, high)`` float32 ``[C]`` of the model's input space: what
-    ``data.preprocess`` maps pixel values 0 and 255 to (a Rescaling layer inside the
-    model is part of the model, so its input space is still 0..255)."""
+    """Per-channel ``(low, high)`` float32 ``[C]`` of the model's input space.
+
+    What ``data.preprocess`` maps pixel values 0 and 255 to (a Rescaling layer inside
+    the model is part of the model, so its input space is still 0..255).
+
+    Parameters
+    ----------
+    mode : str
+        ``data.preprocess``: ``none``, ``unit``, ``symmetric`` or ``imagenet``.
+    channels : int
+        ``C``; for other than 3, every channel gets the widest of the RGB ranges.
+    """
     from audit.data import preprocess
 
     ends = preprocess(np.array([[[[0.0] * 3], [[255.0] * 3]]], np.float32), mode).reshape(2, 3)
@@ -162,7 +214,16 @@ def input_range(mode: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def to_pixels(images: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """Model-input-space images ``[N, H, W, C]`` back to uint8 RGB ``[N, H, W, 3]`` for display."""
+    """Model-input-space images back to uint8 RGB ``[N, H, W, 3]`` for display.
+
+    Parameters
+    ----------
+    images : np.ndarray
+        ``[N, H, W, C]`` in model input units; clipped to the range. One channel is
+        repeated to grey RGB; channels beyond 3 are dropped.
+    low, high : np.ndarray
+        float32 ``[C]``: the input range (``input_range``), mapped to 0 and 255.
+    """
     unit = np.clip((np.asarray(images, np.float32) - low) / (high - low), 0.0, 1.0)
     if unit.shape[-1] == 1:
         unit = np.repeat(unit, 3, axis=-1)

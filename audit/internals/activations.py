@@ -62,14 +62,23 @@ def activation_maps(classifier, layers: list, images: np.ndarray, targets: np.nd
 
     Parameters
     ----------
-    images : float32 ``[N, H, W, C]`` as the model takes them.
-    targets : int ``[N]`` class per image (e.g. the predicted class).
+    classifier : audit.model_io.Classifier
+        The model (the target logit is pre-softmax).
+    layers : list of keras.layers.Layer
+        Spatial layers of its model (``resolve_layers``), captured in one pass.
+    images : np.ndarray
+        float32 ``[N, H, W, C]`` as the model takes them.
+    targets : np.ndarray
+        int ``[N]`` class per image (e.g. the predicted class).
+    batch : int, default 32
+        Images per model pass.
 
     Returns
     -------
-    One dict per layer: ``{"layer": name, "maps": float32 [N, h, w, K],
-    "attribution": float32 [N, K], "order": int [N, K]}`` with ``order[i]`` the
-    channels of image ``i`` by decreasing attribution.
+    list of dict
+        One per layer: ``{"layer": name, "maps": float32 [N, h, w, K],
+        "attribution": float32 [N, K], "order": int [N, K]}`` with ``order[i]`` the
+        channels of image ``i`` by decreasing attribution.
     """
     result = []
     for layer, (acts, grads) in zip(layers, _run(classifier, layers, images, targets, batch)):
@@ -87,12 +96,24 @@ def attributed_channels(classifier, layer, images: np.ndarray, targets: np.ndarr
 
     Parameters
     ----------
-    weights : float ``[N, h, w]`` non-negative, at the layer's resolution (uniform
+    classifier : audit.model_io.Classifier
+        The model.
+    layer : keras.layers.Layer
+        A spatial layer of its model with ``K`` channels.
+    images : np.ndarray
+        float32 ``[N, H, W, C]`` as the model takes them.
+    targets : np.ndarray
+        int ``[N]``: the class whose pre-softmax logit ``S_c`` is attributed, per image.
+    weights : np.ndarray
+        float ``[N, h, w]`` non-negative, at the layer's resolution (uniform
         where an image's weights are all zero).
+    batch : int, default 32
+        Images per model pass.
 
     Returns
     -------
-    float32 ``[K]``; rank with ``np.argsort(-scores)``.
+    np.ndarray
+        float32 ``[K]`` (zeros for no image); rank with ``np.argsort(-scores)``.
     """
     ((acts, grads),) = _run(classifier, [layer], images, targets, batch)
     if not len(images):

@@ -1,9 +1,13 @@
-"""Class visualization (Simonyan et al. 2014): ``argmax_I S_c(I) - lambda * ||I||^2``.
+"""Class visualization: ``argmax_I S_c(I) - lambda * ||I||^2``.
+
+Paper: K. Simonyan, A. Vedaldi, A. Zisserman, "Deep inside convolutional networks:
+visualising image classification models and saliency maps", ICLR Workshop, 2014.
 
 ``S_c`` is the pre-softmax logit of class ``c`` (the classifier strips a final
-softmax); ``||I||^2`` is the mean squared distance of the image from mid-range,
-in units of half the input range (so ``lambda``, ``internals.l2``, means the
-same for every input scaling). The ascent is the shared regularised one (jitter,
+softmax); ``||I||^2 = sum_{y,x,c} ((I - mid) / half)^2`` is the squared distance of
+the image from mid-range, in units of half the input range (so ``lambda``,
+``internals.l2``, means the same for every input scaling), summed over the pixels
+of the current octave's parameterisation. The ascent is the shared regularised one (jitter,
 blur, multiscale) of ``audit.internals._ascent``; all classes form one batch.
 """
 from __future__ import annotations
@@ -16,9 +20,23 @@ from audit.internals._ascent import Ascent, ascend, step_function
 def visualize_classes(classifier, classes: np.ndarray, low: np.ndarray, high: np.ndarray, settings: Ascent) -> dict:
     """Optimise one image per class index of ``classes``.
 
-    Returns ``{"images": float32 [n, H, W, C] model input space, "start": float32 [n]
-    logit of each class on its starting noise, "end": float32 [n] on the optimised
-    image, "probability": float32 [n] softmax probability of the class at the end}``.
+    Parameters
+    ----------
+    classifier : audit.model_io.Classifier
+        The model.
+    classes : np.ndarray
+        int ``[n]`` class indices; outside ``[0, n_classes)`` raises ``ValueError``.
+    low, high : np.ndarray
+        float32 ``[C]``: valid range of the model input (``input_range``).
+    settings : Ascent
+        The ascent (``Ascent.from_config(config, classes=True)``).
+
+    Returns
+    -------
+    dict
+        ``{"images": float32 [n, H, W, C] model input space, "start": float32 [n]
+        logit of each class on its starting noise, "end": float32 [n] on the optimised
+        image, "probability": float32 [n] softmax probability (0..1) of the class at the end}``.
     """
     import tensorflow as tf
 

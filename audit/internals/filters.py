@@ -21,16 +21,23 @@ def visualize_filters(classifier, layer, channels: np.ndarray, low: np.ndarray, 
 
     Parameters
     ----------
-    classifier : ``audit.model_io.Classifier``.
-    layer : a spatial layer of the classifier's model (``resolve_layers``).
-    channels : int ``[n]`` channel indices.
-    low, high : float32 ``[C]`` valid range of the model input (``input_range``).
+    classifier : audit.model_io.Classifier
+        The model.
+    layer : keras.layers.Layer
+        A spatial layer of the classifier's model (``resolve_layers``).
+    channels : np.ndarray
+        int ``[n]`` channel indices; out of range raises ``ValueError``.
+    low, high : np.ndarray
+        float32 ``[C]``: valid range of the model input (``input_range``).
+    settings : Ascent
+        The ascent (``Ascent.from_config(config)``).
 
     Returns
     -------
-    ``{"images": float32 [n, H, W, C] model input space, "start": float32 [n]
-    mean activation of each channel on its starting noise, "end": float32 [n] on
-    the optimised image}``; activations are the layer's output, spatially averaged.
+    dict
+        ``{"images": float32 [n, H, W, C] model input space, "start": float32 [n]
+        mean activation of each channel on its starting noise, "end": float32 [n] on
+        the optimised image}``; activations are the layer's output, spatially averaged.
     """
     import tensorflow as tf
 
@@ -55,7 +62,15 @@ def visualize_filters(classifier, layer, channels: np.ndarray, low: np.ndarray, 
 
 def channel_means_function(classifier, layer):
     """Traced ``(images [N, H, W, C], channels [N]) -> [N]``: the spatial mean of channel
-    ``channels[i]`` of ``layer``'s output (after its activation) on image ``i``."""
+    ``channels[i]`` of ``layer``'s output (after its activation) on image ``i``.
+
+    Parameters
+    ----------
+    classifier : audit.model_io.Classifier
+        The model; the trace is cached on it per layer.
+    layer : keras.layers.Layer
+        A spatial layer of its model.
+    """
     import tensorflow as tf
 
     n_channels = layer_shape(layer)[2]

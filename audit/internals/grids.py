@@ -14,14 +14,22 @@ _VIRIDIS = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), 
 
 
 def png(image: np.ndarray) -> bytes:
-    """uint8 RGB ``[H, W, 3]`` as PNG bytes (no metadata, so repeated runs give the same bytes)."""
+    """``image``, uint8 RGB ``[H, W, 3]``, as PNG bytes (no metadata, so repeated runs give the same bytes)."""
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
 
 
 def colorize(values: np.ndarray, top: float | None = None) -> np.ndarray:
-    """A 2-D map as viridis RGB uint8, scaled from 0 to ``top`` (default its maximum)."""
+    """A 2-D map as viridis RGB uint8 ``[h, w, 3]``, scaled from 0 to ``top`` (default its maximum).
+
+    Parameters
+    ----------
+    values : np.ndarray
+        ``[h, w]``; NaN counts as 0, values outside ``[0, top]`` are clipped.
+    top : float, optional
+        The value shown yellow; a ``top <= 0`` shows everything dark.
+    """
     v = np.nan_to_num(np.asarray(values, np.float64))
     top = float(v.max()) if top is None else float(top)
     unit = np.clip(v / top, 0.0, 1.0) if top > 0 else np.zeros_like(v)
@@ -32,7 +40,8 @@ def colorize(values: np.ndarray, top: float | None = None) -> np.ndarray:
 
 
 def tile(image: np.ndarray, side: int = TILE) -> np.ndarray:
-    """Fit an RGB image into a ``side x side`` tile (nearest neighbour, aspect ratio kept, centred)."""
+    """Fit ``image`` (uint8 RGB ``[h, w, 3]``) into a ``side x side`` pixel tile (nearest neighbour,
+    aspect ratio kept, centred on white)."""
     image = np.asarray(image, np.uint8)
     h, w = image.shape[:2]
     scale = side / max(h, w)
@@ -45,7 +54,15 @@ def tile(image: np.ndarray, side: int = TILE) -> np.ndarray:
 
 
 def grid(tiles: list[list[np.ndarray]], side: int = TILE) -> np.ndarray:
-    """Rows of RGB images as one picture, each image fitted into a tile; rows may differ in length."""
+    """Rows of RGB images as one uint8 picture, each fitted into a ``side``-pixel tile, ``GAP`` pixels apart.
+
+    Parameters
+    ----------
+    tiles : list of list of np.ndarray
+        Rows of uint8 RGB ``[h, w, 3]`` images; rows may differ in length.
+    side : int, default TILE
+        Tile side in pixels.
+    """
     n_rows, n_cols = len(tiles), max((len(r) for r in tiles), default=0)
     out = np.full((max(1, n_rows * (side + GAP) - GAP), max(1, n_cols * (side + GAP) - GAP), 3), BACKGROUND, np.uint8)
     for i, row in enumerate(tiles):
@@ -55,7 +72,7 @@ def grid(tiles: list[list[np.ndarray]], side: int = TILE) -> np.ndarray:
 
 
 def square_grid(images: list[np.ndarray], side: int = TILE) -> np.ndarray:
-    """Images in a near-square grid (3 x 3 for 9), row by row."""
+    """``images`` (uint8 RGB) in a near-square ``grid`` (3 x 3 for 9), row by row, tiles of ``side`` pixels."""
     cols = max(1, int(np.ceil(np.sqrt(len(images)))))
     return grid([images[i:i + cols] for i in range(0, len(images), cols)], side)
 
@@ -65,6 +82,15 @@ def activation_grid(image: np.ndarray, layer_maps: list[np.ndarray], side: int =
 
     Each map is coloured from 0 to the largest value among that layer's shown maps,
     so channels of one layer compare by colour.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        uint8 RGB ``[H, W, 3]``: the input as displayed.
+    layer_maps : list of list of np.ndarray
+        Per layer, its shown channel maps ``[h, w]`` (negative values shown as 0).
+    side : int, default TILE
+        Tile side in pixels.
     """
     rows = []
     for maps in layer_maps:

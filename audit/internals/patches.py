@@ -18,7 +18,15 @@ from audit.internals._layers import capturing, layer_shape, receptive_field
 
 def max_activations_function(classifier, layer):
     """Traced ``images [N, H, W, C] -> (max [N, K], argmax [N, K])``: each channel's
-    largest activation over space in ``layer``'s output and its flat position."""
+    largest activation over space in ``layer``'s output and its flat position.
+
+    Parameters
+    ----------
+    classifier : audit.model_io.Classifier
+        The model; the trace is cached on it per layer.
+    layer : keras.layers.Layer
+        A spatial layer of its model, output ``[h, w, K]``.
+    """
     import tensorflow as tf
 
     h, w, k = layer_shape(layer)
@@ -39,15 +47,28 @@ def top_patches(classifier, layer, batches: Iterable[tuple[np.ndarray, np.ndarra
 
     Parameters
     ----------
-    batches : ``(ids int [n], images float32 [n, H, W, C])`` in the model's input
+    classifier : audit.model_io.Classifier
+        The model.
+    layer : keras.layers.Layer
+        A spatial layer of its model.
+    batches : iterable of (np.ndarray, np.ndarray)
+        ``(ids int [n], images float32 [n, H, W, C])`` in the model's input
         space; ``ids`` name the images (e.g. manifest rows).
-    channels : int ``[m]`` channel indices of ``layer``.
+    channels : np.ndarray
+        int ``[m]`` channel indices of ``layer``.
+    k : int
+        Images per channel.
+    low, high : np.ndarray
+        float32 ``[C]``: the input range, for ``receptive_field``'s random inputs.
+    seed : int, default 0
+        Seed of those inputs.
 
     Returns
     -------
-    ``{"ids": int [m, k'], "values": float32 [m, k'], "boxes": int [m, k', 4]}`` with
-    ``k' = min(k, number of images)``, best first; a box is ``(top, left, bottom,
-    right)`` in model-input pixels (bottom/right exclusive). ``ids`` is -1 where a
+    dict
+        ``{"ids": int [m, k'], "values": float32 [m, k'], "boxes": int [m, k', 4]}`` with
+        ``k' = min(k, number of images)``, best first; a box is ``(top, left, bottom,
+        right)`` in model-input pixels (bottom/right exclusive). ``ids`` is -1 where a
     channel was not above zero, or where its peak is the same on every image (a dead
     unit behind a bias: nothing excites it more on one image than on another).
     """
@@ -81,7 +102,24 @@ def unit_boxes(flat_positions: np.ndarray, width_units: int, size: tuple[int, in
     """Input-pixel boxes ``(top, left, bottom, right)`` of the units at ``flat_positions``
     (row-major over ``width_units`` columns), from the measured receptive field ``rf``
     (``receptive_field``) moved by the stride; shifted to lie inside the ``H x W`` input
-    (and cut to it when larger)."""
+    (and cut to it when larger).
+
+    Parameters
+    ----------
+    flat_positions : np.ndarray
+        int ``[...]``: unit positions ``i * width_units + j`` in the layer's output.
+    width_units : int
+        Columns ``w`` of the layer's output.
+    size : (int, int)
+        The input's ``(H, W)`` in pixels.
+    rf : dict
+        ``receptive_field``'s ``{"unit", "box", "stride"}``.
+
+    Returns
+    -------
+    np.ndarray
+        int64 ``[..., 4]`` boxes in input pixels (bottom/right exclusive).
+    """
     height, width = size
     i, j = np.divmod(np.asarray(flat_positions, np.int64), width_units)
     (ui, uj), (top, left, bottom, right), (sy, sx) = rf["unit"], rf["box"], rf["stride"]
@@ -92,7 +130,17 @@ def unit_boxes(flat_positions: np.ndarray, width_units: int, size: tuple[int, in
 
 
 def image_batches(load: Callable[[list], tuple[np.ndarray, list]], ids: list, batch: int):
-    """``(ids, images)`` batches from ``load(ids) -> (images, errors)``, unreadable images left out."""
+    """``(ids, images)`` batches from ``load(ids) -> (images, errors)``, unreadable images left out.
+
+    Parameters
+    ----------
+    load : callable
+        ``ids -> (images float32 [n, H, W, C], errors [n])``, an error None for a readable image.
+    ids : list
+        Image ids (int, e.g. prediction rows), ``batch`` per call of ``load``.
+    batch : int
+        Images per batch.
+    """
     for start in range(0, len(ids), batch):
         part = ids[start:start + batch]
         images, errors = load(part)

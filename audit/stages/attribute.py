@@ -30,7 +30,27 @@ from audit.model_io import classifier_for
 
 def attribute_partition(config: Config, root: Path, classes: list[str], part: pd.DataFrame,
                         chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Write the maps of ``part`` (chunk number ``chunk``); return ``(rows [n], features [n, C])``."""
+    """Write the maps of ``part`` (chunk number ``chunk``); return ``(rows [n], features [n, C])``.
+
+    Parameters
+    ----------
+    config : audit.config.Config
+        ``attribution.*``, ``data.*`` and the run folder the chunks go to.
+    root : Path
+        Folder the manifest paths are relative to.
+    classes : list of str
+        Class names in the model's output order.
+    part : pd.DataFrame
+        Selected rows with ``row``, ``path`` and ``pair_label`` (the class explained).
+    chunk : int
+        Number of this partition's map chunk.
+
+    Returns
+    -------
+    (np.ndarray, np.ndarray)
+        int64 prediction ``rows [n]`` and float32 semantic ``features [n, C]``: the target
+        layer's ``C`` channels pooled with the first method's positive map.
+    """
     classifier = classifier_for(config)
     images, _ = load_images(root, part["path"].tolist(), classifier.input_size,
                                  config.data.max_pixels)
@@ -61,6 +81,16 @@ def explainers(config: Config) -> dict[str, Explainer]:
 
     A parameter the method does not take, or a bad value, is a ``UsageError`` naming
     the key, e.g. "`attribution.params.occlusion.patch` must be a positive int (got 0)".
+
+    Parameters
+    ----------
+    config : audit.config.Config
+        ``attribution.methods``, ``attribution.params`` and ``attribution.batch_size``.
+
+    Returns
+    -------
+    dict of str to Explainer
+        In the order of ``attribution.methods``.
     """
     params = config.attribution.params
     built = {}
@@ -80,7 +110,20 @@ def explainers(config: Config) -> dict[str, Explainer]:
 
 def check_methods(config: Config, classifier) -> None:
     """Build every configured method and explain one blank image with it, so that a bad
-    parameter (say an occlusion patch larger than the image) stops the run before any work."""
+    parameter (say an occlusion patch larger than the image) stops the run before any work.
+
+    Parameters
+    ----------
+    config : audit.config.Config
+        The run's settings (``explainers``).
+    classifier : audit.model_io.Classifier
+        The model; the blank image is all zeros of its input shape, target class 0.
+
+    Raises
+    ------
+    UsageError
+        Naming ``attribution.params.<method>.<param>``.
+    """
     blank = np.zeros((1, *classifier.input_shape), np.float32)
     for method, explainer in explainers(config).items():
         try:

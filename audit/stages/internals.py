@@ -45,10 +45,25 @@ def run_internals(config: Config, root: Path, classes: list[str], predictions: p
 
     Parameters
     ----------
-    findings : the run's findings, ranked (the first ``internals.findings`` get an entry).
-    map_rows, maps : int ``[n]`` row ids and float ``[n, G, G]`` first-method maps pooled to
+    config : Config
+        ``internals.*``, ``data.*``, ``discovery.grid``, ``verify.max_area``, ``seed``, the run folder.
+    root : Path
+        Folder the manifest paths are relative to.
+    classes : list of str
+        Class names in the model's output order.
+    predictions : pd.DataFrame
+        The run's predictions (``row``, ``path``, ``predicted``, ``error``).
+    findings : list of Finding
+        The run's findings, ranked (the first ``internals.findings`` get an entry).
+    map_rows, maps : np.ndarray
+        int ``[n]`` row ids and float ``[n, G, G]`` first-method maps pooled to
         ``discovery.grid`` cells, as discovery read them.
-    key : the stage key (``audit.resume.stage_keys``).
+    classifier : audit.model_io.Classifier
+        The model (its target layer's channels are ranked).
+    key : str
+        The stage key (``audit.resume.stage_keys``).
+    log : callable, default print
+        Progress messages.
     """
     out = Path(config.run_dir) / FOLDER
     previous = resume.reused_folder(out, INDEX, key, log)
@@ -138,7 +153,23 @@ def _safe(fid: str) -> str:
 
 
 def class_entries(classifier, class_ids: list[int], names: list[str], low, high, settings, out: Path) -> dict:
-    """Class visualizations of ``class_ids`` (one batch): ``{str(index): {...}}``, PNGs in ``out``."""
+    """Class visualizations of ``class_ids`` (one batch): ``{str(index): {...}}``, PNGs in ``out``.
+
+    Parameters
+    ----------
+    classifier : audit.model_io.Classifier
+        The model.
+    class_ids : list of int
+        Class indices.
+    names : list of str
+        Class names by index (an index beyond them is named by its number).
+    low, high : np.ndarray
+        float32 ``[C]``: the model's input range (``input_range``).
+    settings : audit.internals.Ascent
+        Class-visualization ascent settings.
+    out : Path
+        Folder of the PNGs (``PREVIEW`` pixels square).
+    """
     from audit.internals import to_pixels, visualize_classes
 
     if not class_ids:
@@ -158,7 +189,25 @@ def class_entries(classifier, class_ids: list[int], names: list[str], low, high,
 def channel_entries(classifier, layer, channel_ids: list[int], low, high, settings, config: Config, ids: list[int],
                     load: Callable | None, out: Path) -> dict:
     """Filter visualization (one batch) and top patches (one scan of ``ids``; none without
-    ``load``) of ``channel_ids`` of ``layer``: ``{str(channel): {...}}``, PNGs in ``out``."""
+    ``load``) of ``channel_ids`` of ``layer``: ``{str(channel): {...}}``, PNGs in ``out``.
+
+    Parameters
+    ----------
+    classifier, layer : audit.model_io.Classifier, keras.layers.Layer
+        The model and a spatial layer of it.
+    channel_ids : list of int
+        Channels of ``layer``.
+    low, high, settings
+        As in ``class_entries`` (filter-visualization settings).
+    config : Config
+        ``internals.batch_size``, ``internals.patches``, ``data.preprocess``, ``seed``.
+    ids : list of int
+        Prediction rows scanned for patches.
+    load : callable or None
+        ``rows -> (images float32 [n, H, W, 3] RGB 0..255, errors)`` (``audit.data.load_images``).
+    out : Path
+        Folder of the PNGs.
+    """
     from audit.internals import to_pixels, top_patches, visualize_filters
     from audit.internals.patches import image_batches
 
@@ -195,7 +244,29 @@ def channel_entries(classifier, layer, channel_ids: list[int], low, high, settin
 
 def activation_entries(classifier, layers: list, rows: list[int], classes: list[str], table: pd.DataFrame,
                        config: Config, load: Callable, out: Path, prefix: str) -> list[dict]:
-    """Activation-map grids of the images ``rows`` (one pass), for their predicted class."""
+    """Activation-map grids of the images ``rows`` (one pass), for their predicted class.
+
+    Parameters
+    ----------
+    classifier : audit.model_io.Classifier
+        The model.
+    layers : list of keras.layers.Layer
+        Layers shown, one grid row each (``internals.channels`` channels by attribution).
+    rows : list of int
+        Prediction rows of the images; unreadable ones are left out.
+    classes : list of str
+        Class names in output order.
+    table : pd.DataFrame
+        Indexed by row, with ``path`` and ``predicted`` (class name).
+    config : Config
+        ``internals.*`` and ``data.preprocess``.
+    load : callable
+        As in ``channel_entries``.
+    out : Path
+        Folder of the PNGs, named ``<prefix>-row-<row>-activations.png``.
+    prefix : str
+        File-name prefix.
+    """
     from audit.internals import activation_maps
 
     if not rows:
@@ -230,6 +301,24 @@ def explore(config: Config, layer_name: str, class_names: list[str] | None, only
     (``internals.max_images`` at most) and the activation maps of its first
     ``internals.exemplars`` readable images; class visualizations of ``only`` (class
     names) or of every class. Writes the PNGs and ``index.json``; returns the index.
+
+    Parameters
+    ----------
+    config : Config
+        ``model.*``, ``data.*``, ``internals.*``, ``seed`` and the output folder.
+    layer_name : str
+        ``--layer``.
+    class_names : list of str or None
+        Class names in output order; None: from ``data.path`` or "class i".
+    only : list of str or None
+        ``--class`` names to visualize; None: every class.
+    log : callable, default print
+        Progress messages.
+
+    Raises
+    ------
+    UsageError
+        For an unknown layer or class, or a class count the model contradicts.
     """
     from audit.data import load_classes, load_manifest
     from audit.internals import Ascent, input_range, resolve_layers

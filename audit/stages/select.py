@@ -20,7 +20,24 @@ from audit.config import Config
 
 
 def select(config: Config, predictions: pd.DataFrame) -> pd.DataFrame:
-    """Selected rows of ``predictions`` with ``reason``, ``true_label``, ``pair_label``, ``pair``."""
+    """Selected rows of ``predictions`` with ``reason``, ``true_label``, ``pair_label``, ``pair``.
+
+    Parameters
+    ----------
+    config : audit.config.Config
+        ``select.*`` and ``seed`` (the contrast draw).
+    predictions : pd.DataFrame
+        One row per image (``audit.stages.predict``): ``row``, ``label``, ``label_idx``
+        (-1: not a known class), ``predicted``, ``runner_up``, ``confidence``,
+        ``margin`` (top-1 minus top-2 probability, 0..1) and ``error`` (None when read).
+
+    Returns
+    -------
+    pd.DataFrame
+        The selected rows sorted by ``row``, index reset; ``reason`` is
+        ``misclassified``, ``low_confidence`` or ``contrast``; ``pair`` is
+        ``"true_label -> pair_label"``.
+    """
     valid = predictions[predictions["error"].isna() & (predictions["label_idx"] >= 0)]
     wrong = valid[valid["predicted"] != valid["label"]].assign(reason="misclassified", pair_label=lambda f: f["predicted"])
     wrong = wrong.sort_values("confidence", ascending=False, kind="stable")
