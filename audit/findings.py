@@ -304,15 +304,8 @@ def cue_descriptor(maps: np.ndarray) -> Cue:
 
 
 def stable_id(true_label: str, predicted_label: str, cell: str) -> str:
-    """``F-`` + 8 hex digits of the SHA-1 of ``true_label``, ``predicted_label`` and ``cell`` (joined by newlines).
-
-    Parameters
-    ----------
-    true_label, predicted_label : str
-        The confusion pair's class names.
-    cell : str
-        The cue's 3 x 3 cell name (``CUE_CELLS``).
-    """
+    """``F-`` + 8 hex digits of the SHA-1 of ``true_label``, ``predicted_label`` and ``cell`` (a ``CUE_CELLS``
+    name), joined by newlines."""
     digest = hashlib.sha1("\n".join([true_label, predicted_label, cell]).encode()).hexdigest()[:8]
     return f"F-{digest}"
 
@@ -324,10 +317,8 @@ def assign_ids(findings: list[Finding], maps: np.ndarray, map_of: dict[int, int]
     ----------
     findings : list of Finding
         Each pair's findings best-scored first (the order decides ``-2``, ``-3``).
-    maps : np.ndarray
-        float ``[m, H, W]`` maps of the selected images.
-    map_of : dict of int to int
-        A prediction row id to its index in ``maps``.
+    maps, map_of : np.ndarray, dict
+        float ``[m, H, W]`` maps of the selected images; a prediction row id to its index in ``maps``.
     """
     seen: dict[str, int] = {}
     out = []
