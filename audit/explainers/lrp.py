@@ -9,7 +9,13 @@ decomposition", Pattern Recognition 65, 2017).
 
 The target's pre-softmax logit ``f_t(x)`` is the relevance of output ``t`` (every
 other output starts at 0) and is redistributed layer by layer down to the input
-pixels; the map is the input relevance summed over channels, signed. For a linear
+pixels; the map is the input relevance summed over channels, signed::
+
+    R_logits  = f_t(x) * onehot(t)
+    R_in      = rule_of_layer(a_in, R_out)      (per layer, from the output down)
+    map[i, j] = sum_c R_input[i, j, c]
+
+For a linear
 layer ``z_k = sum_j a_j w_jk + b_k`` with input ``a`` (BatchNormalization folded in,
 see below) and relevance ``R_k`` of its outputs, with ``s(z) = z + e * sign(z)``
 (``sign(0) = 1``) and ``(.)+``, ``(.)-`` the positive and negative parts:
