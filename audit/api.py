@@ -55,7 +55,7 @@ class Audit:
     """
 
     def __init__(self, run_dir: str | Path):
-        from audit import artifacts
+        import audit.artifacts as artifacts
 
         self.run_dir = Path(run_dir)
         if not (self.run_dir / artifacts.SUMMARY).is_file():
@@ -87,13 +87,13 @@ class Audit:
     def predictions(self):
         """``predictions.parquet`` as a DataFrame: one row per manifest row (``row``, ``path``,
         ``label``, ``predicted``, ``confidence``, ``margin``, ``probs``, ``error``, metadata)."""
-        from audit import artifacts
+        import audit.artifacts as artifacts
 
         return artifacts.read_table(self.run_dir / artifacts.PREDICTIONS)
 
     @functools.cached_property
     def _run(self) -> dict:
-        from audit import artifacts
+        import audit.artifacts as artifacts
 
         return artifacts.read_json(self.run_dir / artifacts.RUN_JSON)
 
@@ -116,13 +116,11 @@ class Audit:
         """
         import dataclasses
 
-        from audit.cli import import_tensorflow_quietly
         from audit.config import recorded
         from audit.data import load_images, preprocess
         from audit.model_io import classifier_for
         from audit.stages.attribute import explainers
 
-        import_tensorflow_quietly()
         config = recorded(self._run.get("config"))
         method = method or config.attribution.methods[0]
         config = dataclasses.replace(config, attribution=dataclasses.replace(config.attribution, methods=(method,)))
@@ -213,8 +211,7 @@ def run(model: Any, data: Any, classes: Any = None, out: str | Path | None = Non
     Audit of the run folder. Raises ``UsageError`` (one line naming the key or input) on
     bad input; the run's gates decide ``summary["status"]``, never an exception.
     """
-    from audit import pipeline
-    from audit.cli import import_tensorflow_quietly
+    import audit.pipeline as pipeline
     from audit.config import resolve
     from audit.progress import Progress
 
@@ -226,7 +223,6 @@ def run(model: Any, data: Any, classes: Any = None, out: str | Path | None = Non
 
     first = configured(out=None if out is None else str(out))
     folder = first.run_dir / INPUT
-    import_tensorflow_quietly()
     config = configured(run_id=first.run_id, out=str(first.run_dir), **{
         "model.path": _model_path(model, folder), "data.path": _data_path(data, classes, folder),
         "data.classes": _classes_path(classes, folder)})

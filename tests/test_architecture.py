@@ -36,7 +36,10 @@ def _imports(name: str, file: Path, modules: dict[str, Path]) -> set[str]:
             if node.level:
                 parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parts + ([node.module] if node.module else []))
-            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            names = [f"{base}.{a.name}" for a in node.names]
+            # ``from audit import artifacts`` depends on the module, as ``import audit.artifacts`` does;
+            # ``from audit import explain`` (a name) depends on the package's __init__
+            targets = names if all(n in modules for n in names) else [base] + names
         else:
             continue
         for target in targets:
