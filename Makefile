@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS ?= cpu,test,peers
+EXTRAS ?= cpu,test,peers,tracking
 
 .PHONY: install browser demo test test-fast bench clean
 

@@ -55,9 +55,14 @@ def main(argv: list[str] | None = None) -> int:
                 "out": args.out, "dask.scheduler": args.scheduler, "select.pair": args.pair,
                 "model.trust": args.trust_model or None, **nightly})
         run_dir = config.run_dir
+        if args.mlflow is not None:
+            from audit.trackers import check_mlflow, log_mlflow
+            check_mlflow(args.mlflow or None)
         summary = pipeline.run(config, log=log)
         if args.command == "demo":
             _demo_epilogue(run_dir, log)
+        if args.mlflow is not None:
+            log(f"mlflow: logged as run {log_mlflow(run_dir, args.mlflow or None)}")
         _print_result(run_dir, summary)
         return EXIT_OK if summary["status"] == "pass" else EXIT_GATE
     except UsageError as exc:
@@ -149,6 +154,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="text: progress bars on a terminal, timestamped lines otherwise; "
                             "json: one JSON object per line on stderr")
         p.add_argument("--quiet", action="store_true", help="print only the result")
+        p.add_argument("--mlflow", nargs="?", const="", metavar="URI",
+                       help="log metrics, finding IDs and the report to MLflow (default URI: MLflow's own)")
 
     internals = sub.add_parser("internals", help="look inside a model: filter, class and activation pictures of a layer")
     internals.add_argument("--model", required=True, help=".keras or .h5 classifier")
