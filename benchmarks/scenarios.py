@@ -29,6 +29,9 @@ anywhere), ``shape`` (a small two-colour star), ``texture`` (a patch of fine
 checkerboard) and ``tint`` (a colour cast over the whole image; no position).
 
 Three model architectures (``ARCHITECTURES``) are used across the scenarios.
+
+The shortcut scenarios of issue 14 (``SHORTCUTS``, ``prepare_shortcut``), drawn from
+scikit-image photos and scikit-learn digits, are described in their own section below.
 Everything is cached under ``cache/<scenario>/`` with a ``scenario.json`` written
 last; ``MODEL_VERSION`` and ``AUDIT_VERSION`` invalidate it.
 """
@@ -353,7 +356,7 @@ def _train(x: np.ndarray, y: np.ndarray, arch: str, n_classes: int, seed: int, e
 
 @dataclass(frozen=True)
 class Prepared:
-    scenario: Scenario
+    scenario: "Scenario | Shortcut"
     root: Path
     model: Path
     manifest: Path       # path,label,cue (cue: 0/1 ground truth, never read by the audit)
