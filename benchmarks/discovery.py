@@ -40,7 +40,8 @@ also reports whether the missing-cue group (the best-ranked finding ``gravel -> 
 of at least 80% images without the ring) is linked to the rank-1 finding
 (``related``); blur whether the rank-1 finding's ``cue`` is ``type: global``, names
 ``sharpness`` and is confirmed; null scenarios count the confirmed findings (there
-must be none); planted ones the confirmed findings on no planted pair.
+must be none); planted ones the confirmed findings on no planted pair (nor on a
+missing-cue pair: the cue class called the class its look-alikes are drawn as).
 
 Baselines on the same audit images, each scored with the same rule over its own
 ranked list of error clusters and, where it makes sense, of strategy clusters (a
@@ -450,6 +451,8 @@ def run_scenario(sc, cache: Path, out: Path, audit_root: Path, sets: list[str], 
                                for p in plants if p.victim is not None}
     entry["ours"] = {p.cue: score_ours(findings, p, k, pred, cues, row_of) for p in plants}
     on_plant = {pair_of(p, kind) for p in plants for kind in p.kinds}
+    on_plant |= {(p.cue_class, c) for p in plants for c in classes       # missing-cue errors: the cue's absence
+                 if c != p.cue_class and p.lookalike_class in (c, "*")}
     entry["confirmed"] = [{"rank": f["rank"], "kind": kind_of(f), "pair": f"{f['true_label']} -> {f['predicted_label']}",
                            "planted": (f["true_label"], f["predicted_label"]) in on_plant}
                           for f in findings if confirmed(f)]
@@ -552,10 +555,11 @@ def markdown(results: dict) -> str:
              f"lists. Flip: share of correctly classified clean images of other classes called the cue class once "
              f"the cue is applied (shortcut scenarios; built with the model). Clean acc.: accuracy on the audit "
              f"images drawn as in training (procedural scenarios: the images without the cue). Confirmed off-plant: "
-             f"findings confirmed by intervention on no planted pair (null: every confirmed finding).", "",
-             "| scenario | model | cue -> class (victim) | flip | clean acc. | audit images | k | "
+             f"findings confirmed by intervention on no planted pair (the pairs above, and the missing-cue pairs "
+             f"`cue class -> look-alike class`; null: every confirmed finding).", "",
+             "| scenario | model | cue -> class (victim) | flip | victims fooled | clean acc. | audit images | k | "
              + " | ".join(METHODS) + " | confirmed off-plant |",
-             "|---|---|---|---|---:|---:|---:|" + "---|" * len(METHODS) + "---:|"]
+             "|---|---|---|---|---|---:|---:|---:|" + "---|" * len(METHODS) + "---:|"]
     for e in results["scenarios"]:
         cues = "; ".join(f"{c['cue']} -> {c['class']} ({c['victim'] or '—'})" for c in e["cues"]) or "none (null)"
         cells = []
@@ -563,10 +567,13 @@ def markdown(results: dict) -> str:
             scores = e.get(m)
             cells.append("—" if not scores else "<br>".join(
                 (f"{c}: " if len(scores) > 1 else "") + _cell(s) for c, s in scores.items()))
-        lines.append(f"| {e['scenario']} | {e['arch']} | {cues} | {_flips(e)} | {e['clean_accuracy']:.3f} | "
+        fooled = ", ".join(f"{c} {r:.0%}" for c, r in e["victims_fooled"].items()) or "—"
+        lines.append(f"| {e['scenario']} | {e['arch']} | {cues} | {_flips(e)} | {fooled} | {e['clean_accuracy']:.3f} | "
                      f"{e['audit_size']} | {e['k']} | " + " | ".join(cells) + f" | {e['false_discoveries']} |")
     lines += ["", "Hit@k per method over planted scenarios: "
-              + ", ".join(f"{m} {h}/{n}" for m, (h, n) in results["hits"].items()) + ".", ""]
+              + ", ".join(f"{m} {h}/{n}" for m, (h, n) in results["hits"].items()) + ". Mean p@10 (best-match "
+              "precision at 10 over error clusters, scenarios with victims): " + ", ".join(
+                  f"{m} {v:.3f}" for m, v in results["mean_p@10"].items()) + ".", ""]
     for e in results["scenarios"]:
         if "missing_cue" in e:
             mc = e["missing_cue"]
@@ -621,6 +628,12 @@ def acceptance(results: dict) -> list[str]:
     return out
 
 
+def mean_p10(entries: list[dict]) -> dict[str, float]:
+    """Mean p@10 per method over the scenarios where every method has one."""
+    scored = [e["p@10"] for e in entries if e.get("p@10") and all(e["p@10"].get(m) is not None for m in METHODS)]
+    return {m: round(float(np.mean([p[m] for p in scored])), 3) for m in METHODS} if scored else {}
+
+
 def git_commit(path: Path) -> str:
     result = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     return result.stdout.strip() or "unknown commit"
@@ -628,7 +641,7 @@ def git_commit(path: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    names = [s.name for s in S.SCENARIOS] + [s.name for s in S.SHORTCUTS]
+    names = [s.name for s in S.SHORTCUTS] + [s.name for s in S.SCENARIOS]
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--cache", default=None, help="scenario and demo cache (default <out>/cache)")
     parser.add_argument("--scenarios", default=",".join(names), help="comma-separated subset of: " + ", ".join(names))
@@ -654,7 +667,7 @@ def main() -> None:
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                           f"Python {platform.python_version()}", "audit_root": str(audit_root),
                "audit_commit": git_commit(audit_root), "sets": list(SCENARIO_SETS) + args.set, "scenarios": []}
-    for sc in list(S.SCENARIOS) + list(S.SHORTCUTS):
+    for sc in list(S.SHORTCUTS) + list(S.SCENARIOS):
         if sc.name not in wanted:
             continue
         log(f"[{sc.name}]")
@@ -673,6 +686,7 @@ def main() -> None:
     planted_ = [e for e in results["scenarios"] if not e["null"]]
     results["hits"] = {m: (sum(bool(scenario_hit(e, m)) for e in planted_), sum(e.get(m) is not None for e in planted_))
                        for m in METHODS}
+    results["mean_p@10"] = mean_p10(results["scenarios"])
     if args.demo_runs > 0:
         log("[demo]")
         results["demo"] = run_demo(out, args.demo_runs, cache, audit_root, args.set, log)
