@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS ?= cpu,test,peers,tracking
+EXTRAS ?= cpu,test,peers,tracking,cloud
 
 .PHONY: install browser demo test test-fast bench clean
 
@@ -50,6 +50,7 @@ bench: install
 	$(BIN)/python benchmarks/trust.py --out benchmarks/results
 	$(BIN)/python benchmarks/report.py --out benchmarks/results
 	$(BIN)/python benchmarks/internals.py --out benchmarks/results
+	$(BIN)/python benchmarks/decode.py --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) reports/demo reports/.cache build *.egg-info

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             config = resolve(args.config, args.set, {
                 "model.path": args.model, "data.path": args.data, "data.classes": args.classes,
                 "out": args.out, "dask.scheduler": args.scheduler, "select.pair": args.pair,
-                "model.trust": args.trust_model or None, **nightly})
+                "model.trust": args.trust_model or None, "model.signature": args.signature,
+                "model.output": _output(args.output), **nightly})
         run_dir = config.run_dir
         if args.mlflow is not None:
             from audit.trackers import check_mlflow, log_mlflow
@@ -125,8 +126,13 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="audit a model on a labeled data set")
     run.add_argument("config", nargs="?", help="pipeline YAML (see pipelines/)")
-    run.add_argument("--model", help=".keras or .h5 classifier")
-    run.add_argument("--data", help="folder with one subfolder per class, or CSV/parquet manifest (path,label)")
+    run.add_argument("--model", help=".keras or .h5 classifier, or a SavedModel folder")
+    run.add_argument("--data", help="folder with one subfolder per class, CSV/parquet manifest (path,label; paths "
+                                    "may be s3://, gs://, http(s):// URLs), TFRecord shards (x.tfrecord or a glob) "
+                                    "or a Parquet file of image bytes")
+    run.add_argument("--signature", help="SavedModel without Keras metadata: the signature to run "
+                                         "(default serving_default)")
+    run.add_argument("--output", help="the classification head of a model with several outputs (name or index)")
     run.add_argument("--classes", help="text file, one class name per line, in the model's output order")
     run.add_argument("--out", help="run folder (default reports/<run_id>)")
     run.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786 (default: local)")
@@ -188,6 +194,11 @@ def _parser() -> argparse.ArgumentParser:
                          help="e.g. --set baseline.tolerance=0.2 (repeatable)")
     compare.add_argument("--quiet", action="store_true", help="print only where the diff was written")
     return parser
+
+
+def _output(value: str | None) -> str | int | None:
+    """``--output``: an index when it is digits, else an output name."""
+    return int(value) if value is not None and value.isdigit() else value
 
 
 def _demo_run_id(args: argparse.Namespace) -> str | None:

@@ -22,71 +22,75 @@ if TYPE_CHECKING:
     import numpy as np
 
 from audit.errors import UsageError
+from audit.model_files import SignatureClassifier, SignatureModel, checked_path, load_model, one_line, pick_output
 
-MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+__all__ = ["Classifier", "SignatureClassifier", "cached_classifier", "classifier_for", "classifier_of_model",
+           "file_sha256", "find_target_layer", "flat_layers", "keras_of", "load_model", "spatial_layers"]
 
 _CACHE: dict[tuple, "Classifier"] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_model(path: str | Path, trust: bool = False):
-    """Load a ``.keras`` or ``.h5`` model without compiling it.
+def keras_of(model):
+    """The Keras package a model or layer belongs to: ``tf_keras`` (tf.keras 2) or ``keras`` (Keras 3)."""
+    if type(model).__module__.startswith("tf_keras"):
+        import tf_keras
 
-    Keras safe mode stays on (a ``Lambda`` layer, which can run arbitrary code, is
-    refused) unless ``trust`` is set (``--trust-model``).
-    """
+        return tf_keras
     import keras
 
-    path = _checked_path(path)
-    try:
-        return keras.models.load_model(path, compile=False, safe_mode=not trust)
-    except Exception as exc:
-        if not trust and "safe_mode" in str(exc):
-            raise UsageError(f"--model {path}: the model holds a Lambda layer, which can run arbitrary code; "
-                             "pass --trust-model if you trust its source") from None
-        raise UsageError(f"--model {path}: cannot load the model ({_one_line(exc)})") from None
+    return keras
 
 
-def _checked_path(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"--model {path}: no such file")
-    if path.is_dir():
-        raise UsageError(f"--model {path}: SavedModel folders are not supported; "
-                         "save the model with model.save('model.keras')")
-    if path.suffix.lower() not in MODEL_SUFFIXES:
-        raise UsageError(f"--model {path}: expected a .keras or .h5 file")
-    return path
+def cached_classifier(path: str | Path, target_layer: str | None = None, trust: bool = False,
+                      signature: str = "serving_default", output: str | int | None = None):
+    """The classifier of a model file or SavedModel folder, loaded once per process and reused by every task.
 
-
-def cached_classifier(path: str | Path, target_layer: str | None = None, trust: bool = False) -> "Classifier":
-    """The ``Classifier`` of a model file, loaded once per process and reused by every task."""
-    path = _checked_path(path).resolve()
-    stat = path.stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size, target_layer, trust)
+    Returns a ``Classifier``, or a ``SignatureClassifier`` (``layer is None``) for a
+    SavedModel without Keras metadata.
+    """
+    path = checked_path(path).resolve()
+    stat = (path / "saved_model.pb" if path.is_dir() else path).stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size, target_layer, trust, signature, output)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = Classifier(load_model(path, trust), target_layer)
+            _CACHE[key] = classifier_of_model(load_model(path, trust, signature), target_layer, output)
         return _CACHE[key]
 
 
-def classifier_for(config) -> "Classifier":
-    """The cached ``Classifier`` of ``config``'s ``model.*`` settings."""
-    return cached_classifier(config.model.path, config.model.target_layer, config.model.trust)
+def classifier_of_model(model, target_layer: str | None = None, output: str | int | None = None):
+    """A ``Classifier`` of a Keras model, or a ``SignatureClassifier`` of a ``SignatureModel``."""
+    if isinstance(model, SignatureModel):
+        if target_layer is not None:
+            raise UsageError(f"`model.target_layer` {target_layer!r}: the SavedModel {model.path} has no "
+                             "Keras layers (it is loaded by signature)")
+        return SignatureClassifier(model, output)
+    return Classifier(model, target_layer, output)
+
+
+def classifier_for(config):
+    """The cached classifier of ``config``'s ``model.*`` settings."""
+    m = config.model
+    return cached_classifier(m.path, m.target_layer, m.trust, m.signature, m.output)
 
 
 def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, or of a folder's files (relative paths and contents, sorted): hex string."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
 def flat_layers(model) -> list:
     """All layers in order, descending into nested models (the nested model itself excluded)."""
-    import keras
-
+    keras = keras_of(model)
     out = []
     for layer in model.layers:
         if isinstance(layer, keras.Model):
@@ -132,14 +136,26 @@ class Classifier:
 
     Parameters
     ----------
-    model : a single-input, single-output ``keras.Model`` whose output is ``[N, K]``.
+    model : a single-input ``keras.Model`` (Keras 3, or tf.keras 2 through ``tf_keras``)
+        whose (chosen) output is ``[N, K]``.
     target_layer : name of the layer to explain (Grad-CAM, features); default automatic.
+    output : the classification head of a multi-output model (``model.output``: an
+        output name or index); the classifier then runs the sub-model that ends there.
+
+    Attributes
+    ----------
+    layer : the target layer (never ``None`` here; ``SignatureClassifier.layer`` is).
     """
 
-    def __init__(self, model, target_layer: str | None = None):
-        if len(model.inputs) != 1 or len(model.outputs) != 1:
-            raise UsageError(f"the model has {len(model.inputs)} input(s) and {len(model.outputs)} output(s); "
-                             "cnn-audit audits single-input, single-output classifiers")
+    def __init__(self, model, target_layer: str | None = None, output: str | int | None = None):
+        if len(model.inputs) != 1:
+            raise UsageError(f"the model has {len(model.inputs)} inputs; cnn-audit audits single-input classifiers")
+        names = [str(n) for n in getattr(model, "output_names", None) or []]
+        if len(names) != len(model.outputs):
+            names = [str(getattr(t, "name", i)).split("/")[0] for i, t in enumerate(model.outputs)]
+        head = pick_output(names, output, "the model")
+        if len(model.outputs) > 1:
+            model = keras_of(model).Model(model.inputs, model.outputs[names.index(head)], name=f"{model.name}_{head}")
         in_shape = tuple(model.inputs[0].shape)
         out_shape = tuple(model.outputs[0].shape)
         if len(in_shape) != 4 or in_shape[1] is None or in_shape[2] is None:
@@ -164,8 +180,7 @@ class Classifier:
         return "raw (no final softmax)" if self.softmax is None else f"softmax stripped ({self.softmax[1].name})"
 
     def _find_softmax(self):
-        import keras
-
+        keras = keras_of(self.model)
         last = flat_layers(self.model)[-1]
         if isinstance(last, keras.layers.Softmax):
             return ("call", last)
@@ -176,8 +191,7 @@ class Classifier:
     @contextlib.contextmanager
     def _patched(self) -> Iterator[None]:
         """While tracing: drop the final softmax and capture the target layer's output."""
-        import keras
-
+        keras = keras_of(self.model)
         original_call = self.layer.call
 
         def capturing_call(*args, **kwargs):
@@ -241,8 +255,3 @@ class Classifier:
         fn = self.function("forward", lambda x: self.forward(x), self.image_spec())
         logits, acts = fn(images)
         return logits.numpy(), acts.numpy()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()

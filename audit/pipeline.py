@@ -37,8 +37,9 @@ import pandas as pd
 
 from audit import artifacts, nightly, progress
 from audit.config import Config
-from audit.data import load_classes, load_manifest, resolve
+from audit.data import load_classes, load_manifest, resolve, with_class_names
 from audit.errors import UsageError
+from audit.urls import is_url
 from audit.findings import Finding
 from audit.nightly.baseline import apply_baseline
 from audit.nightly.history import HistoryError, append_history, history_path, history_rows
@@ -51,16 +52,20 @@ Log = Callable[[str], None]
 def run(config: Config, log: Log = print) -> dict:
     """Run the whole audit; return the summary (also written to ``summary.json``)."""
     from audit.model_io import classifier_for
-    from audit.stages.attribute import check_methods
+    from audit.stages.attribute import check_methods, without_layers
 
     for key, flag, value in (("model.path", "--model", config.model.path), ("data.path", "--data", config.data.path)):
         if value is None:
             raise UsageError(f"`{key}` is required ({flag} or {key} in the config)")
     inputs = nightly.prepare(config)
-    frame, root = load_manifest(Path(config.data.path))
-    classes = load_classes(config.data.classes, frame, Path(config.data.path))
+    frame, root = load_manifest(config.data.path)
+    classes = load_classes(config.data.classes, frame, config.data.path)
+    frame = with_class_names(frame, classes, config.data.path)
     classifier = classifier_for(config)
     _check_inputs(config, frame, classes, classifier.n_classes)
+    config, not_computed = without_layers(config, classifier)
+    for line in not_computed:
+        log(line)
     check_methods(config, classifier)
     duplicated = frame.duplicated(["path", "label"])
     if duplicated.any():
@@ -68,11 +73,11 @@ def run(config: Config, log: Log = print) -> dict:
             f"(first: {frame['path'][duplicated].iloc[0]})")
         frame = frame[~duplicated].reset_index(drop=True)
     with _run_folder(config.run_dir):
-        return _run_stages(config, frame, root, classes, classifier, log, inputs)
+        return _run_stages(config, frame, root, classes, classifier, log, inputs, not_computed)
 
 
 def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[str], classifier, log: Log,
-                inputs: nightly.Inputs) -> dict:
+                inputs: nightly.Inputs, not_computed: list[str]) -> dict:
     import dask
 
     from audit.maps import area_pool
@@ -93,9 +98,11 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
         "config": config.to_dict(),
         "versions": _versions(),
         "model": {"path": str(config.model.path), "sha256": file_sha256(config.model.path),
-                  "input_size": list(classifier.input_size), "target_layer": classifier.layer.name,
+                  "input_size": list(classifier.input_size),
+                  "target_layer": None if classifier.layer is None else classifier.layer.name,
                   "logits": classifier.logits_kind},
-        "data": {"path": str(config.data.path), "root": str(Path(root).resolve()),
+        "not_computed": not_computed,
+        "data": {"path": str(config.data.path), "root": root if is_url(str(root)) else str(Path(root).resolve()),
                  "sha256": _data_hash(frame, root), "n_rows": len(frame)},
         "classes": classes,
         "timings": {},
@@ -297,12 +304,17 @@ def _task_progress(handle: progress.Stage | None) -> Iterator[None]:
         yield
 
 
-def _data_hash(frame: pd.DataFrame, root: Path) -> str:
-    """Hash of the manifest rows and each file's size (cheap, catches changed files)."""
+def _data_hash(frame: pd.DataFrame, root: str | Path) -> str:
+    """Hash of the manifest rows and each local file's size (cheap, catches changed files; a record
+    counts its container file's size; a URL is not fetched for this, -1)."""
     digest = hashlib.sha256()
     for path, label in zip(frame["path"], frame["label"]):
         file = resolve(root, path)
-        size = file.stat().st_size if file.exists() else -1
+        if not isinstance(file, Path):
+            size = -1
+        else:
+            file = Path(str(file).split("#")[0]) if "#" in file.name else file
+            size = file.stat().st_size if file.exists() else -1
         digest.update(f"{path}\t{label}\t{size}\n".encode())
     return digest.hexdigest()
 

@@ -180,7 +180,7 @@ def test_bad_data_set_or_model_exits_2_before_any_work(audit_case, tmp_path, cap
         expected = f"--model {tmp_path / 'bad.keras'}: cannot load the model"
     elif case == "multi_output":
         args += ["--model", _model_file(tmp_path, "multi")]
-        expected = "the model has 1 input(s) and 2 output(s)"
+        expected = "`model.output`: the model has 2 outputs (dense_1, dense_2); name the classification head"
     elif case == "lambda_layer":
         import keras
 

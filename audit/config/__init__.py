@@ -22,6 +22,7 @@ import yaml
 from audit.config.checks import Check
 from audit.config.schema import PREPROCESS, Settings
 from audit.errors import UsageError
+from audit.urls import is_url
 
 __all__ = ["Config", "KEYS", "PREPROCESS", "Setting", "defaults", "recorded", "resolve"]
 
@@ -187,7 +188,7 @@ def resolve(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = 
         for key, value in _flatten(loaded, where=str(path)):
             setting = KEYS.get(key)
             if setting is not None and setting.path and isinstance(value, str) and value not in ("auto", "latest"):
-                value = value if Path(value).is_absolute() else str(path.parent / value)
+                value = value if Path(value).is_absolute() or is_url(value) else str(path.parent / value)
             raw = value.isoformat() if isinstance(value, (_dt.date, _dt.datetime)) else None
             _assign(values, key, value, where=str(path), raw=raw)
         source = str(path)

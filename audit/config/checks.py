@@ -97,6 +97,11 @@ def text(words: str) -> Check:
     return Check(TEXT.test, words)
 
 
+def output_name() -> Check:
+    """A model output: a non-empty name or a non-negative index."""
+    return Check(lambda v: TEXT(v) or (_is_int(v) and v >= 0), "an output name or a non-negative index")
+
+
 def choice(*options: str) -> Check:
     """One of ``options``."""
     return Check(lambda v: v in options, "one of " + ", ".join(options))

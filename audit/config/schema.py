@@ -13,9 +13,10 @@ from types import MappingProxyType
 from typing import Any
 
 from audit.config.checks import (FLAG, FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, Check, choice, integer,
-                                 method_params, methods, names, number, optional, pair, run_id, text)
+                                 method_params, methods, names, number, optional, output_name, pair, run_id,
+                                 text)
 
-PREPROCESS = ("none", "unit", "symmetric", "imagenet")
+PREPROCESS = ("none", "unit", "symmetric", "imagenet", "tf", "torch", "caffe")
 
 
 def setting(default: Any, check: Check, doc: str, *, path: bool = False, mapping: bool = False) -> Any:
@@ -38,10 +39,14 @@ class Model:
     """``model:`` the classifier file and the layer the layer-based methods explain."""
 
     path: str | None = setting(None, optional(text("a model file or folder path"), "a model file or folder path"),
-                               "the classifier: .keras or .h5 file", path=True)
+                               "the classifier: .keras or .h5 file, or a SavedModel folder", path=True)
     target_layer: str | None = setting(None, optional(text("a layer name"), "a layer name"),
                                        "default: last layer with a spatial 4-D output")
     trust: bool = setting(False, FLAG, "allow Lambda layers (arbitrary code): --trust-model")
+    signature: str = setting("serving_default", text("a signature name"),
+                             "SavedModel without Keras metadata: the signature to run (--signature)")
+    output: str | int | None = setting(None, optional(output_name(), "an output name, an output index or null"),
+                                       "null: the only output | name or index of the classification head (--output)")
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,8 @@ class Data:
     classes: str | None = setting(None, optional(text("a text file path"), "a text file path"),
                                   "text file, one class per line, model output order", path=True)
     preprocess: str = setting("none", choice(*PREPROCESS),
-                              "none: RGB 0..255 | unit: 0..1 | symmetric: -1..1 | imagenet: mean/std")
+                              "none: RGB 0..255 | unit: 0..1 | symmetric: -1..1 | imagenet: mean/std | "
+                              "tf: -1..1 | torch: mean/std | caffe: BGR minus ImageNet means")
     max_pixels: int = setting(89_478_485, POSITIVE_INT, "larger images are refused (decompression-bomb guard)")
 
 

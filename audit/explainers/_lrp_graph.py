@@ -101,7 +101,9 @@ class Step:
 
         bias = self.layer.bias
         if not self.separable:
-            return self.layer.kernel, bias
+            # a tf.keras 2 DepthwiseConv2D names its kernel depthwise_kernel; Keras 3's, kernel
+            kernel = getattr(self.layer, "depthwise_kernel", None) if self.depthwise else None
+            return (self.layer.kernel if kernel is None else kernel), bias
         depthwise, pointwise = self.layer.depthwise_kernel, self.layer.pointwise_kernel
         pointwise = tf.reshape(pointwise, (*depthwise.shape[2:], pointwise.shape[-1]))
         return tf.einsum("hwim,imo->hwio", depthwise, pointwise), bias
@@ -207,9 +209,13 @@ class _Builder:
 
     def inline(self, model, in_slots: list[int]) -> list[int]:
         """Append the steps of ``model`` fed by ``in_slots``; return the slots of its outputs."""
-        import keras
+        import tensorflow as tf
 
-        graph = getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
+        from audit.model_io import keras_of
+
+        keras = keras_of(model)
+        legacy = keras.__name__ == "tf_keras"   # a tf.keras 2 Sequential is itself a graph
+        graph = getattr(model, "_functional", None) if isinstance(model, keras.Sequential) and not legacy else model
         if graph is None or not hasattr(graph, "_nodes_by_depth"):
             raise unsupported(model, "not a built Functional or Sequential model")
         if len(graph.inputs) != len(in_slots):
@@ -217,26 +223,29 @@ class _Builder:
         slot_of = {id(t): s for t, s in zip(graph.inputs, in_slots)}
         for depth in sorted(graph._nodes_by_depth, reverse=True):
             for node in graph._nodes_by_depth[depth]:
-                if node.is_input or any(id(t) not in slot_of for t in node.input_tensors):
+                inputs = node.keras_inputs if legacy else node.input_tensors
+                if node.is_input or any(id(t) not in slot_of for t in inputs):
                     continue
-                tensors = list({id(t): t for t in node.input_tensors}.values())  # unique, in order
+                tensors = list({id(t): t for t in inputs}.values())  # unique, in order
                 ins = [slot_of[id(t)] for t in tensors]
-                layer = node.operation
+                layer = node.layer if legacy else node.operation
+                outputs = tf.nest.flatten(node.outputs)
                 if isinstance(layer, keras.Model):
                     outs = self.inline(layer, ins)
                 else:
-                    if len(node.outputs) != 1:
-                        raise unsupported(layer, f"{len(node.outputs)} outputs")
-                    outs = [self.add(layer, ins, _caller(layer, node.arguments, tensors))]
-                for tensor, slot in zip(node.outputs, outs):
+                    if len(outputs) != 1:
+                        raise unsupported(layer, f"{len(outputs)} outputs")
+                    call = _legacy_caller(layer, node, tensors) if legacy else _caller(layer, node.arguments, tensors)
+                    outs = [self.add(layer, ins, call)]
+                for tensor, slot in zip(outputs, outs):
                     slot_of[id(tensor)] = slot
         return [slot_of[id(t)] for t in graph.outputs]
 
     def add(self, layer, ins: list[int], call: Callable) -> int:
         """Append the step(s) of one layer call; return its output slot."""
-        import keras
+        from audit.model_io import keras_of
 
-        L = keras.layers
+        L = keras_of(layer).layers
         ins = tuple(ins)
         if self.softmax is not None and layer is self.softmax[1] and self.softmax[0] == "call":
             return self._append(Step("pass", layer.name, ins, self.new_slot(), forward=_first))
@@ -266,7 +275,9 @@ class _Builder:
     def _linear(self, layer, ins: tuple[int, ...]) -> int:
         import keras
 
-        L, ops = keras.layers, keras.ops
+        from audit.model_io import keras_of
+
+        L, ops = keras_of(layer).layers, keras.ops
         activation = self._activation(layer)
         if not isinstance(layer, L.Dense) and layer.data_format != "channels_last":
             raise unsupported(layer, "channels_first convolutions are not supported")
@@ -313,8 +324,24 @@ def _caller(layer, arguments, tensors) -> Callable[[list], Any]:
     return call
 
 
+def _legacy_caller(layer, node, tensors) -> Callable[[list], Any]:
+    """``_caller`` for a tf.keras 2 graph node, whose arguments map tensor ids (as strings) to values."""
+
+    def call(values):
+        by_id = {id(t): v for t, v in zip(tensors, values)}
+        pending: dict[str, list] = {}
+        for t in node.keras_inputs:
+            pending.setdefault(str(id(t)), []).append(by_id[id(t)])
+        args, kwargs = node.map_arguments(pending)
+        return layer(*args, **{**kwargs, "training": False})
+
+    return call
+
+
 def _nonneg_activation_layer(layer) -> bool:
-    import keras
+    from audit.model_io import keras_of
+
+    keras = keras_of(layer)
 
     if isinstance(layer, keras.layers.ReLU):
         return float(layer.negative_slope or 0.0) == 0.0 and float(layer.threshold or 0.0) >= 0.0
@@ -335,7 +362,10 @@ def _fold(steps: list[Step], output: int) -> list[Step]:
         if step.kind != "linear" or step.activation is not None or step.output == output or len(users) != 1:
             continue
         bn = users[0].bn if users[0].kind == "pass" else None
-        if bn is None or not (bn.axis == -1 or (bn.input_spec is not None and bn.axis == bn.input_spec.ndim - 1)):
+        if bn is None:
+            continue
+        axis = bn.axis[0] if isinstance(bn.axis, (list, tuple)) and len(bn.axis) == 1 else bn.axis  # tf.keras 2: [3]
+        if not (axis == -1 or (bn.input_spec is not None and axis == bn.input_spec.ndim - 1)):
             continue
         step.bn, step.output = bn, users[0].output
         folded.add(id(users[0]))

@@ -90,10 +90,9 @@ def relu_gradients(classifier, rule: str | None) -> Iterator[None]:
         return
     if rule not in RULES:
         raise ValueError(f"unknown ReLU gradient rule {rule!r}; expected one of {', '.join(RULES)}")
-    import keras
+    from audit.model_io import flat_layers, keras_of
 
-    from audit.model_io import flat_layers
-
+    keras = keras_of(classifier.model)
     activations, calls = [], []
     with classifier._lock:
         try:

@@ -89,6 +89,10 @@ class Explainer:
     """
 
     name: ClassVar[str] = ""
+    #: True for methods that read the model's layers (Grad-CAM's target layer, the ReLU
+    #: rules of guided backprop, LRP's layer graph): they cannot run on a model loaded by
+    #: signature (``classifier.layer is None``), which the audit then skips.
+    needs_layers: ClassVar[bool] = False
 
     def __init__(self, batch_size: int = 32):
         self.batch_size = check_int(self, "batch_size", batch_size)
@@ -106,6 +110,9 @@ class Explainer:
         images, targets : np.ndarray
             float32 ``[N, H, W, C]`` as the model takes them; int ``[N]``, the class explained per image.
         """
+        if self.needs_layers and classifier.layer is None:
+            raise ValueError(f"{self.name} needs the model's layers, and this model has none "
+                             "(a SavedModel loaded by signature); use an input-gradient or perturbation method")
         images, targets = check_inputs(classifier, images, targets)
         if not len(images):
             return np.zeros(images.shape[:3], np.float32)
@@ -147,21 +154,22 @@ def check_choice(explainer: Explainer, param: str, value: Any, choices: Sequence
 
 
 def classifier_of(model, target_layer: str | None = None):
-    """A ``Classifier`` for a ``keras.Model`` (cached per model object) or the classifier itself.
+    """A ``Classifier`` for a ``keras.Model`` (a ``SignatureClassifier`` for an
+    ``audit.model_files.SignatureModel``), cached per model object, or the classifier itself.
 
     Parameters
     ----------
-    model, target_layer : keras.Model or Classifier, str or None
+    model, target_layer : keras.Model, SignatureModel or a classifier, str or None
         The model; the layer of layer-based methods (default: last spatial 4-D layer).
     """
-    from audit.model_io import Classifier
+    from audit.model_io import Classifier, SignatureClassifier, classifier_of_model
 
-    if isinstance(model, Classifier):
+    if isinstance(model, (Classifier, SignatureClassifier)):
         return model
     key = (target_layer,)
     per_model = _CLASSIFIERS.setdefault(model, {})
     if key not in per_model:
-        per_model[key] = Classifier(model, target_layer)
+        per_model[key] = classifier_of_model(model, target_layer)
     return per_model[key]
 
 

@@ -29,6 +29,8 @@ class DeconvNet(Explainer):
         Images per model call (the memory bound).
     """
 
+    needs_layers = True
+
     def maps(self, classifier, images: Images, targets: Targets) -> Maps:
         return one_pass_maps(self, classifier, images, targets, "deconvnet", max_abs_over_channels,
                              relu="deconvnet")

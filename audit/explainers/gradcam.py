@@ -93,5 +93,7 @@ class GradCAM(Explainer):
         Images per model call (the memory bound).
     """
 
+    needs_layers = True
+
     def maps(self, classifier, images: Images, targets: Targets) -> Maps:
         return cam_maps(self, classifier, images, targets, "gradcam", _mean_gradient)

@@ -43,5 +43,7 @@ class GradCAMPlusPlus(Explainer):
         Images per model call (the memory bound).
     """
 
+    needs_layers = True
+
     def maps(self, classifier, images: Images, targets: Targets) -> Maps:
         return cam_maps(self, classifier, images, targets, "gradcam_plus_plus", _plus_plus_weights)

@@ -27,6 +27,8 @@ class GuidedBackprop(Explainer):
         Images per model call (the memory bound).
     """
 
+    needs_layers = True
+
     def maps(self, classifier, images: Images, targets: Targets) -> Maps:
         return one_pass_maps(self, classifier, images, targets, "guided_backprop", max_abs_over_channels,
                              relu="guided")

@@ -284,6 +284,8 @@ class LRP(Explainer):
     >>> maps = audit.explain(model, images, targets, method="lrp", composite="epsilon_gamma_box", low=0, high=255)
     """
 
+    needs_layers = True
+
     def __init__(self, batch_size: int = 32, composite: str = "epsilon_plus", epsilon: float = 1e-6,
                  gamma: float = 0.25, stabilizer: float = 1e-6, low: float | None = None,
                  high: float | None = None):

@@ -218,10 +218,9 @@ def _redirected_relu():
 @contextlib.contextmanager
 def redirected_relus(model) -> Iterator[None]:
     """While tracing: every ReLU of ``model`` (an ``activation="relu"`` or a ReLU layer) redirected."""
-    import keras
+    from audit.model_io import flat_layers, keras_of
 
-    from audit.model_io import flat_layers
-
+    keras = keras_of(model)
     relu = _redirected_relu()
     saved = []
     for layer in flat_layers(model):

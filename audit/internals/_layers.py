@@ -19,10 +19,9 @@ from audit.errors import UsageError
 
 def _candidates(model) -> list:
     """Layers with a spatial 4-D output, in order (nested models included), input layers excluded."""
-    import keras
+    from audit.model_io import keras_of, spatial_layers
 
-    from audit.model_io import spatial_layers
-
+    keras = keras_of(model)
     return [layer for layer in spatial_layers(model) if not isinstance(layer, keras.layers.InputLayer)]
 
 
@@ -89,10 +88,11 @@ def capturing(layers: list, out: dict, linear: bool = False) -> Iterator[None]:
     linear : bool, default False
         Capture before the activation function.
     """
-    import keras
+    from audit.model_io import keras_of
 
     saved = []
     for layer in layers:
+        keras = keras_of(layer)
         own = layer.__dict__.get("call")   # e.g. the classifier's own capture of its target layer
         activation = getattr(layer, "activation", None) if linear else None
         if activation is not None and activation is keras.activations.linear:

@@ -196,8 +196,9 @@ class Run:
 
     # ------------------------------------------------------------ access
     @property
-    def data_root(self) -> Path:
-        return Path(str((self.run.get("data") or {}).get("root") or "."))
+    def data_root(self) -> str | Path:
+        root = str((self.run.get("data") or {}).get("root") or ".")
+        return root if "://" in root else Path(root)   # a URL prefix stays a string
 
     @property
     def input_hw(self) -> tuple[int, int] | None:

@@ -47,6 +47,7 @@ def summary_view(run: Run) -> dict:
         "n_findings": len(run.findings),
         "top_findings": top,
         "changes": changes(run),
+        "not_computed": [str(line) for line in run.run.get("not_computed") or []],
     }
 
 

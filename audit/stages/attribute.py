@@ -12,6 +12,7 @@ cue is described by what the model sees where it looks, wherever it sits.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
     """
     classifier = classifier_for(config)
     images, _ = load_images(root, part["path"].tolist(), classifier.input_size,
-                                 config.data.max_pixels)
+                                 config.data.max_pixels, classifier.input_shape[2])
     images = preprocess(images, config.data.preprocess)
     lookup = {name: i for i, name in enumerate(classes)}
     targets = part["pair_label"].map(lookup).to_numpy(np.int32)
@@ -69,10 +70,12 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
             maps = explainer.explain(classifier, images, targets)
             write_map_chunk(config.run_dir, method, chunk, rows, maps)
         first = maps if first is None else first
+    if classifier.layer is None or not len(images):   # no target layer (a model loaded by signature): no features
+        return rows, np.zeros((len(images), 0), np.float32)
     features = np.concatenate([
         attention_pooled(classifier.logits_and_activations(images[i:i + batch])[1], first[i:i + batch])
         for i in range(0, len(images), batch)
-    ]) if len(images) else np.zeros((0, 0), np.float32)
+    ])
     return rows, features
 
 
@@ -106,6 +109,41 @@ def explainers(config: Config) -> dict[str, Explainer]:
         except ValueError as exc:
             raise UsageError(str(exc).replace(f"`{method}.", f"`attribution.params.{method}.", 1)) from None
     return built
+
+
+def without_layers(config: Config, classifier) -> tuple[Config, list[str]]:
+    """``config`` without what needs the model's layers, when it has none; and why, in words.
+
+    A model loaded by signature (``classifier.layer is None``) runs the methods that
+    only need input gradients or model passes. The methods that need a layer
+    (``Explainer.needs_layers``: Grad-CAM, guided backprop, LRP, ...) leave
+    ``attribution.methods`` and ``trust.methods`` (the first one left drives
+    discovery), and the target layer's features, the sanity checks (they randomize
+    layers) and internals are off. Returns the config unchanged and no line for a
+    model with layers; a ``UsageError`` when no configured method is left.
+
+    Returns
+    -------
+    (config, lines): each line starts "Not computed: ...", for the log and the report.
+    """
+    if classifier.layer is not None:
+        return config, []
+    why = f"the model ({config.model.path}) was loaded by signature and has no layers"
+    methods = config.attribution.methods
+    kept = tuple(m for m in methods if not get(m).needs_layers)
+    dropped = [m for m in methods if m not in kept]
+    if not kept:
+        raise UsageError(f"`attribution.methods` [{', '.join(methods)}]: every method needs the model's layers and "
+                         f"{why}; use integrated_gradients, saliency, smoothgrad or occlusion")
+    lines = [f"Not computed: {', '.join(dropped)} because {why} (discovery uses {kept[0]})"] if dropped else []
+    lines.append(f"Not computed: target-layer features, sanity checks and internals because {why}")
+    trust_methods = config.trust.methods
+    trust_methods = None if trust_methods is None else tuple(m for m in trust_methods if m in kept) or None
+    config = dataclasses.replace(
+        config, attribution=dataclasses.replace(config.attribution, methods=kept),
+        trust=dataclasses.replace(config.trust, methods=trust_methods, sanity_sample=0),
+        internals=dataclasses.replace(config.internals, enabled=False))
+    return config, lines
 
 
 def check_methods(config: Config, classifier) -> None:

@@ -166,9 +166,10 @@ def pair_features(maps: np.ndarray, features: np.ndarray, config: Config) -> tup
     group and scaled so that its mean squared row norm is ``1 - w`` (spatial) and
     ``w`` (semantic): the squared distance to the group mean averages 1.
     """
-    w = config.discovery.semantic_weight
+    w = config.discovery.semantic_weight if features.shape[1] else 0.0   # no target layer: the maps alone
     spatial = spatial_features(maps, config.discovery.grid)
-    semantic = semantic_features(features, config.discovery.pca_components)
+    semantic = semantic_features(features, config.discovery.pca_components) if features.shape[1] else \
+        np.zeros((len(maps), 0))
     blocks = [np.sqrt(1.0 - w) * _scaled(spatial), np.sqrt(w) * _scaled(semantic)]
     return np.hstack(blocks), spatial.shape[1]
 

@@ -71,7 +71,7 @@ def run_internals(config: Config, root: Path, classes: list[str], predictions: p
         return previous
     index_path = out / INDEX
     index = {"key": key, "enabled": bool(config.internals.enabled), "findings": [], "classes": {},
-             "channels": {}, "layer": classifier.layer.name}
+             "channels": {}, "layer": None if classifier.layer is None else classifier.layer.name}
     top = findings[:config.internals.findings] if config.internals.enabled else []
     if top:
         index.update(_internals(config, root, classes, predictions, top, map_rows, maps, classifier, out))
@@ -92,7 +92,7 @@ def _internals(config, root, classes, predictions, top, map_rows, maps, classifi
 
     def load(rows: list[int]) -> tuple[np.ndarray, list]:
         return load_images(root, [str(table.at[r, "path"]) for r in rows], classifier.input_size,
-                           config.data.max_pixels)
+                           config.data.max_pixels, classifier.input_shape[2])
 
     entries = []
     for f in top:
@@ -324,17 +324,20 @@ def explore(config: Config, layer_name: str, class_names: list[str] | None, only
     from audit.internals import Ascent, input_range, resolve_layers
     from audit.model_io import cached_classifier
 
-    classifier = cached_classifier(config.model.path, None, config.model.trust)
+    classifier = cached_classifier(config.model.path, None, config.model.trust, config.model.signature,
+                                   config.model.output)
+    if classifier.layer is None:
+        raise UsageError(f"--model {config.model.path}: loaded by signature, the model has no layers to look into")
     (layer,) = resolve_layers(classifier.model, [layer_name], 1, key="--layer")
     out = Path(config.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     frame = root = None
     if config.data.path is not None:
-        frame, root = load_manifest(Path(config.data.path))
+        frame, root = load_manifest(config.data.path)
         frame = frame.drop_duplicates("path").reset_index(drop=True)
         frame.insert(0, "row", np.arange(len(frame)))
     if class_names is None:
-        class_names = (load_classes(None, frame, Path(config.data.path)) if frame is not None
+        class_names = (load_classes(None, frame, config.data.path) if frame is not None
                        else [f"class {i}" for i in range(classifier.n_classes)])
     if len(class_names) != classifier.n_classes:
         where = config.data.classes or config.data.path
@@ -357,7 +360,7 @@ def explore(config: Config, layer_name: str, class_names: list[str] | None, only
 
         def load(rows: list[int]) -> tuple[np.ndarray, list]:
             return load_images(root, [str(table.at[r, "path"]) for r in rows], classifier.input_size,
-                               config.data.max_pixels)
+                               config.data.max_pixels, classifier.input_shape[2])
 
         ids = frame["row"].tolist()
         if len(ids) > config.internals.max_images:

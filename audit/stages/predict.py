@@ -31,7 +31,7 @@ def predict_partition(config: Config, root: Path, classes: list[str], part: pd.D
     """
     classifier = classifier_for(config)
     images, errors = load_images(root, part["path"].tolist(), classifier.input_size,
-                                 config.data.max_pixels)
+                                 config.data.max_pixels, classifier.input_shape[2])
     ok = np.array([e is None for e in errors])
     logits = np.full((len(part), classifier.n_classes), np.nan, np.float32)
     batch = config.predict.batch_size

@@ -204,7 +204,7 @@ def _aligned(stored: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> np.ndar
 
 
 def _load(config: Config, root: Path, classifier, paths: list[str]) -> np.ndarray:
-    images, _ = load_images(root, paths, classifier.input_size, config.data.max_pixels)
+    images, _ = load_images(root, paths, classifier.input_size, config.data.max_pixels, classifier.input_shape[2])
     return preprocess(images, config.data.preprocess)
 
 

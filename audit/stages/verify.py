@@ -266,8 +266,8 @@ def _load(config: Config, root: Path, classifier, table: _Predictions, rows: lis
     paths = [str(table.path[table.at[r]]) for r in rows]
     halves = [paths[: len(paths) // 2], paths[len(paths) // 2:]]
     with ThreadPoolExecutor(2) as pool:
-        done = list(pool.map(lambda part: load_images(root, part, classifier.input_size, config.data.max_pixels),
-                             halves))
+        done = list(pool.map(lambda part: load_images(root, part, classifier.input_size, config.data.max_pixels,
+                                                      classifier.input_shape[2]), halves))
     images = preprocess(np.concatenate([d[0] for d in done]), config.data.preprocess)
     errors = done[0][1] + done[1][1]
     return {r: images[i] for i, r in enumerate(rows) if errors[i] is None}

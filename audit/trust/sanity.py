@@ -64,12 +64,13 @@ def randomized(model) -> Iterator[None]:
 
 def reinitialise(layer, seed: int) -> None:
     """Redraw every variable of ``layer`` from its initializer (or a seeded normal), in place."""
-    import keras
+    from audit.model_io import keras_of
 
+    keras = keras_of(layer)
     for i, variable in enumerate(layer.weights):
         name = variable.name.split("/")[-1].split(":")[0]
         init = getattr(layer, f"{name}_initializer", None)
-        shape, dtype = tuple(variable.shape), variable.dtype
+        shape, dtype = tuple(variable.shape), getattr(variable.dtype, "name", variable.dtype)  # tf.keras 2: a tf.DType
         if isinstance(init, keras.initializers.Initializer):
             settings = init.get_config()
             if "seed" in settings:
@@ -78,7 +79,7 @@ def reinitialise(layer, seed: int) -> None:
         else:
             current = np.asarray(variable.numpy(), np.float64)
             scale = float(current.std()) or 0.05
-            value = np.random.default_rng([seed, i]).normal(0.0, scale, shape).astype(variable.dtype)
+            value = np.random.default_rng([seed, i]).normal(0.0, scale, shape).astype(dtype)
         variable.assign(value)
 
 
