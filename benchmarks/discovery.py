@@ -114,7 +114,7 @@ def planted(sc) -> list[S.Plant]:
 def cue_names(pred: pd.DataFrame, sc) -> np.ndarray:
     """Per prediction row, the name of the cue it carries ("" for none)."""
     if "cue_name" in pred:
-        return pred["cue_name"].fillna("").astype(str).to_numpy()
+        return pred["cue_name"].astype("string").fillna("").to_numpy(dtype=str)
     name = sc.cue if isinstance(sc, S.Scenario) else ""
     return np.where(pred["cue"].astype(bool).to_numpy(), name, "")
 
