@@ -11,20 +11,25 @@ diffed::
     discovery.parquet     cluster and finding per clustered image
     summary.json          the machine-readable result (stable keys)
     index.html            the report (plus ``assets/``)
+    artifacts.json        size and SHA-256 of every file above (``audit.integrity``)
 
-This module is the only one that knows these file names.
+This module is the only one that knows these file names. Every write is atomic and
+checksummed (``audit.integrity.write_atomic``).
 """
 from __future__ import annotations
 
 import json
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
+
+from audit.integrity import Damaged, read_manifest, write_atomic
 
 RUN_JSON = "run.json"
 PREDICTIONS = "predictions.parquet"
@@ -36,10 +41,8 @@ MAPS = "maps"
 
 
 def write_json(path: Path, obj: dict) -> None:
-    """Write ``obj`` as indented JSON atomically (temp file, then rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
-    tmp.replace(path)
+    """Write ``obj`` as indented JSON atomically (``integrity.write_atomic``)."""
+    write_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
 def read_json(path: Path) -> dict:
@@ -47,10 +50,13 @@ def read_json(path: Path) -> dict:
 
 
 def write_table(path: Path, frame: pd.DataFrame) -> None:
-    """Write a DataFrame as parquet atomically."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    """Write a DataFrame as parquet atomically (``integrity.write_atomic``)."""
+    write_atomic(path, lambda f: frame.to_parquet(f, index=False))
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write arrays as an uncompressed ``.npz`` atomically (``integrity.write_atomic``)."""
+    write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -66,11 +72,10 @@ def write_map_chunk(run_dir: Path, method: str, chunk: int, rows: np.ndarray, ma
     """Store one chunk of attribution maps as float16 (``maps``: [n, H, W]), with optional
     per-map ``values`` ([n] each, e.g. IG's completeness ``gap``), read by ``read_map_values``."""
     path = map_chunk_path(run_dir, method, chunk)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, row=np.asarray(rows, dtype=np.int64), maps=np.asarray(maps, dtype=np.float16),
-             **{f"value_{k}": np.asarray(v, np.float64) for k, v in values.items()})
-    tmp.replace(path)
+    maps = np.ascontiguousarray(maps, dtype=np.float16)
+    arrays = {"row": np.asarray(rows, dtype=np.int64), "maps": maps,
+              **{f"value_{k}": np.asarray(v, np.float64) for k, v in values.items()}}
+    write_atomic(path, lambda f: np.savez(f, **arrays), maps_crc32=[zlib.crc32(m.tobytes()) for m in maps])
     return path
 
 
@@ -109,16 +114,19 @@ class MapChunk:
     ``rows``: int64 [n] in stored order; ``hw``: (H, W) of every map; ``offset``: where
     map 0's bytes start in the file (``None`` when the member is compressed or in
     Fortran order, which ``write_map_chunk`` never writes: then ``read`` decodes the
-    chunk's maps to take one).
+    chunk's maps to take one); ``crc32``: CRC-32 of each map's bytes as written (from
+    ``artifacts.json``; ``None`` for an older run), checked by ``read``.
     """
     path: Path
     rows: np.ndarray
     hw: tuple[int, int]
     dtype: np.dtype
     offset: int | None
+    crc32: tuple[int, ...] | None = None
 
     def read(self, i: int) -> np.ndarray:
-        """The ``i``-th map of the chunk as float32 [H, W], reading only its own bytes."""
+        """The ``i``-th map of the chunk as float32 [H, W], reading only its own bytes; raises
+        ``integrity.Damaged`` when they differ from what was written."""
         if self.offset is None:
             with np.load(self.path) as z:
                 return z["maps"][i].astype(np.float32)
@@ -127,45 +135,69 @@ class MapChunk:
             f.seek(self.offset + i * size)
             data = f.read(size)
         if len(data) != size:
-            raise ValueError(f"{self.path.name} is shorter than its maps")
+            raise Damaged(self.path, "shorter than its maps (truncated)")
+        if self.crc32 is not None and zlib.crc32(data) != self.crc32[i]:
+            raise Damaged(self.path, f"checksum mismatch in map {i} (CRC-32 differs from what was written)")
         return np.frombuffer(data, self.dtype).reshape(self.hw).astype(np.float32)
 
 
 _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
-def map_index(run_dir: Path, method: str) -> list[MapChunk]:
+def map_index(run_dir: Path, method: str, on_damaged: Callable[[Damaged], None] | None = None) -> list[MapChunk]:
     """The stored chunks of ``method`` in file order, from each chunk's ``row`` member and
-    the header of its ``maps``: no map is read. Raises on a chunk that is unreadable, whose
-    ``maps`` are not [n, H, W] for its n rows, or whose maps differ in size from the others'."""
+    the header of its ``maps``: no map is read. Raises on a chunk that is unreadable (or whose
+    size differs from ``artifacts.json``'s: ``integrity.Damaged``), whose ``maps`` are not
+    [n, H, W] for its n rows, or whose maps differ in size from the others'; with
+    ``on_damaged``, such a chunk with a manifest entry (it was written whole) is handed to
+    it as ``Damaged`` and left out instead."""
     chunks = []
+    manifest = read_manifest(run_dir)
     for path in _map_chunks(run_dir, method):
-        with zipfile.ZipFile(path) as zf:
-            with zf.open("row.npy") as f:
-                rows = np.lib.format.read_array(f).astype(np.int64)
-            info = zf.getinfo("maps.npy")
-            with zf.open(info) as f:
-                version = np.lib.format.read_magic(f)
-                if version not in _NPY_HEADERS:
-                    raise ValueError(f"{path.name}: maps.npy has format version {version}")
-                shape, fortran, dtype = _NPY_HEADERS[version](f)
-                start = f.tell()   # of map 0 within the member
-        if len(shape) != 3 or shape[0] != len(rows):
-            raise ValueError(f"{path.name}: maps of shape {shape} for {len(rows)} rows")
-        if chunks and shape[1:] != chunks[0].hw:
-            raise ValueError(f"{path.name}: maps of {shape[1:]} where {chunks[0].path.name} has {chunks[0].hw}")
-        offset = None
-        if info.compress_type == zipfile.ZIP_STORED and not fortran:
-            with open(path, "rb") as f:  # the member's data follows its local header
-                f.seek(info.header_offset)
-                magic, name_len, extra_len = struct.unpack("<4s22xHH", f.read(30))
-            if magic != b"PK\x03\x04":
-                raise ValueError(f"{path.name}: no local header for maps.npy")
-            offset = info.header_offset + 30 + name_len + extra_len + start
-            if path.stat().st_size < offset + int(np.prod(shape)) * dtype.itemsize:
-                raise ValueError(f"{path.name} is shorter than its maps")
-        chunks.append(MapChunk(path, rows, (int(shape[1]), int(shape[2])), dtype, offset))
+        entry = manifest.get(path.relative_to(run_dir).as_posix())
+        try:
+            chunk = _index_chunk(path, entry)
+            if chunks and chunk.hw != chunks[0].hw:
+                raise ValueError(f"{path.name}: maps of {chunk.hw} where {chunks[0].path.name} has {chunks[0].hw}")
+        except (Damaged, ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+            if on_damaged is None or (entry is None and not isinstance(exc, Damaged)):
+                raise
+            on_damaged(exc if isinstance(exc, Damaged) else Damaged(path, f"unreadable ({type(exc).__name__}: {exc})"))
+            continue
+        chunks.append(chunk)
     return chunks
+
+
+def _index_chunk(path: Path, entry: dict | None) -> MapChunk:
+    """One chunk of ``map_index``; ``entry``: its manifest entry, if any."""
+    if entry is not None and path.stat().st_size != entry.get("size"):
+        raise Damaged(path, f"{path.stat().st_size} bytes where {entry.get('size')} were written (truncated)")
+    with zipfile.ZipFile(path) as zf:
+        with zf.open("row.npy") as f:
+            rows = np.lib.format.read_array(f).astype(np.int64)
+        info = zf.getinfo("maps.npy")
+        with zf.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            if version not in _NPY_HEADERS:
+                raise ValueError(f"{path.name}: maps.npy has format version {version}")
+            shape, fortran, dtype = _NPY_HEADERS[version](f)
+            start = f.tell()   # of map 0 within the member
+    if len(shape) != 3 or shape[0] != len(rows):
+        raise ValueError(f"{path.name}: maps of shape {shape} for {len(rows)} rows")
+    offset = None
+    if info.compress_type == zipfile.ZIP_STORED and not fortran:
+        with open(path, "rb") as f:  # the member's data follows its local header
+            f.seek(info.header_offset)
+            magic, name_len, extra_len = struct.unpack("<4s22xHH", f.read(30))
+        if magic != b"PK\x03\x04":
+            raise ValueError(f"{path.name}: no local header for maps.npy")
+        offset = info.header_offset + 30 + name_len + extra_len + start
+        if path.stat().st_size < offset + int(np.prod(shape)) * dtype.itemsize:
+            raise ValueError(f"{path.name} is shorter than its maps")
+    crc = entry.get("maps_crc32") if entry is not None else None
+    if crc is not None and len(crc) != len(rows):
+        raise Damaged(path, f"{len(rows)} rows where {len(crc)} maps were written")
+    return MapChunk(path, rows, (int(shape[1]), int(shape[2])), dtype, offset, None if crc is None else tuple(crc))
 
 
 def read_map_values(run_dir: Path, method: str, name: str) -> tuple[np.ndarray, np.ndarray] | None:

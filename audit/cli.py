@@ -1,20 +1,22 @@
 """Command line: parse, call, exit code. Nothing else lives here.
 
 Exit codes: 0 all gates pass, 1 a gate failed, 2 bad usage/config/input,
-3 runtime failure (the traceback goes to ``<run folder>/error.log``).
+3 runtime failure (the traceback goes to ``<run folder>/error.log``), 143 stopped by
+SIGTERM (completed work kept: the same command resumes).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import traceback
 from pathlib import Path
 
-from audit.errors import UsageError
+from audit.errors import Terminated, UsageError
 from audit.progress import Progress, choose_mode
 
-EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3
+EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_RUNTIME, EXIT_TERMINATED = 0, 1, 2, 3, 143
 DEMO_CACHE = Path("reports/.cache/demo")
 
 
@@ -72,7 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error(log, "audit: interrupted")
         return EXIT_RUNTIME
+    except Terminated as exc:
+        _error(log, f"audit: stopped by {exc.signal_name}" + (f" during {exc.stage}" if exc.stage else "")
+               + (f": completed work is kept in {run_dir}; the same command resumes" if run_dir else ""))
+        return EXIT_TERMINATED
     except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            _error(log, f"audit: runtime failure: no space left on device writing {exc.filename}: completed work "
+                   "is kept; free space and run the same command again")
+            return EXIT_RUNTIME
         where = _write_error_log(run_dir)
         first = (str(exc).strip().splitlines() or [""])[0]
         _error(log, f"audit: runtime failure: {type(exc).__name__}: {first}"

@@ -6,3 +6,17 @@ class UsageError(Exception):
 
     The message is one line that names the offending file or key.
     """
+
+
+class Terminated(BaseException):
+    """The run was asked to stop (SIGTERM from a scheduler's timeout): raised in the main
+    thread, it unwinds the run keeping every completed output; the CLI exits with 143.
+
+    A ``BaseException`` so that no ``except Exception`` on the way swallows it. ``stage``
+    names the stage it interrupted (set by the pipeline).
+    """
+
+    def __init__(self, signal_name: str = "SIGTERM"):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.stage: str | None = None

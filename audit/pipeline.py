@@ -28,6 +28,8 @@ import contextlib
 import datetime as _dt
 import hashlib
 import platform
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -35,16 +37,16 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from audit import artifacts, nightly, progress
+from audit import artifacts, integrity, nightly, progress, runlock
 from audit.config import Config
 from audit.data import load_classes, load_manifest, resolve, with_class_names
-from audit.errors import UsageError
+from audit.errors import Terminated, UsageError
 from audit.urls import is_url
 from audit.findings import Finding
 from audit.nightly.baseline import apply_baseline
 from audit.nightly.history import HistoryError, append_history, history_path, history_rows
 from audit.nightly.triage import apply_triage
-from audit.resume import chunk_paths, resumable, stage_keys
+from audit.resume import chunk_paths, recorded_files, resumable, stage_keys
 
 Log = Callable[[str], None]
 
@@ -72,12 +74,13 @@ def run(config: Config, log: Log = print) -> dict:
         log(f"warning: {config.data.path}: {int(duplicated.sum())} duplicate row(s) ignored "
             f"(first: {frame['path'][duplicated].iloc[0]})")
         frame = frame[~duplicated].reset_index(drop=True)
-    with _run_folder(config.run_dir):
-        return _run_stages(config, frame, root, classes, classifier, log, inputs, not_computed)
+    with _stop_on_sigterm(), runlock.hold(config.run_dir, log), integrity.recording(config.run_dir) as written:
+        integrity.remove_temporaries(config.run_dir)
+        return _run_stages(config, frame, root, classes, classifier, log, inputs, not_computed, written)
 
 
 def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[str], classifier, log: Log,
-                inputs: nightly.Inputs, not_computed: list[str]) -> dict:
+                inputs: nightly.Inputs, not_computed: list[str], written: integrity.Recorder) -> dict:
     import dask
 
     from audit.maps import area_pool
@@ -109,7 +112,7 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
     }
     keys = stage_keys(config, record)
     previous = artifacts.read_json(run_dir / artifacts.RUN_JSON) if (run_dir / artifacts.RUN_JSON).exists() else {}
-    if previous.get("keys") == keys and (run_dir / artifacts.SUMMARY).exists():
+    if previous.get("keys") == keys and (run_dir / artifacts.SUMMARY).exists() and _intact(run_dir, log):
         log(f"run {config.run_id} is complete for these inputs and settings (key {keys['run']}): nothing to do "
             f"but the baseline, triage, gates and history")
         stored = [artifacts.read_table(run_dir / name) for name in (artifacts.PREDICTIONS, artifacts.SELECTION,
@@ -133,6 +136,7 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
             tasks = [dask.delayed(resumable)(path, predict_partition, config, root, classes, part)
                      for path, part in zip(paths, parts)]
             predictions = pd.concat(compute(tasks), ignore_index=True)
+            integrity.record(run_dir, recorded_files(run_dir, paths))
             artifacts.write_table(run_dir / artifacts.PREDICTIONS, predictions)
         log(f"  {len(predictions)} images, {int(predictions['error'].notna().sum())} unreadable")
 
@@ -148,15 +152,18 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
             tasks = [dask.delayed(resumable)(path, attribute_partition, config, root, classes, part, i)
                      for i, (path, part) in enumerate(zip(paths, parts))]
             results = compute(tasks)
+            integrity.record(run_dir, recorded_files(run_dir, paths))
             feature_rows = np.concatenate([r for r, _ in results]) if results else np.zeros(0, np.int64)
             features = np.concatenate([f for _, f in results]) if results else np.zeros((0, 0), np.float32)
-            np.savez(run_dir / artifacts.FEATURES, row=feature_rows, features=features)
+            artifacts.write_npz(run_dir / artifacts.FEATURES, row=feature_rows, features=features)
+        written.flush()
 
     trusted = None
     if config.trust.enabled:
         with _timed(timings, "trust", log):
             path = chunk_paths(run_dir, "trust", keys["trust"], 1, ".json", log)[0]
             trusted = resumable(path, lambda: trust(config, root, classes, selection, run_dir, classifier))
+            integrity.record(run_dir, recorded_files(run_dir, [path]))
 
     with _timed(timings, "discover", log):
         # discovery and verification read the first method's maps pooled to the discovery grid,
@@ -172,6 +179,7 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
                                     summary_figures(trusted), record["created"], log)
     log(f"  {len(findings)} finding(s)")
     artifacts.write_json(run_dir / artifacts.RUN_JSON, record)
+    written.flush()
 
     with _timed(timings, "internals", log):
         from audit.stages.internals import run_internals
@@ -213,26 +221,38 @@ def _finish(config: Config, inputs: nightly.Inputs, predictions: pd.DataFrame, s
     return summary, findings
 
 
-@contextlib.contextmanager
-def _run_folder(run_dir: Path) -> Iterator[None]:
-    """Create the run folder, check it is writable, and hold its lock for the run.
-
-    A second audit into the same folder at the same time stops (exit 2) rather than
-    mixing its artifacts with the first one's.
-    """
-    import fcntl
-
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(run_dir / ".lock", "w")
-    except OSError as exc:
-        raise UsageError(f"--out {run_dir}: cannot write the run folder ({exc.strerror})") from None
-    with lock:
+def _intact(run_dir: Path, log: Log) -> bool:
+    """Whether every file of the run folder's manifest still matches it (a full read); a damaged
+    one is logged and the run goes through its stages again, reusing every intact chunk."""
+    damaged = []
+    for name, entry in integrity.read_manifest(run_dir).items():
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"--out {run_dir}: another audit is writing to this run folder") from None
+            integrity.verify(run_dir / name, entry)
+        except integrity.Damaged as exc:
+            damaged.append(f"{name}: {exc.reason}")
+    for line in damaged:
+        log(f"warning: {line}; recomputing what depends on it")
+    return not damaged
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM (a scheduler's timeout: cron, Airflow, Kubernetes) into ``Terminated`` in the
+    main thread for the block: the run unwinds keeping what it stored (tasks already running
+    finish and store their chunks). A second SIGTERM kills at once."""
+    if threading.current_thread() is not threading.main_thread():
         yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_inputs(config: Config, frame: pd.DataFrame, classes: list[str], n_outputs: int) -> None:
@@ -283,9 +303,13 @@ def _scheduler(config: Config) -> Iterator[Callable[[list], list]]:
 def _timed(timings: dict, stage: str, log: Log) -> Iterator[None]:
     """Time a stage into ``timings``; report it (and its finished Dask tasks) through ``log``."""
     start = time.perf_counter()
-    with progress.stage(log, stage) as handle, _task_progress(handle):
-        yield
-        timings[stage] = round(time.perf_counter() - start, 3)
+    try:
+        with progress.stage(log, stage) as handle, _task_progress(handle):
+            yield
+            timings[stage] = round(time.perf_counter() - start, 3)
+    except Terminated as exc:
+        exc.stage = exc.stage or stage
+        raise
 
 
 @contextlib.contextmanager

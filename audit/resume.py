@@ -3,8 +3,14 @@
 A stage's stored output (a partition's chunk, the trust figures, the internals
 pictures) is reused only under the same key: a hash of everything it was computed
 from (inputs, settings, the package's code). A killed or repeated run therefore
-recomputes only what is missing or stale. Used by ``audit.pipeline`` and by the
-internals stage.
+recomputes only what is missing or stale.
+
+A partition's output is committed by a small record beside it, written last:
+``part-NNNNN.files.json`` lists the size and SHA-256 of every file the task wrote
+(its maps chunks, then the part itself). A part is reused only when its record is
+there and every file still matches it; a truncated or bit-flipped file makes the
+part missing, so it is recomputed (with a warning naming the file). Used by
+``audit.pipeline`` and by the internals stage.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from audit import artifacts
+from audit import artifacts, integrity
 from audit.config import Config
 
 Log = Callable[[str], None]
@@ -63,7 +69,8 @@ def chunk_paths(run_dir: Path, stage: str, key: str, n: int, suffix: str, log: L
     """Where the ``n`` partition outputs of ``stage`` under ``key`` are stored.
 
     Outputs of the stage under another key are removed (they belong to other inputs);
-    the number of outputs already stored under this key is logged: they are reused.
+    a stored output whose files no longer match their record is removed (logged with the
+    file and why); the number of outputs kept under this key is logged: they are reused.
     """
     root = run_dir / "chunks"
     folder = root / f"{stage}-{key}"
@@ -74,33 +81,74 @@ def chunk_paths(run_dir: Path, stage: str, key: str, n: int, suffix: str, log: L
             shutil.rmtree(run_dir / artifacts.MAPS, ignore_errors=True)
         folder.mkdir(parents=True)
     paths = [folder / f"part-{i:05d}{suffix}" for i in range(n)]
-    done = [p.name for p in paths if p.exists()]
+    done = [p.name for p in paths if _intact(run_dir, p, log)]
     if done:
         log(f"  reusing {len(done)} of {n} {stage} chunks stored under key {key}: {', '.join(done)}")
     return paths
 
 
+def files_record(path: Path) -> Path:
+    """The record committing the partition output at ``path``: ``part-NNNNN.files.json``."""
+    return path.with_name(path.name.split(".")[0] + ".files.json")
+
+
+def _intact(run_dir: Path, path: Path, log: Log) -> bool:
+    """Whether the partition output at ``path`` is complete and every file of its record matches;
+    if not, the output and its record are removed, so the task recomputes them."""
+    record = files_record(path)
+    if path.exists() and record.exists():
+        try:
+            files = artifacts.read_json(record)["files"]
+            for name, entry in files.items():
+                integrity.verify(run_dir / name, entry)
+            return True
+        except integrity.Damaged as exc:
+            log(f"warning: {exc.path.relative_to(run_dir) if exc.path.is_relative_to(run_dir) else exc.path}: "
+                f"{exc.reason}; recomputing {path.name}")
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            log(f"warning: {record.name}: unreadable ({exc}); recomputing {path.name}")
+    for stale in (record, path):
+        stale.unlink(missing_ok=True)
+    return False
+
+
+def recorded_files(run_dir: Path, paths: list[Path]) -> dict[str, dict]:
+    """The files of the partition outputs at ``paths`` (relative path -> manifest entry), from
+    their records, for ``integrity.record``."""
+    out = {}
+    for path in paths:
+        try:
+            out.update(artifacts.read_json(files_record(path))["files"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return out
+
+
 def resumable(path: Path, fn: Callable, *args):
     """Inside a task: the stored result at ``path``, or ``fn(*args)`` stored there atomically.
 
-    A DataFrame is stored as parquet, a dict as JSON, a ``(rows, features)`` pair as npz.
+    A DataFrame is stored as parquet, a dict as JSON, a ``(rows, features)`` pair as npz;
+    then the record of every file written (``files_record``), which commits the output.
+    ``path`` is ``<run folder>/chunks/<stage>-<key>/part-NNNNN.<suffix>``.
     """
-    if path.exists():
+    record = files_record(path)
+    if path.exists() and record.exists():
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
         if path.suffix == ".json":
             return artifacts.read_json(path)
         with np.load(path) as z:
             return z["row"], z["features"]
-    result = fn(*args)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    if isinstance(result, pd.DataFrame):
-        result.to_parquet(tmp, index=False)
-    elif isinstance(result, dict):
-        artifacts.write_json(tmp, result)
-    else:
-        np.savez(tmp, row=result[0], features=result[1])
-    tmp.replace(path)
+    run_dir = path.parents[2]
+    with integrity.recording() as written:
+        result = fn(*args)
+        if isinstance(result, pd.DataFrame):
+            artifacts.write_table(path, result)
+        elif isinstance(result, dict):
+            artifacts.write_json(path, result)
+        else:
+            artifacts.write_npz(path, row=result[0], features=result[1])
+    artifacts.write_json(record, {"files": written.relative(run_dir)})
     return result
 
 

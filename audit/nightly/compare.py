@@ -6,6 +6,7 @@ from typing import Any
 
 from audit import artifacts
 from audit.errors import UsageError
+from audit.integrity import write_atomic
 from audit.nightly.baseline import baseline_findings, match
 from audit.nightly.runs import read_run
 
@@ -125,7 +126,7 @@ def write_compare(diff: dict, out: Path) -> tuple[Path, Path]:
         out.mkdir(parents=True, exist_ok=True)
         json_path, md_path = out / "compare.json", out / "compare.md"
         artifacts.write_json(json_path, diff)
-        md_path.write_text(compare_markdown(diff))
+        write_atomic(md_path, compare_markdown(diff))
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot write the comparison ({exc.strerror})") from None
     return json_path, md_path

@@ -9,11 +9,12 @@ left alone (with a warning).
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Iterator
 
 import pandas as pd
+
+from audit.integrity import write_atomic
 
 HISTORY_COLUMNS = {
     "run_id": "string", "created": "string", "true_label": "string", "predicted_label": "string",
@@ -89,8 +90,4 @@ def append_history(path: Path, rows: pd.DataFrame) -> None:
             same = old["run_id"].isin(set(rows["run_id"].dropna())) | old["run_dir"].isin(set(rows["run_dir"].dropna()))
             old = old[~same.fillna(False).astype(bool)]
         frame = rows if old is None or not len(old) else pd.concat([old, _typed(rows.copy())], ignore_index=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        frame.to_parquet(tmp, index=False)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        tmp.replace(path)
+        write_atomic(path, lambda f: frame.to_parquet(f, index=False))

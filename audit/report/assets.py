@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from audit.integrity import write_atomic
+
 LAYOUTS = ("single", "folder")
 FOLDER = "assets"
 JPEG_QUALITY = 82
@@ -62,7 +64,7 @@ class Assets:
         else:
             file = f"{name}.{ext}"
             self.folder.mkdir(parents=True, exist_ok=True)
-            (self.folder / file).write_bytes(data)
+            write_atomic(self.folder / file, data)
             self._written.add(file)
             src = f"{FOLDER}/{file}"
         self._src[name] = src

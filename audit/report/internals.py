@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from audit.integrity import write_atomic
+
 FOLDER = "internals"
 INDEX = "index.json"
 
@@ -101,5 +103,5 @@ def write_page(folder: Path) -> Path:
     index = json.loads((folder / INDEX).read_text())
     html = environment().get_template("internals_page.html.j2").render(index=index, layout="folder")  # PNGs beside it
     out = folder / "index.html"
-    out.write_text(html, encoding="utf-8")
+    write_atomic(out, html)
     return out

@@ -2,7 +2,9 @@
 
 Every artifact is optional: a missing or unreadable one is recorded in
 ``Run.notes`` (shown at the top of the report) and the sections that need it are
-left out. Shared, derived once here: the class list and their slugs, the findings
+left out. So is a damaged one, whose bytes as read differ from ``artifacts.json``
+(``audit.integrity``; each map is checked as it is read); it is also listed in
+``Run.damaged``, which ``audit render`` prints. Shared, derived once here: the class list and their slugs, the findings
 (ids, anchors, member rows), the confusion pairs that get a section, and the
 original images (decoded on demand, cached, read errors remembered).
 
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from audit import artifacts
+from audit import artifacts, integrity
 from audit import data as audit_data
 from audit.config import Config, recorded
 from audit.report.fmt import class_slugs, finding_key, finite, pair_anchor, readable_mask, str_or_none
@@ -44,6 +46,8 @@ class Run:
     methods: list[str] = field(default_factory=list)
     maps: dict[str, dict[int, tuple[artifacts.MapChunk, int]]] = field(default_factory=dict)  # method -> row -> where
     notes: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)   # one line per file that failed its checksum
+    manifest: dict[str, dict] = field(default_factory=dict)   # artifacts.json: relative path -> entry
     classes: list[str] = field(default_factory=list)
     slugs: dict[str, str] = field(default_factory=dict)
     findings: list[dict] = field(default_factory=list)
@@ -57,6 +61,7 @@ class Run:
     @classmethod
     def load(cls, run_dir: Path) -> "Run":
         r = cls(dir=Path(run_dir))
+        r.manifest = integrity.read_manifest(r.dir)
         r.run = r._read(artifacts.RUN_JSON, artifacts.read_json) or {}
         r.config = recorded(r.run.get("config"))
         r.summary = r._read(artifacts.SUMMARY, artifacts.read_json) or {}
@@ -85,7 +90,12 @@ class Run:
             self.notes.append(f"{label} is missing")
             return None
         try:
+            if not isinstance(name, Path):
+                integrity.verify(path, self.manifest.get(name))
             return reader(path)
+        except integrity.Damaged as exc:
+            self._damaged(exc)
+            return None
         except Exception as exc:
             self.notes.append(f"{label} is unreadable ({type(exc).__name__}: {exc})")
             return None
@@ -100,7 +110,7 @@ class Run:
         methods = sorted(methods, key=lambda m: (configured.index(m) if m in configured else len(configured), m))
         for method in methods:
             try:
-                chunks = artifacts.map_index(self.dir, method)
+                chunks = artifacts.map_index(self.dir, method, on_damaged=self._damaged)
             except Exception as exc:  # a broken chunk must not cost the whole report
                 self.notes.append(f"{artifacts.MAPS}/{method}: unreadable ({type(exc).__name__}: {exc})")
                 continue
@@ -221,9 +231,21 @@ class Run:
         try:
             return chunk.read(i)
         except Exception as exc:
-            self.notes.append(f"{artifacts.MAPS}/{method}/{chunk.path.name}: unreadable ({type(exc).__name__}: {exc})")
+            if isinstance(exc, integrity.Damaged):
+                self._damaged(exc)
+            else:
+                self.notes.append(f"{artifacts.MAPS}/{method}/{chunk.path.name}: unreadable ({type(exc).__name__}: {exc})")
             self.maps[method] = {r: a for r, a in self.maps[method].items() if a[0] is not chunk}
             return None
+
+    def _damaged(self, exc: integrity.Damaged) -> None:
+        """Note a file that failed its checksum: in the report and in ``damaged``."""
+        name = exc.path.relative_to(self.dir).as_posix() if exc.path.is_relative_to(self.dir) else str(exc.path)
+        line = f"{name} is damaged: {exc.reason}"
+        if line not in self.damaged:
+            self.damaged.append(line)
+            self.notes.append(f"{line}; what it holds is left out of this report. Run the same `audit run` "
+                              "again to recompute it")
 
     def map_hw(self, method: str, row: int) -> tuple[int, int] | None:
         """(H, W) of the ``method`` map of a manifest row, or None; reads no map."""

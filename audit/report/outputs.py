@@ -13,6 +13,7 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from audit.integrity import write_atomic
 from audit.report.fmt import fmt_num, fmt_pct
 
 SUMMARY_MD = "summary.md"
@@ -108,8 +109,8 @@ def junit_xml(view: dict) -> bytes:
 
 
 def write(run_dir: Path, view: dict, report_name: str = "index.html") -> list[Path]:
-    """Write summary.md and junit.xml into the run folder; returns their paths."""
+    """Write summary.md and junit.xml into the run folder (atomically); returns their paths."""
     md_path, xml_path = Path(run_dir) / SUMMARY_MD, Path(run_dir) / JUNIT_XML
-    md_path.write_text(summary_markdown(view, report_name), encoding="utf-8")
-    xml_path.write_bytes(junit_xml(view))
+    write_atomic(md_path, summary_markdown(view, report_name))
+    write_atomic(xml_path, junit_xml(view))
     return [md_path, xml_path]

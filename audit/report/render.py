@@ -9,6 +9,9 @@ re-rendered anywhere (``audit render RUN_DIR``). Writes into the run folder:
   ``data:`` URIs), no external URL, no storage or fetch, so it works offline and
   in a sandboxed iframe. ``folder`` layout: pictures in ``assets/`` beside it.
   When the report exceeds ``report.max_bytes`` one warning line is printed.
+  Every file is written atomically and recorded in ``artifacts.json``; an artifact that
+  no longer matches its checksum is left out with a note atop the report and one
+  warning line naming it.
 * ``summary.md`` (for a PR or chat message) and ``junit.xml`` (one test per gate).
 
 The page is a list of sections, ``SECTIONS`` below. Adding one takes two things:
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from audit import integrity
 from audit.errors import UsageError
 from audit.report import findings, gallery, internals, outputs, summary, tables, trend, trust
 from audit.report.assets import LAYOUTS, Assets
@@ -72,7 +76,7 @@ def render(run_dir: Path, layout: str | None = None, warn: Callable[[str], None]
     ----------
     run_dir : a finished run folder.
     layout : ``"single"`` or ``"folder"``; default ``report.layout`` of the run's config.
-    warn : receives the one-line size-budget warning (default: stderr).
+    warn : receives the one-line size-budget and damaged-file warnings (default: stderr).
     templates : a folder of template overrides, searched before the shipped templates;
         default ``report.templates`` of the run's config.
 
@@ -81,6 +85,11 @@ def render(run_dir: Path, layout: str | None = None, warn: Callable[[str], None]
     The path of ``index.html``.
     """
     run_dir = Path(run_dir)
+    with integrity.recording(run_dir):
+        return _render(run_dir, layout, warn or _stderr, templates)
+
+
+def _render(run_dir: Path, layout: str | None, warn: Callable[[str], None], templates: str | Path | None) -> Path:
     run = Run.load(run_dir)
     layout = layout or run.config.report.layout
     if layout not in LAYOUTS:
@@ -99,17 +108,17 @@ def render(run_dir: Path, layout: str | None = None, warn: Callable[[str], None]
         sections=shown, run_id=head["run_id"], status=head["status"], notes=run.notes, layout=layout,
         n_pictures=assets.count)
     out = run_dir / INDEX
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
+    integrity.write_atomic(out, html)
     assets.prune()
     outputs.write(run_dir, head, INDEX)
     size = out.stat().st_size + (assets.bytes if layout == "folder" else 0)
     budget = run.config.report.max_bytes
     if size > budget:
         hint = "; try --layout folder" if layout == "single" else ""
-        (warn or _stderr)(f"audit: warning: report is {size / 1e6:.1f} MB, over report.max_bytes "
+        warn(f"audit: warning: report is {size / 1e6:.1f} MB, over report.max_bytes "
                           f"= {budget / 1e6:.1f} MB{hint}")
+    for line in run.damaged:
+        warn(f"audit: warning: {line}")
     return out
 
 
