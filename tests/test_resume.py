@@ -33,12 +33,12 @@ def test_sigkill_during_attribution_then_resume(audit_case, tmp_path):
     proc = subprocess.Popen(audit_command(*_args(audit_case, out)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not list(out.glob("chunks/attribute-*/part-00000.npz")):
+    while time.time() < deadline and not list(out.glob("chunks/attribute-*/part-00000.files.json")):
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "summary.json").exists(), "the run finished before it could be killed"
-    stored = sorted(p.name for p in out.glob("chunks/attribute-*/part-*.npz") if ".tmp" not in p.name)
+    stored = sorted(p.name.replace(".files.json", ".npz") for p in out.glob("chunks/attribute-*/part-*.files.json"))
     assert stored
 
     resumed = subprocess.run(audit_command(*_args(audit_case, out)), capture_output=True, text=True, timeout=600)
