@@ -26,12 +26,11 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from audit import artifacts, resume
+from audit import artifacts, integrity, resume
 from audit.config import Config
 from audit.data import load_images, preprocess
 from audit.errors import UsageError
 from audit.findings import Finding
-from audit.integrity import write_atomic
 from audit.internals import grids
 
 FOLDER = "internals"
@@ -180,7 +179,7 @@ def class_entries(classifier, class_ids: list[int], names: list[str], low, high,
     entries = {}
     for n, c in enumerate(class_ids):
         name = f"class-{c}.png"
-        write_atomic(out / name, grids.png(grids.tile(pixels[n], PREVIEW)))
+        integrity.write_atomic(out / name, grids.png(grids.tile(pixels[n], PREVIEW)))
         entries[str(c)] = {"name": names[c] if c < len(names) else str(c), "image": name,
                            "logit_start": round(float(viz["start"][n]), 4), "logit_end": round(float(viz["end"][n]), 4),
                            "probability": round(float(viz["probability"][n]), 4)}
@@ -229,7 +228,7 @@ def channel_entries(classifier, layer, channel_ids: list[int], low, high, settin
     entries = {}
     for n, c in enumerate(channel_ids):
         base = f"{_safe(layer.name)}-channel-{c}"
-        write_atomic(out / f"{base}-filter.png", grids.png(grids.tile(pixels[n], PREVIEW)))
+        integrity.write_atomic(out / f"{base}-filter.png", grids.png(grids.tile(pixels[n], PREVIEW)))
         crops = [image_of[int(i)][t:b, l:r] for i, (t, l, b, r) in zip(found["ids"][n], found["boxes"][n]) if i >= 0]
         entry = {"layer": layer.name, "filter": f"{base}-filter.png",
                  "mean_start": round(float(viz["start"][n]), 5), "mean_end": round(float(viz["end"][n]), 5),
@@ -238,7 +237,7 @@ def channel_entries(classifier, layer, channel_ids: list[int], low, high, settin
                  "patch_boxes": [[int(x) for x in box] for i, box in zip(found["ids"][n], found["boxes"][n]) if i >= 0]}
         if crops:
             entry["patches"] = f"{base}-patches.png"
-            write_atomic(out / entry["patches"], grids.png(grids.square_grid(crops)))
+            integrity.write_atomic(out / entry["patches"], grids.png(grids.square_grid(crops)))
         entries[str(c)] = entry
     return entries
 
@@ -285,7 +284,7 @@ def activation_entries(classifier, layers: list, rows: list[int], classes: list[
         picture = grids.activation_grid(pixels[n].astype(np.uint8),
                                         [[a["maps"][n][..., c] for c in cs] for a, cs in zip(per_layer, shown)])
         name = f"{prefix}-row-{r}-activations.png"
-        write_atomic(out / name, grids.png(picture))
+        integrity.write_atomic(out / name, grids.png(picture))
         entries.append({"row": r, "path": str(table.at[r, "path"]), "predicted": str(table.at[r, "predicted"]),
                         "image": name, "layers": [{"layer": a["layer"], "channels": cs,
                                                    "attribution": [round(float(a["attribution"][n][c]), 5) for c in cs]}
