@@ -176,7 +176,7 @@ def test_signature_model_audited_end_to_end(signature_model, audit_case, tmp_pat
     assert "Not computed: gradcam because the model" in html
     summary = json.loads((out / "summary.json").read_text())
     top = summary["findings"][0]
-    assert (top["true_label"], top["predicted_label"]) == (CLASSES[0], CLASSES[1])
+    assert (top["true_label"], top["predicted_label"]) == (CLASSES[0], CLASSES[1]) and top["score"] > 0
 
 
 def test_multi_output_model_needs_model_output(tmp_path):

@@ -136,7 +136,8 @@ def without_layers(config: Config, classifier) -> tuple[Config, list[str]]:
         raise UsageError(f"`attribution.methods` [{', '.join(methods)}]: every method needs the model's layers and "
                          f"{why}; use integrated_gradients, saliency, smoothgrad or occlusion")
     lines = [f"Not computed: {', '.join(dropped)} because {why} (discovery uses {kept[0]})"] if dropped else []
-    lines.append(f"Not computed: target-layer features, sanity checks and internals because {why}")
+    lines.append(f"Not computed: target-layer features (findings' coherence counts 1), sanity checks and internals "
+                 f"because {why}")
     trust_methods = config.trust.methods
     trust_methods = None if trust_methods is None else tuple(m for m in trust_methods if m in kept) or None
     config = dataclasses.replace(

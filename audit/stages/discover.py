@@ -52,7 +52,8 @@ share of the class the finding accounts for (errors count fully, near misses
 half). ``spread`` is the members' unbiased mean squared distance to their
 centroid in the space of attribution-weighted pooled activations standardised
 over all selected and contrast images of the run, ``total`` that of all those
-images: a coherent finding's members see the same thing (so coherence is relative
+images (1 for a model without layers: no target layer): a coherent finding's members see the same thing (so
+coherence is relative
 to the run: in a one-pair deep dive whose predicted class is explained by the same
 cue, a cue group is no more coherent than that class, and its tighter sub-groups
 rank first). ``causal`` comes from
@@ -269,7 +270,10 @@ class _Content:
 
     def coherence(self, rows: np.ndarray) -> float:
         """``1 - spread / total`` clipped to [0, 1]: ``spread`` is the members' unbiased mean
-        squared distance to their centroid, ``total`` that of all images to their mean."""
+        squared distance to their centroid, ``total`` that of all images to their mean. 1 (no
+        say in the score) when there are no features: a model without layers has no target layer."""
+        if not self.z.shape[1]:
+            return 1.0
         z = self.z[[self.index[int(r)] for r in rows]]
         m = len(z)
         if m < 2 or self.total <= 0:
