@@ -31,7 +31,14 @@ from audit.nightly.runs import Run, read_run
 
 
 def resolve_baseline(config) -> Run | None:
-    """The baseline run of ``baseline.run_dir`` (``latest``: the newest other run in the history)."""
+    """The baseline run of ``config``'s ``baseline.run_dir`` (``latest``: the newest other finished run in the
+    history; None when there is none or no baseline is set).
+
+    Raises
+    ------
+    UsageError
+        When the baseline is the run folder itself or not a finished run folder.
+    """
     where = config.baseline.run_dir
     if where is None:
         return None
@@ -71,7 +78,24 @@ def _overlap(a: Finding, b: Finding) -> float:
 
 def match(findings: list[Finding], baseline: list[Finding], tolerance: float, focus_tolerance: float,
           min_overlap: float) -> dict[int, int]:
-    """Index of the matched baseline finding for each matched finding (see the module docstring)."""
+    """Index of the matched baseline finding for each matched finding (see the module docstring).
+
+    Parameters
+    ----------
+    findings, baseline : list of Finding
+        This night's findings and the baseline's.
+    tolerance : float
+        Largest distance between cue centres, fraction (0..1) of the image.
+    focus_tolerance : float
+        Largest ``|log2|`` ratio of the cues' focus.
+    min_overlap : float
+        Smallest Jaccard overlap (0..1) of members that matches on its own.
+
+    Returns
+    -------
+    dict of int to int
+        Index into ``findings`` -> index into ``baseline``.
+    """
     couples = []
     for i, f in enumerate(findings):
         for j, b in enumerate(baseline):
@@ -90,14 +114,24 @@ def match(findings: list[Finding], baseline: list[Finding], tolerance: float, fo
 
 
 def baseline_findings(run: Run) -> list[Finding]:
-    """The findings of a finished run, as records."""
+    """The findings of the finished ``run``, as records."""
     return [Finding.from_json(f) for f in run.summary["findings"] if isinstance(f, dict)]
 
 
 def apply_baseline(findings: list[Finding], baseline: Run | None, tolerance: float, focus_tolerance: float,
                    min_overlap: float) -> tuple[list[Finding], list[dict]]:
     """The findings with their ``status`` (and ``id`` / ``baseline`` when matched), and the resolved
-    baseline findings (``id, true_label, predicted_label, size, score``)."""
+    baseline findings (``id, true_label, predicted_label, size, score``).
+
+    Parameters
+    ----------
+    findings : list of Finding
+        This night's findings (each restarts from its content ID).
+    baseline : Run or None
+        The baseline run; None: every finding is ``new``.
+    tolerance, focus_tolerance, min_overlap : float
+        As in ``match``.
+    """
     # each finding starts from its own content ID, whatever an earlier matching named it
     findings = [dataclasses.replace(f, id=(f.cue.id if f.cue is not None and f.cue.id else f.id), status="new",
                                     baseline=None) for f in findings]

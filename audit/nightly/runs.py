@@ -11,7 +11,17 @@ from audit.stages.gate import pair_rates
 
 @dataclass
 class Run:
-    """A finished run folder as the nightly steps need it: its summary and per-pair error rates."""
+    """A finished run folder as the nightly steps need it: its summary and per-pair error rates.
+
+    Attributes
+    ----------
+    run_dir : Path
+        The run folder.
+    summary : dict
+        Its ``summary.json``.
+    pairs : list of dict
+        Per confusion pair: counts and error rate (``audit.stages.gate.pair_rates``).
+    """
 
     run_dir: Path
     summary: dict
@@ -19,11 +29,15 @@ class Run:
 
     @property
     def run_id(self) -> str:
+        """The summary's ``run_id``, else the folder's name."""
         return str(self.summary.get("run_id") or self.run_dir.name)
 
 
 def read_run(run_dir: str | Path, what: str = "run folder") -> Run:
-    """Read a finished run folder; a folder that is not one is a ``UsageError`` naming it."""
+    """Read a finished run folder ``run_dir``; a folder that is not one is a ``UsageError`` naming it as ``what``.
+
+    Pairs come from ``summary.json``'s ``pairs``, or for older runs from their predictions.
+    """
     run_dir = Path(run_dir)
     path = run_dir / artifacts.SUMMARY
     if not path.is_file():

@@ -24,13 +24,23 @@ PREFERRED_METHOD = "gradcam"
 
 
 def cue_method(run: Run) -> str | None:
-    """The method whose maps cut the montage patches: Grad-CAM when stored, else the first."""
+    """The method whose maps cut the montage patches: Grad-CAM when ``run`` stores it, else its first method
+    (None without maps)."""
     if not run.methods:
         return None
     return PREFERRED_METHOD if PREFERRED_METHOD in run.methods else run.methods[0]
 
 
 def section(run: Run, assets: Assets) -> dict | None:
+    """The findings section: the finding ``views``, the montage method, the embedding scatter plot.
+
+    Parameters
+    ----------
+    run : Run
+        The loaded run folder.
+    assets : Assets
+        Where the pictures go (``Assets.image``).
+    """
     found = views(run, assets)
     return {"findings": found, "method": cue_method(run), "methods": run.methods, "input_hw": run.input_hw,
             "n_detailed": min(len(found), MAX_DETAILED_FINDINGS), "embedding": _embedding(run, assets),
@@ -38,7 +48,8 @@ def section(run: Run, assets: Assets) -> dict | None:
 
 
 def views(run: Run, assets: Assets) -> list[dict]:
-    """The findings as the templates show them (pictures drawn once per render, then cached on the run)."""
+    """The findings of ``run`` as the templates show them (pictures drawn once per render into ``assets``, then
+    cached on the run), rank order; the first ``MAX_DETAILED_FINDINGS`` get pictures."""
     if "findings" in run.cache:
         return run.cache["findings"]
     lut = plots.colour_table()
@@ -109,8 +120,9 @@ def _pictures(run: Run, view: dict, rows: list[int], exemplars: list[int], asset
 def verification(finding: dict) -> dict | None:
     """A finding's causal tests as table rows, or ``None`` when it has none.
 
-    ``confirmed`` is the trust stage's judgement (best lift at least ``trust.min_lift``),
-    ``None`` when the run has no trust figures for the finding.
+    ``finding`` is its ``summary.json`` entry; rates (0..1), lifts and standard errors are
+    copied from its ``verification``. ``confirmed`` is the trust stage's judgement (best
+    lift at least ``trust.min_lift``), ``None`` when the run has no trust figures for it.
     """
     raw = finding.get("verification")
     if not isinstance(raw, dict):
@@ -135,7 +147,10 @@ def verification(finding: dict) -> dict | None:
 
 
 def verification_text(v: dict | None) -> str:
-    """One line for summary.md and the summary cards, e.g. "cue confirmed: occlusion 100% vs 0% random"."""
+    """One line for summary.md and the summary cards, e.g. "cue confirmed: occlusion 100% vs 0% random".
+
+    ``v`` is a ``verification`` result (None: "not tested").
+    """
     if not v:
         return "not tested"
     if not v["verified"]:

@@ -13,6 +13,7 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 def finite(x: Any) -> float | None:
+    """``x`` as a finite float, or None (not a number, NaN or infinite)."""
     try:
         v = float(x)
     except (TypeError, ValueError):
@@ -21,7 +22,8 @@ def finite(x: Any) -> float | None:
 
 
 def fmt_num(x: Any, digits: int = 3) -> str:
-    """Numbers compactly (ints as ints, floats with ``digits`` decimals); anything else as text."""
+    """``x`` compactly: ints with thousands separators, floats with ``digits`` decimals (``,.1f`` from 1000,
+    ``g`` below ``10**-digits``), bools as yes/no, None and non-finite floats as "—", anything else as text."""
     if x is None:
         return "—"
     if isinstance(x, (bool, np.bool_)):
@@ -41,7 +43,7 @@ def fmt_num(x: Any, digits: int = 3) -> str:
 
 
 def fmt_value(x: Any) -> str:
-    """A metadata value as a column heading: integral numbers without decimals, others as written."""
+    """A metadata value ``x`` as a column heading: integral numbers without decimals, others as written."""
     if isinstance(x, str):
         return x
     if isinstance(x, (bool, np.bool_)):
@@ -53,11 +55,13 @@ def fmt_value(x: Any) -> str:
 
 
 def fmt_pct(x: Any) -> str:
+    """A share ``x`` (0..1) as a percentage with one decimal ("12.5%"); "—" when not a finite number."""
     v = finite(x)
     return "—" if v is None else f"{100.0 * v:.1f}%"
 
 
 def fmt_seconds(x: Any) -> str:
+    """A duration ``x`` in seconds as "35 ms", "1.2 s", "3 min 04.0 s" or "2 h 05 min"; "—" when not finite."""
     v = finite(x)
     if v is None:
         return "—"
@@ -70,12 +74,13 @@ def fmt_seconds(x: Any) -> str:
 
 
 def slug(text: str) -> str:
-    """Lower-case ASCII letters/digits joined by single '-' (no leading/trailing '-')."""
+    """``text`` as lower-case ASCII letters/digits joined by single '-' (no leading/trailing '-'), <= 40 chars."""
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")[:40].strip("-")
 
 
 def class_slugs(names: list[str]) -> dict[str, str]:
-    """A unique slug per class name; clashes and empty slugs get the class position appended."""
+    """A unique slug per class name of ``names``; clashes get the class position appended, an empty slug is
+    "class"."""
     out: dict[str, str] = {}
     used: set[str] = set()
     for i, name in enumerate(names):
@@ -90,12 +95,13 @@ def class_slugs(names: list[str]) -> dict[str, str]:
 
 
 def pair_anchor(true_slug: str, pred_slug: str) -> str:
-    """Id of a confusion-matrix cell; slugs never contain '--', so the id is unambiguous."""
+    """Id of the confusion-matrix cell ``true_slug`` -> ``pred_slug``; slugs never contain '--', so the id is
+    unambiguous."""
     return f"pair-{true_slug}--{pred_slug}"
 
 
 def finding_key(fid: str) -> str:
-    """A file-name and anchor safe form of a finding id: the id itself when safe, else a hash."""
+    """A file-name and anchor safe form of finding id ``fid``: the id itself when safe, else a hash."""
     fid = str(fid)
     if _SAFE_ID.fullmatch(fid):
         return fid
@@ -103,6 +109,7 @@ def finding_key(fid: str) -> str:
 
 
 def str_or_none(x: Any) -> str | None:
+    """``x`` as text, or None when it is None or missing (NaN, ``pd.NA``)."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return None
     try:
@@ -114,6 +121,8 @@ def str_or_none(x: Any) -> str | None:
 
 
 def readable_mask(pred: pd.DataFrame) -> pd.Series:
+    """Bool per row of predictions ``pred``: the image was read and predicted (no ``error``, a ``predicted``
+    class, ``predicted_idx >= 0``; each test only when its column exists)."""
     mask = pd.Series(True, index=pred.index)
     if "predicted" in pred:
         mask &= pred["predicted"].notna()
@@ -125,5 +134,6 @@ def readable_mask(pred: pd.DataFrame) -> pd.Series:
 
 
 def correct_mask(pred: pd.DataFrame) -> pd.Series:
+    """Bool per row of predictions ``pred``: readable and ``predicted == label``."""
     readable = readable_mask(pred)
     return readable & (pred["predicted"].astype(str) == pred["label"].astype(str))

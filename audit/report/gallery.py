@@ -29,6 +29,16 @@ ARROW = "\u2192"
 
 
 def section(run: Run, assets: Assets) -> dict | None:
+    """The gallery's items (thumbnails, per-image views by priority), pages of ``PAGE_SIZE``; None when no
+    image is misclassified or low-confidence.
+
+    Parameters
+    ----------
+    run : Run
+        The loaded run folder.
+    assets : Assets
+        Where the pictures go; its ``layout`` decides how many views are drawn.
+    """
     frame = _candidates(run)
     if frame is None or frame.empty:
         return None

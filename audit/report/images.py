@@ -19,7 +19,8 @@ TOP_K = 5
 
 
 def display_hw(run: Run, row: int, img: np.ndarray) -> tuple[int, int]:
-    """The aspect the model saw: its map's shape, else the model input, else the image's own."""
+    """``(h, w)`` the model saw for prediction row ``row`` of ``run``: its first stored map's shape, else the model
+    input, else the decoded image ``img``'s own (uint8 ``[h, w, 3]``)."""
     for method in run.methods:
         hw = run.map_hw(method, row)
         if hw is not None:
@@ -33,7 +34,8 @@ def _sized(run: Run, row: int, img: np.ndarray, box: int) -> np.ndarray:
 
 
 def thumb(run: Run, assets: Assets, row: int) -> str | None:
-    """src of the small thumbnail of a row, or None when its image cannot be read."""
+    """``src`` (from ``assets``) of the ``THUMB``-px thumbnail of prediction row ``row`` of ``run``, or None when
+    its image cannot be read."""
     name = f"row-{row}-thumb"
     if assets.has(name):
         return assets.image(name, None)
@@ -44,7 +46,8 @@ def thumb(run: Run, assets: Assets, row: int) -> str | None:
 
 
 def top_k(run: Run, row: int, k: int = TOP_K) -> list[dict]:
-    """The k most probable classes of a row: [{"label", "p"}], from ``probs`` in predictions."""
+    """The ``k`` most probable classes of prediction row ``row`` of ``run``: ``[{"label", "p"}]`` (p: softmax
+    probability 0..1, from ``probs`` in predictions); [] without probabilities."""
     info = run.info(row)
     if info is None or info.get("probs") is None:
         return []
@@ -70,6 +73,21 @@ def image_view(run: Run, assets: Assets, row: int, lut: np.ndarray | None = None
     "margin", "error", "strip": src|None, "panels": ["image", "<method>", ...],
     "width", "height" (of one panel), "top": [...]}``. ``box_method``: outline
     that method's peak box (the cue patch of the montage).
+
+    Parameters
+    ----------
+    run : Run
+        The loaded run folder.
+    assets : Assets
+        Where the strip picture goes.
+    row : int
+        Prediction row id of the image.
+    lut : np.ndarray, optional
+        uint8 ``[256, 3]`` colour table (``plots.colour_table``), reused across images.
+    box_method : str, optional
+        Method whose peak box is outlined.
+    with_pictures : bool, default True
+        Draw the strip (else ``strip`` is None).
     """
     info = run.info(row)
     view = {"row": int(row), "path": run.path(row), "label": None, "predicted": None, "confidence": None,

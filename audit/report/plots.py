@@ -35,7 +35,8 @@ BACKGROUND = (255, 255, 255)
 # ---------------------------------------------------------------- geometry
 
 def normalise(cam: np.ndarray) -> np.ndarray:
-    """Min-max scale a map to [0, 1] for display; a flat or non-finite map gives zeros."""
+    """Map ``cam`` (any shape) min-max scaled to float32 [0, 1] for display; NaN/inf count as 0, a flat map
+    gives zeros."""
     cam = np.nan_to_num(np.asarray(cam, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     if cam.size == 0:
         return cam
@@ -46,10 +47,10 @@ def normalise(cam: np.ndarray) -> np.ndarray:
 
 
 def peak_box(cam: np.ndarray, fraction: float = CUE_FRACTION) -> tuple[int, int, int, int]:
-    """Square box ``(top, left, bottom, right)`` (map pixels, end exclusive) around the map's maximum.
+    """Square box ``(top, left, bottom, right)`` (map pixels, end exclusive) around the maximum of ``cam``.
 
-    The side is ``fraction`` of the shorter map side; the box is shifted to stay
-    inside the map. A flat map (no maximum) gives the centred box.
+    ``cam`` is one map ``[h, w]``; the side is ``fraction`` of its shorter side (at least 1
+    pixel); the box is shifted to stay inside the map. A flat map gives the centred box.
     """
     cam = np.asarray(cam, dtype=np.float32)
     h, w = cam.shape
@@ -77,7 +78,11 @@ def fit_size(hw: Sequence[int], box: int = TILE) -> tuple[int, int]:
 
 def crop_tile(image: np.ndarray, map_hw: Sequence[int], box: tuple[int, int, int, int],
               tile: int = TILE) -> np.ndarray:
-    """Cut the region ``box`` (map coordinates) out of the full-size ``image``, upscaled to ``tile`` x ``tile``."""
+    """Cut the region ``box`` (map coordinates) out of the full-size ``image``, upscaled to ``tile`` x ``tile``.
+
+    ``image``: uint8 RGB ``[ih, iw, 3]`` original; ``map_hw``: the map's ``(h, w)``, each axis
+    scaled onto the original's (bicubic); returns uint8 ``[tile, tile, 3]``.
+    """
     mh, mw = int(map_hw[0]), int(map_hw[1])
     ih, iw = image.shape[:2]
     top, left, bottom, right = box
@@ -88,7 +93,8 @@ def crop_tile(image: np.ndarray, map_hw: Sequence[int], box: tuple[int, int, int
 
 
 def thumbnail(image: np.ndarray, map_hw: Sequence[int], box: int = TILE) -> np.ndarray:
-    """The image as the model sees it (squashed to the ``map_hw`` aspect), fitted into ``box`` px."""
+    """``image`` (uint8 RGB) as the model sees it, squashed to the ``map_hw`` = (h, w) aspect, fitted into ``box``
+    px (``fit_size``; bilinear)."""
     w, h = fit_size(map_hw, box)
     return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
 
@@ -100,9 +106,11 @@ def _lut(cmap: str) -> np.ndarray:
 
 def overlay(thumb: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALPHA, cmap: str = CMAP,
             box: tuple[int, int, int, int] | None = None, lut: np.ndarray | None = None) -> np.ndarray:
-    """Blend the (per-image min-max normalised) map over ``thumb``; optionally outline ``box`` (map coords).
+    """Blend the (per-image min-max normalised) map ``cam`` ``[h, w]`` over ``thumb`` (uint8 RGB, any size).
 
-    ``lut``: a colour table from ``colour_table(cmap)`` to reuse over many overlays.
+    ``alpha``: weight (0..1) of the heat map; ``cmap``: a matplotlib colormap name; ``box``:
+    outlined in white (map coords); ``lut``: a colour table from ``colour_table(cmap)`` to
+    reuse over many overlays. Returns uint8 RGB of ``thumb``'s shape.
     """
     th, tw = thumb.shape[:2]
     table = _lut(cmap) if lut is None else lut
@@ -123,12 +131,12 @@ def overlay(thumb: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALPHA, cm
 
 
 def colour_table(cmap: str = CMAP) -> np.ndarray:
-    """The 256-entry colour table ``overlay`` uses, to compute once per render."""
+    """The uint8 RGB ``[256, 3]`` colour table of colormap ``cmap`` that ``overlay`` uses, to compute once."""
     return _lut(cmap)
 
 
 def montage_shape(n: int, cols: int = MONTAGE_COLS, tile: int = TILE, gap: int = GAP) -> tuple[int, int]:
-    """(width, height) in px of the montage of ``n`` tiles."""
+    """(width, height) in px of the montage of ``n`` tiles (``tile`` px square, ``cols`` per row, ``gap`` px)."""
     if n <= 0:
         return 0, 0
     c = min(n, cols)
@@ -137,7 +145,8 @@ def montage_shape(n: int, cols: int = MONTAGE_COLS, tile: int = TILE, gap: int =
 
 
 def montage(tiles: Sequence[np.ndarray], cols: int = MONTAGE_COLS, gap: int = GAP) -> np.ndarray:
-    """Tile equally sized uint8 RGB tiles row by row into one picture (white gaps)."""
+    """``tiles`` (equally sized uint8 RGB) row by row, ``cols`` per row, into one picture with ``gap``-px white
+    gaps; no tile raises ``ValueError``."""
     if not tiles:
         raise ValueError("montage of no tiles")
     th, tw = tiles[0].shape[:2]
@@ -160,7 +169,8 @@ def _new_figure(width_in: float, height_in: float) -> Figure:
 
 
 def mean_map(mean01: np.ndarray, n: int, cmap: str = CMAP) -> Figure:
-    """The mean (per-image normalised) map of a finding's members, with a colour bar."""
+    """The mean ``mean01`` ``[h, w]`` (0..1) of the per-image normalised maps of a finding's ``n`` members, in
+    colormap ``cmap``, with a colour bar."""
     fig = _new_figure(2.6, 2.2)
     ax = fig.add_subplot()
     im = ax.imshow(mean01, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="bilinear")
@@ -173,7 +183,8 @@ def mean_map(mean01: np.ndarray, n: int, cmap: str = CMAP) -> Figure:
 
 
 def confidence_histogram(correct: np.ndarray, wrong: np.ndarray, bins: int = 20) -> Figure:
-    """Histogram of top-1 confidence, correct vs. wrong predictions."""
+    """Histogram of top-1 confidence (0..1, ``bins`` equal bins): ``correct`` vs. ``wrong`` predictions'
+    confidences (1-D arrays; non-finite values left out)."""
     fig = _new_figure(6.4, 2.6)
     ax = fig.add_subplot()
     edges = np.linspace(0.0, 1.0, bins + 1)
@@ -196,7 +207,9 @@ def embedding_scatter(x: np.ndarray, y: np.ndarray, cluster: np.ndarray, is_cont
                       labels: dict[int, str]) -> Figure:
     """2-D embedding of the clustered images: colour = cluster, grey = unclustered, hollow = contrast.
 
-    ``labels`` maps a cluster id to the text written at its centroid (the finding id).
+    ``x``, ``y``: float ``[n]`` coordinates (non-finite points left out); ``cluster``: int ``[n]``
+    (-1 unclustered); ``is_contrast``: bool ``[n]``; ``labels`` maps a cluster id to the
+    text written at its centroid (the finding id).
     """
     fig = _new_figure(5.6, 4.0)
     ax = fig.add_subplot()
@@ -233,7 +246,7 @@ def embedding_scatter(x: np.ndarray, y: np.ndarray, cluster: np.ndarray, is_cont
 
 
 def eigenvalues(values: Sequence[float], k: int | None) -> Figure:
-    """The smallest eigenvalues of a pair's normalised graph Laplacian, with the eigengap
+    """The smallest eigenvalues ``values`` (ascending) of a pair's normalised graph Laplacian, with the eigengap
     that chose ``k`` clusters marked between eigenvalues ``k - 1`` and ``k`` (0-based)."""
     values = np.asarray(values, dtype=float)
     fig = _new_figure(3.2, 2.2)
@@ -281,9 +294,10 @@ def verification_bars(tests: Sequence[tuple[str, float | None, float | None]]) -
 def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> dict:
     """Calibration of top-1 confidence over ``bins`` equal-width bins of [0, 1].
 
-    Returns ``{"ece", "edges", "count", "accuracy", "confidence"}``: ECE is the
-    count-weighted mean of |accuracy - mean confidence| over the bins (empty bins
-    have NaN accuracy and confidence and weigh nothing).
+    ``confidence``: float ``[n]`` (non-finite left out); ``correct``: bool ``[n]``. Returns
+    ``{"ece", "edges", "count", "accuracy", "confidence"}``: ECE is the count-weighted
+    mean of |accuracy - mean confidence| over the bins (empty bins have NaN accuracy
+    and confidence and weigh nothing).
     """
     conf = np.asarray(confidence, float)
     ok = np.asarray(correct, bool)
@@ -302,7 +316,8 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> 
 
 
 def reliability_diagram(cal: dict) -> Figure:
-    """Accuracy per confidence bin against the diagonal of perfect calibration, counts below."""
+    """Accuracy per confidence bin against the diagonal of perfect calibration, counts below (``cal``: from
+    ``reliability``)."""
     fig = _new_figure(4.2, 3.6)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     edges, count = cal["edges"], cal["count"]
@@ -330,7 +345,8 @@ def reliability_diagram(cal: dict) -> Figure:
 
 
 def trend_lines(runs: Sequence[str], series: dict[str, Sequence[float]], ylabel: str) -> Figure:
-    """One line per series over runs (x: run order, labelled by run id); NaN = absent that night."""
+    """One line per entry of ``series`` (label -> share 0..1 per run) over ``runs`` (run ids, oldest first);
+    NaN = absent that night; y axis ``ylabel``, in percent."""
     fig = _new_figure(7.0, 3.0)
     ax = fig.add_subplot()
     x = np.arange(len(runs))
@@ -348,7 +364,7 @@ def trend_lines(runs: Sequence[str], series: dict[str, Sequence[float]], ylabel:
 
 
 def trend_bars(runs: Sequence[str], counts: Sequence[float], accuracy: Sequence[float]) -> Figure:
-    """Findings per run (bars) and accuracy (line, right axis)."""
+    """Findings per run (bars, ``counts``) and ``accuracy`` (0..1, line, right axis) over ``runs`` (run ids)."""
     fig = _new_figure(7.0, 2.6)
     ax = fig.add_subplot()
     x = np.arange(len(runs))

@@ -25,6 +25,16 @@ _NOT_METADATA = set(audit_data.RESERVED_COLUMNS) | {"path", "label"}
 # ---------------------------------------------------------------- confusion matrix and pairs
 
 def confusion(run: Run, assets: Assets) -> dict | None:
+    """The confusion-matrix section: counts and row shares (readable images), a view per confusion pair
+    with a thumbnail strip, and the selection table; None without predictions.
+
+    Parameters
+    ----------
+    run : Run
+        The loaded run folder.
+    assets : Assets
+        Where the section's pictures go (``Assets.image``).
+    """
     pred = run.predictions
     if pred is None:
         return None
@@ -112,6 +122,16 @@ def _value_key(v: Any):
 
 
 def slices(run: Run, assets: Assets) -> dict | None:
+    """Accuracy by metadata value: one table per manifest column with at most ``MAX_SLICE_VALUES``
+    distinct values (rows: labels and all; cells: n and accuracy 0..1); None without such columns.
+
+    Parameters
+    ----------
+    run : Run
+        The loaded run folder.
+    assets : Assets
+        Where the section's pictures go (``Assets.image``).
+    """
     pred = run.predictions
     if pred is None:
         return None
@@ -155,6 +175,16 @@ def slices(run: Run, assets: Assets) -> dict | None:
 # ---------------------------------------------------------------- confidence and calibration
 
 def calibration(run: Run, assets: Assets) -> dict | None:
+    """Confidence and calibration: histogram and reliability diagram, ECE, the filled bins (0..1) and
+    the count of wrong predictions with confidence >= 0.9; None without confidences.
+
+    Parameters
+    ----------
+    run : Run
+        The loaded run folder.
+    assets : Assets
+        Where the section's pictures go (``Assets.image``).
+    """
     pred = run.predictions
     if pred is None or "confidence" not in pred.columns:
         return None
@@ -179,6 +209,15 @@ def calibration(run: Run, assets: Assets) -> dict | None:
 # ---------------------------------------------------------------- unreadable images, run metadata
 
 def unreadable(run: Run, assets: Assets) -> dict | None:
+    """The unreadable images (row, path, error); None when every image was read.
+
+    Parameters
+    ----------
+    run : Run
+        The loaded run folder.
+    assets : Assets
+        Where the section's pictures go (``Assets.image``).
+    """
     pred = run.predictions
     if pred is None:
         return None
@@ -191,6 +230,16 @@ def unreadable(run: Run, assets: Assets) -> dict | None:
 
 
 def meta(run: Run, assets: Assets) -> dict:
+    """The run's metadata from ``run.json``: config (JSON text), versions, model, data, timings (seconds)
+    and their total, classes, methods and the loading notes.
+
+    Parameters
+    ----------
+    run : Run
+        The loaded run folder.
+    assets : Assets
+        Where the section's pictures go (``Assets.image``).
+    """
     r = run.run
     model, data = r.get("model") or {}, r.get("data") or {}
     timings = dict(r.get("timings") or {})

@@ -24,6 +24,16 @@ ARROW = "\u2192"
 
 
 def section(run: Run, assets: Assets) -> dict | None:
+    """Error rates (0..1) of the most confused pairs and findings per run, as plots and a table; None
+    without history rows (a note on the run when columns are missing).
+
+    Parameters
+    ----------
+    run : Run
+        The loaded run folder (its ``history``).
+    assets : Assets
+        Where the plots go.
+    """
     h = run.history
     if h is None or h.empty:
         return None

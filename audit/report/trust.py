@@ -29,7 +29,17 @@ _COLOURS = ["#0b5cad", "#c0392b", "#2f7d4f", "#8e44ad", "#d35400", "#16a085", "#
 
 
 def context(summary: dict, run_dir: Path, embed_image: EmbedImage) -> dict | None:
-    """The Trust section's context, or ``None`` when ``summary`` has no trust figures."""
+    """The Trust section's context, or ``None`` when ``summary`` has no trust figures.
+
+    Parameters
+    ----------
+    summary : dict
+        The run's ``summary.json``.
+    run_dir : Path
+        The run folder (not read).
+    embed_image : callable
+        ``(name, png bytes) -> src`` of the picture in the report.
+    """
     trust = summary.get("trust")
     if not isinstance(trust, dict) or not isinstance(trust.get("methods"), dict):
         return None

@@ -18,6 +18,7 @@ from audit.trust.similarity import spearman
 
 
 def pair_name(a: str, b: str) -> str:
+    """The name ``"a~b"`` of the pair of methods ``a`` and ``b``."""
     return f"{a}~{b}"
 
 
@@ -25,6 +26,13 @@ def per_image(maps: dict[str, np.ndarray], grid: int) -> dict[str, np.ndarray]:
     """Spearman per image ``[n]`` for each pair of methods (``"a~b"``) whose maps ``[n, H, W]`` are aligned.
 
     A constant pooled map (e.g. no positive evidence) has no ranking: its correlations are NaN.
+
+    Parameters
+    ----------
+    maps : dict of str to np.ndarray
+        Method name -> maps ``[n, H, W]`` of the same images (resolutions may differ).
+    grid : int
+        Cells per side of the pooling (capped at each map's size).
     """
     names = list(maps)
     pooled = {m: area_pool(np.maximum(maps[m], 0.0), min(grid, maps[m].shape[1]), min(grid, maps[m].shape[2]))
@@ -34,7 +42,13 @@ def per_image(maps: dict[str, np.ndarray], grid: int) -> dict[str, np.ndarray]:
 
 
 def image_agreement(pairs: dict[str, np.ndarray]) -> np.ndarray:
-    """Mean over method pairs per image ``[n]`` (NaN pairs ignored; NaN when no pair is defined)."""
+    """Mean over method pairs per image ``[n]`` (NaN pairs ignored; NaN when no pair is defined).
+
+    Parameters
+    ----------
+    pairs : dict of str to np.ndarray
+        ``per_image``'s Spearman ``[n]`` per pair.
+    """
     if not pairs:
         return np.zeros(0)
     stacked = np.stack(list(pairs.values()))
@@ -45,7 +59,7 @@ def image_agreement(pairs: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def nanmean(values) -> float | None:
-    """Mean of the finite values, ``None`` when there are none."""
+    """Mean of the finite ``values`` (array-like), ``None`` when there are none."""
     values = np.asarray(values, np.float64)
     values = values[np.isfinite(values)]
     return float(values.mean()) if len(values) else None

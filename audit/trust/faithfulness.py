@@ -35,6 +35,15 @@ def pixel_ranks(maps: np.ndarray, grid: int | None = None, seed: int = 0) -> np.
     their cell of a ``grid x grid`` partition (region perturbation, Samek et al.,
     2017), then by their own value inside the cell. Remaining ties (e.g. the zeros
     of a ReLU'd map) are broken by a seeded random order, never by position.
+
+    Parameters
+    ----------
+    maps : np.ndarray
+        ``[n, H, W]``; NaN ranks last.
+    grid : int, optional
+        Cells per side of the region partition (capped at the map size); None: pixels only.
+    seed : int, default 0
+        Tie-break order of image ``i`` from ``default_rng([seed, i])``.
     """
     from audit.maps import area_pool
 
@@ -58,7 +67,8 @@ def pixel_ranks(maps: np.ndarray, grid: int | None = None, seed: int = 0) -> np.
 
 
 def random_maps(n: int, shape: tuple[int, int], seed: int) -> np.ndarray:
-    """Uniform random maps ``[n, H, W]`` float32, image ``i`` drawn from ``default_rng([seed, i])``."""
+    """``n`` uniform random maps float32 ``[n, H, W]`` (``shape`` = (H, W)), map ``i`` drawn from
+    ``default_rng([seed, i])`` with the given ``seed``."""
     return np.stack([np.random.default_rng([seed, i]).random(shape) for i in range(n)]).astype(np.float32) \
         if n else np.zeros((0, *shape), np.float32)
 
@@ -70,17 +80,29 @@ def curves(classifier, images: np.ndarray, targets: np.ndarray, maps: list[np.nd
 
     Parameters
     ----------
-    images : float32 ``[N, H, W, C]`` as the model takes them.
-    targets : int ``[N]``: the class each map explains.
-    maps : ``S`` arrays ``[N, H, W]`` (one per method or random seed).
-    steps : curve steps; fractions ``0, 1/steps, ..., 1`` of the pixels.
-    batch_size : model inputs per model call.
-    grid : remove regions (cells of a ``grid x grid`` partition) first (see ``pixel_ranks``).
-    sigma : blur of the baseline in pixels (default ``min(H, W) / 10``; the explainers' ``blur``).
+    classifier : audit.model_io.Classifier
+        The model; probabilities are the softmax of its logits.
+    images : np.ndarray
+        float32 ``[N, H, W, C]`` as the model takes them.
+    targets : np.ndarray
+        int ``[N]``: the class each map explains.
+    maps : list of np.ndarray
+        ``S`` arrays ``[N, H, W]`` (one per method or random seed).
+    steps : int
+        Curve steps; fractions ``0, 1/steps, ..., 1`` of the pixels.
+    batch_size : int
+        Model inputs per model call.
+    grid : int, optional
+        Remove regions (cells of a ``grid x grid`` partition) first (see ``pixel_ranks``).
+    sigma : float, optional
+        Blur of the baseline in pixels (default ``min(H, W) / 10``; the explainers' ``blur``).
+    seed : int, default 0
+        Tie-break seed of ``pixel_ranks``.
 
     Returns
     -------
-    ``(deletion, insertion)``, each float64 ``[S, N, steps + 1]``: probability of the target class.
+    (np.ndarray, np.ndarray)
+        ``(deletion, insertion)``, each float64 ``[S, N, steps + 1]``: probability (0..1) of the target class.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -139,6 +161,7 @@ def curves(classifier, images: np.ndarray, targets: np.ndarray, maps: list[np.nd
 
 
 def auc(curve: np.ndarray) -> np.ndarray:
-    """Area under curves ``[..., steps + 1]`` sampled at equal fractions of [0, 1] (trapezoid rule)."""
+    """Area under each ``curve`` ``[..., steps + 1]`` sampled at equal fractions of [0, 1] (trapezoid rule),
+    ``[...]``."""
     curve = np.asarray(curve, np.float64)
     return (curve[..., 1:] + curve[..., :-1]).sum(axis=-1) / (2 * (curve.shape[-1] - 1))

@@ -37,14 +37,15 @@ from audit.trust.similarity import spearman, ssim
 
 
 def weighted_layers(model) -> list:
-    """Layers with weights, in order from the input, nested models flattened."""
+    """Layers of ``model`` (a ``keras.Model``) with weights, in order from the input, nested models flattened."""
     from audit.model_io import flat_layers
 
     return [layer for layer in flat_layers(model) if layer.weights]
 
 
 def cascade(layers: list, steps: int) -> list[list]:
-    """The layers randomized *at* each step, top first: at most ``steps`` groups of consecutive layers."""
+    """The ``layers`` (input first) randomized *at* each step, top first: at most ``steps`` groups of consecutive
+    layers of near-equal size."""
     top_first = layers[::-1]
     n = min(steps, len(top_first))
     bounds = np.linspace(0, len(top_first), n + 1).round().astype(int)
@@ -53,7 +54,8 @@ def cascade(layers: list, steps: int) -> list[list]:
 
 @contextlib.contextmanager
 def randomized(model) -> Iterator[None]:
-    """Inside the block the model's weights may be changed; on leaving, every weight is restored."""
+    """Inside the block the weights of ``model`` (a ``keras.Model``) may be changed; on leaving, every weight is
+    restored."""
     saved = [(variable, np.array(variable.numpy())) for variable in model.weights]
     try:
         yield
@@ -63,7 +65,11 @@ def randomized(model) -> Iterator[None]:
 
 
 def reinitialise(layer, seed: int) -> None:
-    """Redraw every variable of ``layer`` from its initializer (or a seeded normal), in place."""
+    """Redraw every variable of ``layer`` from its initializer (or a seeded normal), in place.
+
+    Variable ``i`` uses initializer seed ``seed * 1000 + i`` (when the initializer takes one),
+    or ``default_rng([seed, i])`` and the variable's own standard deviation (0.05 if zero).
+    """
     from audit.model_io import keras_of
 
     keras = keras_of(layer)
@@ -89,18 +95,26 @@ def cascading_randomization(classifier, images: np.ndarray, targets: np.ndarray,
 
     Parameters
     ----------
-    classifier : ``audit.model_io.Classifier`` of the model under audit (its weights are
-        randomized during the call and restored before it returns).
-    images, targets : float32 ``[n, H, W, C]`` and int ``[n]``.
-    methods : name -> explainer instance (``explain(classifier, images, targets)``).
-    originals : name -> maps ``[n, H, W]`` of the unmodified model.
-    steps : at most this many randomization steps.
+    classifier : audit.model_io.Classifier
+        Of the model under audit (its weights are randomized during the call and
+        restored before it returns).
+    images, targets : np.ndarray
+        float32 ``[n, H, W, C]`` and int ``[n]``.
+    methods : dict
+        Name -> explainer instance (``explain(classifier, images, targets)``).
+    originals : dict
+        Name -> maps ``[n, H, W]`` of the unmodified model.
+    steps : int
+        At most this many randomization steps.
+    seed : int, default 0
+        Layer ``j`` of step ``k`` is reinitialised with seed ``seed * 7919 + k * 101 + j``.
 
     Returns
     -------
-    One dict per step: ``{"step", "layers": [names randomized at this step], "top_layer",
-    "methods": {name: {"spearman", "ssim"}}}`` (means over images; a map made constant
-    by the randomization counts as Spearman 0).
+    list of dict
+        One per step: ``{"step", "layers": [names randomized at this step], "top_layer",
+        "methods": {name: {"spearman", "ssim"}}}`` (means over images; a map made constant
+        by the randomization counts as Spearman 0).
     """
     out = []
     with randomized(classifier.model):
@@ -119,6 +133,13 @@ def random_logit(classifier, images: np.ndarray, targets: np.ndarray, methods: d
     """Spearman and SSIM between each method's maps for ``targets`` and for a random other class.
 
     ``None`` when the model has a single output.
+
+    Parameters
+    ----------
+    classifier, images, targets, methods, originals
+        As in ``cascading_randomization``.
+    seed : int, default 0
+        Image ``i``'s other class is ``(t + 1 + default_rng([seed, i]).integers(k - 1)) % k``.
     """
     k = classifier.n_classes
     if k < 2:
@@ -130,7 +151,8 @@ def random_logit(classifier, images: np.ndarray, targets: np.ndarray, methods: d
 
 
 def compare(original: np.ndarray, other: np.ndarray) -> dict:
-    """Mean Spearman (NaN, a constant map, as 0) and SSIM of two stacks of maps."""
+    """Mean Spearman (NaN, a constant map, as 0) and SSIM of two stacks of maps ``original`` and ``other``
+    ``[n, H, W]``: ``{"spearman", "ssim"}`` (None for no image)."""
     rho = np.nan_to_num(spearman(original, other), nan=0.0)
     return {"spearman": float(rho.mean()) if len(rho) else None,
             "ssim": float(ssim(original, other).mean()) if len(rho) else None}

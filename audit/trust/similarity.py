@@ -15,6 +15,11 @@ def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman rank correlation of ``|a[i]|`` and ``|b[i]|`` over pixels: float64 ``[n]``.
 
     A constant map has no ranking: its correlation is NaN (callers decide what it means).
+
+    Parameters
+    ----------
+    a, b : np.ndarray
+        Maps ``[n, H, W]`` (any shape with a leading ``n``), the same shape.
     """
     from scipy.stats import rankdata
 
@@ -30,14 +35,30 @@ def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def scaled(maps: np.ndarray) -> np.ndarray:
-    """``|maps|`` divided by each map's maximum (all-zero maps stay zero): ``[n, H, W]`` in [0, 1]."""
+    """``|maps|`` divided by each map's maximum (all-zero maps stay zero): float64 ``[n, H, W]`` in [0, 1].
+
+    Parameters
+    ----------
+    maps : np.ndarray
+        ``[n, H, W]``.
+    """
     maps = np.abs(np.asarray(maps, np.float64))
     peak = maps.reshape(len(maps), -1).max(axis=1, initial=0.0)[:, None, None]
     return np.where(peak > 0, maps / np.where(peak > 0, peak, 1.0), 0.0)
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Mean structural similarity of ``scaled(a)[i]`` and ``scaled(b)[i]`` (Gaussian window): ``[n]``."""
+    """Mean structural similarity of ``scaled(a)[i]`` and ``scaled(b)[i]`` (Gaussian window): ``[n]``.
+
+    ``SSIM = (2 mx my + C1)(2 cov + C2) / ((mx^2 + my^2 + C1)(vx + vy + C2))`` per pixel with
+    local means, variances and covariance from a Gaussian window of ``SSIM_SIGMA`` pixels
+    (reflected borders), averaged over the pixels (Wang et al., 2004).
+
+    Parameters
+    ----------
+    a, b : np.ndarray
+        Maps ``[n, H, W]``, the same shape.
+    """
     from scipy.ndimage import gaussian_filter
 
     x, y = scaled(a), scaled(b)
