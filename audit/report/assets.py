@@ -39,7 +39,20 @@ _MIME = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
 
 
 class Assets:
-    """Hands out ``src`` strings for pictures and counts the bytes they add to the report."""
+    """Hands out ``src`` strings for pictures and counts the bytes they add to the report.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run folder; the folder layout writes to ``run_dir/assets``.
+    layout : str, default "single"
+        ``single`` (``data:`` URIs) or ``folder`` (files); another raises ``ValueError``.
+
+    Attributes
+    ----------
+    bytes, count : int
+        Encoded picture bytes (before base64) and pictures handed out so far.
+    """
 
     def __init__(self, run_dir: Path, layout: str = "single"):
         if layout not in LAYOUTS:
@@ -52,7 +65,18 @@ class Assets:
         self._written: set[str] = set()
 
     def image(self, name: str, picture: Any, quality: int = JPEG_QUALITY) -> str:
-        """The ``src`` of ``picture`` (uint8 RGB array, encoded bytes or matplotlib Figure)."""
+        """The ``src`` of ``picture`` (uint8 RGB array, encoded bytes or matplotlib Figure).
+
+        Parameters
+        ----------
+        name : str
+            Identifies the picture within the render (made safe by ``safe_name``); a name
+            already given returns its first src.
+        picture : np.ndarray, bytes or Figure
+            See the module docstring (``encode``).
+        quality : int, default JPEG_QUALITY
+            JPEG quality 1..95 of an array.
+        """
         name = safe_name(name)
         if name in self._src:
             return self._src[name]
@@ -71,6 +95,7 @@ class Assets:
         return src
 
     def has(self, name: str) -> bool:
+        """Whether a picture called ``name`` was handed out in this render."""
         return safe_name(name) in self._src
 
     def prune(self) -> None:
@@ -87,6 +112,7 @@ class Assets:
 
 
 def safe_name(name: str) -> str:
+    """``name`` when it is a safe file name (``[A-Za-z0-9][A-Za-z0-9_.-]{0,100}``), else ``h-`` + a SHA-1 prefix."""
     name = str(name)
     if _SAFE_NAME.fullmatch(name):
         return name
@@ -94,7 +120,21 @@ def safe_name(name: str) -> str:
 
 
 def encode(picture: Any, quality: int = JPEG_QUALITY) -> tuple[bytes, str]:
-    """(bytes, extension) of a picture: arrays as JPEG, figures as PNG, bytes sniffed."""
+    """(bytes, extension) of a picture: arrays as JPEG, figures as PNG, bytes sniffed.
+
+    Parameters
+    ----------
+    picture : np.ndarray, bytes or Figure
+        uint8 ``[H, W, 3]`` RGB, PNG/JPEG/WebP bytes (kept), or a matplotlib ``Figure``
+        (100 dpi PNG, white background, no software metadata).
+    quality : int, default JPEG_QUALITY
+        JPEG quality of an array.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For another array shape or dtype, unknown bytes, or another type.
+    """
     if isinstance(picture, (bytes, bytearray)):
         data = bytes(picture)
         if data.startswith(b"\x89PNG\r\n\x1a\n"):

@@ -23,7 +23,17 @@ INDEX = "index.json"
 
 
 def context(summary: dict, run_dir: Path, embed_image: Callable[[str, bytes], str]) -> dict:
-    """``{"internals": {...}}``, or ``{"internals": None}`` when the run has no internals."""
+    """``{"internals": {...}}``, or ``{"internals": None}`` when the run has no internals.
+
+    Parameters
+    ----------
+    summary : dict
+        The run's ``summary.json`` (its findings, in rank order).
+    run_dir : Path
+        The run folder holding ``internals/``.
+    embed_image : callable
+        ``(name, png bytes) -> src``; a PNG that cannot be read becomes a note.
+    """
     from audit.report.fmt import finding_key
 
     folder = Path(run_dir) / FOLDER
@@ -67,13 +77,17 @@ def context(summary: dict, run_dir: Path, embed_image: Callable[[str, bytes], st
 
 
 def section(run, assets) -> dict | None:
-    """The report section's context, or ``None`` when the run has no internals entries."""
+    """The report section's context, or ``None`` when the run has no internals entries.
+
+    ``run``: the loaded ``Run``; ``assets``: its pictures go through ``assets.image``.
+    """
     ctx = context(run.summary, run.dir, assets.image)["internals"]
     return ctx if ctx and ctx["findings"] else None
 
 
 def finding_ids(run_dir: Path, findings: list[dict]) -> set[str]:
-    """IDs of ``findings`` (summary.json's) with an entry in ``internals/index.json``."""
+    """IDs of ``findings`` (summary.json's) with an entry in ``internals/index.json`` of the run folder
+    ``run_dir``."""
     try:
         index = json.loads((Path(run_dir) / FOLDER / INDEX).read_text())
     except (OSError, ValueError):

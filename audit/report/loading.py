@@ -35,6 +35,36 @@ MAX_PAIRS = 60                # confusion pairs with a section of their own (mos
 
 @dataclass
 class Run:
+    """A run folder as the report reads it (``Run.load``); every artifact may be missing.
+
+    Attributes
+    ----------
+    dir : Path
+        The run folder.
+    run, summary : dict
+        ``run.json`` and ``summary.json`` ({} when missing).
+    config : Config
+        The settings the run recorded (``audit.config.recorded``).
+    predictions, selection, discovery, history : pd.DataFrame or None
+        The run's tables, and ``history.parquet`` in the folder's parent.
+    methods : list of str
+        Methods with stored maps, in ``attribution.methods`` order.
+    maps : dict
+        Method -> manifest row -> (chunk, index in it): where each map is stored.
+    notes : list of str
+        What could not be read, shown at the top of the report.
+    classes, slugs : list of str, dict
+        Class names (model order, then any the data adds) and their anchor slugs.
+    findings, pairs : list of dict
+        Findings in rank order, and the confusion pairs with a section (``MAX_PAIRS``).
+    rows : dict
+        Manifest row id -> its predictions record.
+    image_errors : dict
+        Row -> why its original could not be read.
+    cache : dict
+        Per-render results the sections share.
+    """
+
     dir: Path
     run: dict = field(default_factory=dict)
     config: Config = field(default_factory=lambda: recorded(None))   # as the run recorded it (run.json)
@@ -60,6 +90,7 @@ class Run:
     # ------------------------------------------------------------ loading
     @classmethod
     def load(cls, run_dir: Path) -> "Run":
+        """Read the run folder ``run_dir``: artifacts, map index (no map read) and derived lists."""
         r = cls(dir=Path(run_dir))
         r.manifest = integrity.read_manifest(r.dir)
         r.run = r._read(artifacts.RUN_JSON, artifacts.read_json) or {}
@@ -207,11 +238,14 @@ class Run:
     # ------------------------------------------------------------ access
     @property
     def data_root(self) -> str | Path:
+        """What the manifest paths are relative to (``run.json``'s ``data.root``, else "."): a folder, or a
+        URL prefix kept as a string."""
         root = str((self.run.get("data") or {}).get("root") or ".")
         return root if "://" in root else Path(root)   # a URL prefix stays a string
 
     @property
     def input_hw(self) -> tuple[int, int] | None:
+        """The model input's (H, W) in pixels from ``run.json``, or None."""
         size = (self.run.get("model") or {}).get("input_size")
         try:
             return int(size[0]), int(size[1])
@@ -219,7 +253,7 @@ class Run:
             return None
 
     def cam(self, method: str, row: int) -> np.ndarray | None:
-        """The ``method`` map of a manifest row (float32 [H, W], read from disk on every call), or None.
+        """The ``method`` map of manifest row ``row`` (float32 [H, W], read from disk on every call), or None.
 
         A chunk that cannot be read any more (changed since loading) is noted, and its
         rows have no map from then on.
@@ -248,20 +282,21 @@ class Run:
                               "again to recompute it")
 
     def map_hw(self, method: str, row: int) -> tuple[int, int] | None:
-        """(H, W) of the ``method`` map of a manifest row, or None; reads no map."""
+        """(H, W) of the ``method`` map of manifest row ``row``, or None; reads no map."""
         at = self.maps.get(method, {}).get(int(row))
         return None if at is None else at[0].hw
 
     def info(self, row: int) -> dict | None:
-        """The predictions record of a manifest row (column -> value), or None."""
+        """The predictions record of manifest row ``row`` (column -> value), or None."""
         return self.rows.get(int(row))
 
     def path(self, row: int) -> str:
+        """The manifest path of ``row``, "?" when it has no predictions record."""
         info = self.info(row)
         return str(info["path"]) if info is not None else "?"
 
     def image(self, row: int) -> np.ndarray | None:
-        """The original image of a manifest row (uint8 RGB at its own size), or None (error remembered)."""
+        """The original image of manifest row ``row`` (uint8 RGB at its own size), or None (error remembered)."""
         if row in self._images:
             return self._images[row]
         if row in self.image_errors:

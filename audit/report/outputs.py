@@ -23,15 +23,15 @@ _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 def md(text) -> str:
-    """Text safe inside a Markdown table cell: control characters dropped, HTML escaped, inline
-    Markdown punctuation backslashed, on one line."""
+    """``text`` (any value, as ``str``) safe inside a Markdown table cell: control characters dropped, HTML
+    escaped, inline Markdown punctuation backslashed, on one line."""
     s = _XML_BAD.sub("", str(text)).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     s = _MD_SPECIAL.sub(r"\\\1", s)
     return " ".join(s.split())
 
 
 def summary_markdown(view: dict, report_name: str = "index.html") -> str:
-    """summary.md from ``audit.report.summary.summary_view``."""
+    """summary.md text from ``view``, an ``audit.report.summary.summary_view``, linking to ``report_name``."""
     status = view["status"].upper()
     lines = [f"## cnn-audit {md(view['run_id'])}: **{status}**", ""]
     gates = view["gates"]
@@ -87,7 +87,7 @@ def _clean(text) -> str:
 
 
 def junit_xml(view: dict) -> bytes:
-    """junit.xml from ``audit.report.summary.summary_view``: one test case per gate."""
+    """junit.xml bytes (UTF-8) from ``view``, an ``audit.report.summary.summary_view``: one test case per gate."""
     gates = view["gates"]
     failures = sum(1 for g in gates if g["passed"] is False)
     suite_name = _clean(f"cnn-audit {view['run_id']}")
@@ -109,7 +109,11 @@ def junit_xml(view: dict) -> bytes:
 
 
 def write(run_dir: Path, view: dict, report_name: str = "index.html") -> list[Path]:
-    """Write summary.md and junit.xml into the run folder (atomically); returns their paths."""
+    """Write summary.md and junit.xml of ``view`` into the run folder ``run_dir`` (atomically); returns their
+    paths.
+
+    ``report_name`` is the report file summary.md links to.
+    """
     md_path, xml_path = Path(run_dir) / SUMMARY_MD, Path(run_dir) / JUNIT_XML
     write_atomic(md_path, summary_markdown(view, report_name))
     write_atomic(xml_path, junit_xml(view))

@@ -48,6 +48,9 @@ INDEX = "index.html"
 
 @dataclass(frozen=True)
 class Section:
+    """One section of the page: ``key`` (element id and template name), ``title`` (heading and navigation
+    text) and ``context`` (``(run, assets) -> dict | None``; None leaves the section out)."""
+
     key: str                                        # element id, template sections/<key>.html.j2
     title: str                                      # heading and navigation text
     context: Callable[[Run, Assets], dict | None]   # None: the section is left out
@@ -74,15 +77,27 @@ def render(run_dir: Path, layout: str | None = None, warn: Callable[[str], None]
 
     Parameters
     ----------
-    run_dir : a finished run folder.
-    layout : ``"single"`` or ``"folder"``; default ``report.layout`` of the run's config.
-    warn : receives the one-line size-budget and damaged-file warnings (default: stderr).
-    templates : a folder of template overrides, searched before the shipped templates;
+    run_dir : Path
+        A finished run folder.
+    layout : str, optional
+        ``"single"`` or ``"folder"``; default ``report.layout`` of the run's config.
+    warn : callable, optional
+        Receives the one-line size-budget and damaged-file warnings (default: stderr).
+    templates : str or Path, optional
+        A folder of template overrides, searched before the shipped templates;
         default ``report.templates`` of the run's config.
 
     Returns
     -------
-    The path of ``index.html``.
+    Path
+        The path of ``index.html``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown layout.
+    UsageError
+        When the overrides folder does not exist.
     """
     run_dir = Path(run_dir)
     with integrity.recording(run_dir):
@@ -123,7 +138,7 @@ def _render(run_dir: Path, layout: str | None, warn: Callable[[str], None], temp
 
 
 def report_size(run_dir: Path) -> int:
-    """Bytes of the rendered report: index.html plus assets/ when present."""
+    """Bytes of the rendered report in the run folder ``run_dir``: index.html plus assets/ when present."""
     run_dir = Path(run_dir)
     total = (run_dir / INDEX).stat().st_size
     folder = run_dir / "assets"

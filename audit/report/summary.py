@@ -1,6 +1,6 @@
 """The summary a reader sees first: verdict, gates, headline metrics, top findings, changes since the baseline.
 
-``summary_view(run, assets)`` is the context of the summary section and also the
+``summary_view(run)`` is the context of the summary section and also the
 source of ``summary.md`` and ``junit.xml`` (``audit.report.outputs``), so the three
 always agree.
 """
@@ -16,6 +16,8 @@ MAX_PAIR_CHANGES = 10
 
 
 def section(run: Run, assets: Assets) -> dict:
+    """The summary view of ``run`` plus ``top``: the first ``TOP_FINDINGS`` finding views with their pictures
+    (drawn into ``assets`` once, shared with the findings section)."""
     view = summary_view(run)
     found = findings_module.views(run, assets)
     view["top"] = found[:TOP_FINDINGS]
@@ -23,7 +25,7 @@ def section(run: Run, assets: Assets) -> dict:
 
 
 def summary_view(run: Run) -> dict:
-    """Verdict, gates, metrics, top findings (no pictures) and changes since the baseline."""
+    """Verdict, gates, metrics, top findings (no pictures) and changes since the baseline, of the loaded ``run``."""
     s = run.summary
     status = str(s.get("status") or "unknown").lower()
     gates = [{"name": str(g.get("name", "?")), "value": g.get("value"), "threshold": g.get("threshold"),
@@ -75,8 +77,9 @@ def _metrics(run: Run) -> list[dict]:
 
 
 def changes(run: Run) -> dict:
-    """What changed since the baseline run, from summary.json's ``baseline``, finding ``status``,
-    ``resolved`` and ``pairs`` (written by the nightly comparison); ``has_baseline`` False without one."""
+    """What changed since the baseline run, from ``run``'s summary.json: ``baseline``, finding ``status``,
+    ``resolved`` and ``pairs`` (written by the nightly comparison); ``has_baseline`` False without one.
+    Error rates are shares 0..1; ``pairs`` lists at most ``MAX_PAIR_CHANGES``, largest change first."""
     s = run.summary
     base = s.get("baseline") if isinstance(s.get("baseline"), dict) else None
     if base is None:
