@@ -21,12 +21,20 @@ from audit.nightly.triage import read_triage
 
 @dataclass(frozen=True)
 class Inputs:
-    """What the nightly steps need, read and checked before any work."""
+    """What the nightly steps need, read and checked before any work.
+
+    Attributes
+    ----------
+    baseline : Run or None
+        The baseline run folder (``baseline.run_dir``), or None.
+    triage : dict
+        Finding ID -> its triage entry in force (``read_triage``).
+    """
 
     baseline: Run | None
     triage: dict[str, dict]
 
 
 def prepare(config) -> Inputs:
-    """Read and check the baseline and the triage file (``UsageError`` before any work)."""
+    """Read and check the baseline and the triage file of ``config`` (``UsageError`` before any work)."""
     return Inputs(baseline=resolve_baseline(config), triage=read_triage(config.triage.path))

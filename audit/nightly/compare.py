@@ -13,7 +13,20 @@ from audit.nightly.runs import read_run
 
 def compare(run_a: str | Path, run_b: str | Path, tolerance: float = 0.15, focus_tolerance: float = 0.5,
             min_overlap: float = 0.5) -> dict:
-    """The diff of two run folders: findings new / persisting / resolved, gates, metrics, pairs."""
+    """The diff of two run folders: findings new / persisting / resolved, gates, metrics, pairs.
+
+    Parameters
+    ----------
+    run_a, run_b : str or Path
+        The earlier and the later finished run folder.
+    tolerance, focus_tolerance, min_overlap : float
+        Finding matching, as in ``audit.nightly.baseline.match`` (the ``baseline.*`` settings).
+
+    Raises
+    ------
+    UsageError
+        When a folder is not a finished run.
+    """
     a, b = read_run(run_a), read_run(run_b)
     old = [f for f in a.summary["findings"] if isinstance(f, dict)]
     new = [f for f in b.summary["findings"] if isinstance(f, dict)]
@@ -66,7 +79,7 @@ def _delta(b: Any, a: Any) -> float | None:
 
 
 def compare_markdown(diff: dict) -> str:
-    """The diff as markdown (also what ``audit compare`` prints)."""
+    """The ``diff`` of ``compare`` as markdown (also what ``audit compare`` prints)."""
     a, b = diff["a"], diff["b"]
     lines = [f"# Compare {a['run_id']} -> {b['run_id']}", "",
              f"status: {a['status']} -> {b['status']}  ", f"A: {a['run_dir']}  ", f"B: {b['run_dir']}", "",
@@ -120,7 +133,7 @@ def _signed(v: float | None) -> str:
 
 
 def write_compare(diff: dict, out: Path) -> tuple[Path, Path]:
-    """Write ``compare.json`` and ``compare.md`` into ``out``; return their paths."""
+    """Write ``compare.json`` and ``compare.md`` of ``diff`` into the folder ``out``; return their paths."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

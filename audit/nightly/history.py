@@ -28,6 +28,8 @@ class HistoryError(Exception):
 
 
 def history_path(config) -> Path | None:
+    """Where ``config``'s ``history.path`` points: None (no history), ``auto`` (``history.parquet`` in the
+    run folder's parent) or the file given."""
     where = config.history.path
     if where is None:
         return None
@@ -35,7 +37,22 @@ def history_path(config) -> Path | None:
 
 
 def history_rows(summary: dict, created: str, run_dir: Path | None = None) -> pd.DataFrame:
-    """One row per confusion pair of ``summary["pairs"]`` (one row with empty labels when there is none)."""
+    """One row per confusion pair of ``summary["pairs"]`` (one row with empty labels when there is none).
+
+    Parameters
+    ----------
+    summary : dict
+        The run's summary.json (``run_id``, ``pairs``, ``findings``, ``metrics``, ``status``).
+    created : str
+        The run's creation time (ISO 8601), the history's order.
+    run_dir : Path, optional
+        The run folder, stored resolved.
+
+    Returns
+    -------
+    pd.DataFrame
+        Columns ``HISTORY_COLUMNS``; ``error_rate`` and ``accuracy`` are shares 0..1.
+    """
     accuracy = (summary.get("metrics") or {}).get("accuracy")
     rows = []
     for p in summary.get("pairs") or [None]:
@@ -59,7 +76,7 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_history(path: Path) -> pd.DataFrame:
-    """The history table (columns ``HISTORY_COLUMNS``); ``HistoryError`` if it cannot be read."""
+    """The history table at ``path`` (columns ``HISTORY_COLUMNS``); ``HistoryError`` if it cannot be read."""
     try:
         return _typed(pd.read_parquet(path))
     except Exception as exc:  # any parquet/arrow failure: the file is not ours to overwrite

@@ -32,7 +32,15 @@ TRIAGE_FIELDS = ("action", "reason", "owner", "expires")
 def read_triage(path: str | Path | None, today: _dt.date | None = None) -> dict[str, dict]:
     """``{finding id: {"status": "acknowledged" | "suppressed", "reason", "owner", "expires"}}`` of the
     triage file's entries in force ``today`` (UTC by default). Bad content: ``UsageError`` naming
-    the file and the key."""
+    the file and the key.
+
+    Parameters
+    ----------
+    path : str or Path or None
+        The triage YAML (``triage.path``); None: no triage.
+    today : datetime.date, optional
+        Entries that expire on or before it are left out.
+    """
     if path is None:
         return {}
     path = Path(path)
@@ -83,7 +91,8 @@ def read_triage(path: str | Path | None, today: _dt.date | None = None) -> dict[
 
 
 def apply_triage(findings: list[Finding], triage: dict[str, dict]) -> list[Finding]:
-    """Each finding with its ``triage`` (``acknowledged``, ``suppressed`` or None) and ``triage_note``."""
+    """Each of ``findings`` with its ``triage`` (``acknowledged``, ``suppressed`` or None) and ``triage_note``
+    from the ``triage`` entries (``read_triage``)."""
     out = []
     for f in findings:
         entry = triage.get(f.id)
