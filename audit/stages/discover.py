@@ -98,17 +98,22 @@ def discover(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame,
 
     Parameters
     ----------
-    predictions, selection : the predict and select stage tables.
-    map_rows, maps : int ``[n]`` prediction row ids and float ``[n, H, W]`` maps of the
+    config : Config
+        ``discovery.*`` settings.
+    predictions, selection : pd.DataFrame
+        The predict and select stage tables.
+    map_rows, maps : np.ndarray
+        int ``[n]`` prediction row ids and float ``[n, H, W]`` maps of the
         first attribution method, at any resolution (the pipeline passes their positive
         part already pooled to ``discovery.grid`` squared cells).
-    feature_rows, features : int ``[m]`` row ids and float ``[m, C]`` attribution-weighted
-        pooled activations.
+    feature_rows, features : np.ndarray
+        int ``[m]`` row ids and float ``[m, C]`` attribution-weighted pooled activations.
 
     Returns
     -------
-    The discovery table (one row per clustered or contrast image, ``TABLE_COLUMNS``)
-    and the findings, ranked (``rank`` 1 = highest ``score``).
+    (pd.DataFrame, list of Finding)
+        The discovery table (one row per clustered or contrast image, ``TABLE_COLUMNS``)
+        and the findings, ranked (``rank`` 1 = highest ``score``).
     """
     with _THREAD_POOLS.limit(limits=1):  # small matrices: BLAS threads only add overhead (and stall under load)
         return _discover(config, predictions, selection, map_rows, maps, feature_rows, features)
@@ -165,7 +170,9 @@ def pair_features(maps: np.ndarray, features: np.ndarray, config: Config) -> tup
 
     ``maps`` ``[n, H, W]``, ``features`` ``[n, C]``. Each block is centred over the
     group and scaled so that its mean squared row norm is ``1 - w`` (spatial) and
-    ``w`` (semantic): the squared distance to the group mean averages 1.
+    ``w`` (semantic): the squared distance to the group mean averages 1. ``config`` gives
+    ``w`` (``discovery.semantic_weight``), ``G`` (``discovery.grid``) and ``P`` (at most
+    ``discovery.pca_components``).
     """
     w = config.discovery.semantic_weight if features.shape[1] else 0.0   # no target layer: the maps alone
     spatial = spatial_features(maps, config.discovery.grid)
@@ -176,7 +183,8 @@ def pair_features(maps: np.ndarray, features: np.ndarray, config: Config) -> tup
 
 
 def spatial_features(maps: np.ndarray, grid: int) -> np.ndarray:
-    """Positive part of each map area-pooled to ``grid x grid``, L1-normalised: ``[n, grid * grid]``.
+    """Positive part of each of ``maps`` ``[n, H, W]`` area-pooled to ``grid x grid``, L1-normalised,
+    ``[n, grid * grid]``.
 
     An all-zero map gives the uniform vector.
     """
@@ -186,7 +194,8 @@ def spatial_features(maps: np.ndarray, grid: int) -> np.ndarray:
 
 
 def semantic_features(features: np.ndarray, components: int) -> np.ndarray:
-    """Standardised features reduced by PCA to at most ``components`` dimensions: ``[n, P]``."""
+    """``features`` ``[n, C]`` standardised per column, reduced by PCA to at most ``components`` dimensions
+    (and ``n - 1``): ``[n, P]``."""
     features = np.asarray(features, np.float64)
     std = features.std(axis=0)
     scaled = (features - features.mean(axis=0)) / np.where(std > 1e-12, std, 1.0)
@@ -303,9 +312,9 @@ def _finding(sel: _Selection, at: np.ndarray, x: np.ndarray, content: _Content, 
 
 
 def assign_findings(table: pd.DataFrame, findings: list[Finding]) -> pd.DataFrame:
-    """Set each table row's ``finding_id``, ``cluster`` (the finding's position in
-    ``findings``, unique across pairs) and ``centrality`` from the best-ranked finding
-    that holds it (findings ranked; contrast rows are never members)."""
+    """Set each row's ``finding_id``, ``cluster`` (the finding's position in ``findings``,
+    unique across pairs) and ``centrality`` from the best-ranked finding that holds it
+    (findings ranked; contrast rows are never members), in a copy of the discovery ``table``."""
     table = table.copy()
     finding_id = np.full(len(table), None, object)
     cluster = np.full(len(table), -1)

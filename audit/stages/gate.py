@@ -24,7 +24,8 @@ from audit.findings import Finding
 def pair_rates(predictions: pd.DataFrame) -> list[dict]:
     """Every off-diagonal confusion pair with at least one image: ``true_label, predicted_label,
     n_true`` (readable images labelled ``true_label``), ``n_confused`` (of those predicted
-    ``predicted_label``) and ``error_rate = n_confused / n_true``; sorted by pair."""
+    ``predicted_label``) and ``error_rate = n_confused / n_true`` (0..1); sorted by pair. ``predictions``: the
+    predict stage's table (``label``, ``predicted``, ``error``)."""
     valid = predictions[predictions["error"].isna()]
     labels = valid["label"].astype(str)
     n_true = labels.value_counts()
@@ -36,7 +37,10 @@ def pair_rates(predictions: pd.DataFrame) -> list[dict]:
 
 def merge_pairs(current: list[dict], baseline: list[dict] | None, n_true: dict[str, int]) -> list[dict]:
     """This run's pairs plus the baseline's (``n_confused`` 0 here), each with ``baseline_error_rate``:
-    the baseline's rate, 0.0 for a pair the baseline did not confuse, None without a baseline."""
+    the baseline's rate, 0.0 for a pair the baseline did not confuse, None without a baseline.
+
+    ``current`` and ``baseline`` are ``pair_rates`` lists (``baseline`` None: no baseline);
+    ``n_true`` counts this run's readable images per label, for pairs only the baseline has."""
     here = {(p["true_label"], p["predicted_label"]): p for p in current}
     before = {(p["true_label"], p["predicted_label"]): p for p in baseline or []}
     out = []
@@ -49,7 +53,7 @@ def merge_pairs(current: list[dict], baseline: list[dict] | None, n_true: dict[s
 
 
 def verification_lift(finding: Finding) -> float:
-    """The finding's verified causal lift (``causal``), 0 when it was not verified."""
+    """The verified causal lift (``causal``) of ``finding``, 0 when it was not verified."""
     verified = finding.verification is not None and finding.verification.verified
     return float(finding.causal or 0.0) if verified else 0.0
 
@@ -58,8 +62,19 @@ def summarize(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame
               baseline=None, resolved: list[dict] | tuple = ()) -> dict:
     """The summary of a run (``summary.json`` without the trust figures).
 
-    ``baseline`` is an ``audit.nightly.Run`` (or None), ``resolved`` its findings that are
-    no longer present; the findings carry their ``status`` and ``triage``."""
+    Parameters
+    ----------
+    config : Config
+        ``run_id`` and the ``gates.*`` thresholds.
+    predictions, selection : pd.DataFrame
+        The predict and select stage tables.
+    findings : list of Finding
+        Ranked, carrying their ``status`` and ``triage``.
+    baseline : audit.nightly.runs.Run, optional
+        The baseline run (its pairs' error rates), or None.
+    resolved : list of dict
+        The baseline's findings that are no longer present.
+    """
     valid = predictions[predictions["error"].isna()]
     accuracy = float((valid["predicted"] == valid["label"]).mean()) if len(valid) else 0.0
     metrics = {

@@ -17,6 +17,7 @@ from audit.model_io import classifier_for
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``logits`` ``[N, K]``: probabilities ``[N, K]`` summing to 1 per row (max subtracted)."""
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
@@ -28,6 +29,17 @@ def predict_partition(config: Config, root: Path, classes: list[str], part: pd.D
     Returns the rows with ``label_idx``, ``predicted``, ``predicted_idx``,
     ``confidence`` (top-1 probability), ``margin`` (top-1 minus top-2),
     ``runner_up``, ``probs`` (per class, softmax of the logits) and ``error``.
+
+    Parameters
+    ----------
+    config : Config
+        ``model.*``, ``data.*`` and ``predict.batch_size``.
+    root : Path
+        Folder the manifest paths are relative to.
+    classes : list of str
+        Class names in the model's output order.
+    part : pd.DataFrame
+        Manifest rows (``row``, ``path``, ``label``, metadata).
     """
     classifier = classifier_for(config)
     images, errors = load_images(root, part["path"].tolist(), classifier.input_size,

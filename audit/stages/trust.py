@@ -55,20 +55,26 @@ GAP_BINS = 20
 
 
 def methods_of(config: Config) -> list[str]:
-    """The methods checked: ``trust.methods`` (in attribution order) or every attribution method."""
+    """The methods ``config`` checks: ``trust.methods`` (in attribution order) or every attribution method."""
     chosen = config.trust.methods
     return [m for m in config.attribution.methods if chosen is None or m in chosen]
 
 
 def explainer_for(config: Config, method: str):
-    """The explainer as the attribute stage builds it (``attribution.params`` included, so the same maps)."""
+    """The explainer of ``method`` as the attribute stage builds it from ``config`` (``attribution.params``
+    included, so the same maps)."""
     from audit.stages.attribute import explainers
 
     return explainers(config)[method]
 
 
 def sanity_size(config: Config, n_attributed: int, n_sample: int, classifier) -> int:
-    """Images for the sanity checks: within ``trust.sanity_sample`` and ``trust.sanity_budget``."""
+    """Images for the sanity checks: within ``trust.sanity_sample`` and ``trust.sanity_budget``.
+
+    ``config`` gives both; ``n_attributed``: images the attribute stage explained (the budget's
+    base, shared by ``steps + 1`` re-explanations); ``n_sample``: the faithfulness sample;
+    ``classifier``: its weighted layers cap the randomization steps. At least 2 (within the sample).
+    """
     steps = min(config.trust.randomization_steps, len(sanity.weighted_layers(classifier.model)))
     budget = int(config.trust.sanity_budget * n_attributed / (steps + 1))
     return min(config.trust.sanity_sample, n_sample, max(budget, 2))
@@ -80,16 +86,23 @@ def trust(config: Config, root: Path, classes: list[str], selection: pd.DataFram
 
     Parameters
     ----------
-    root, classes : the manifest's folder and the class names in model output order.
-    selection : the select stage's table (``row``, ``path``, ``pair_label``).
-    run_dir : the run folder, whose maps (and IG's stored gaps) the attribute stage wrote.
-    classifier : an ``audit.model_io.Classifier``; default ``classifier_for(config)``.
+    config : Config
+        ``trust.*``, ``attribution.*``, ``data.*`` and ``seed``.
+    root, classes : Path, list of str
+        The manifest's folder and the class names in model output order.
+    selection : pd.DataFrame
+        The select stage's table (``row``, ``path``, ``pair_label``).
+    run_dir : Path
+        The run folder, whose maps (and IG's stored gaps) the attribute stage wrote.
+    classifier : audit.model_io.Classifier, optional
+        Default ``classifier_for(config)``.
 
     Returns
     -------
-    JSON-ready dict: ``methods`` (per method: ``faithfulness``, ``sanity``,
-    ``badge``), ``random``, ``agreement`` (with per-image ``rows``/``values``),
-    ``completeness_gap``, ``sample``, ``settings``.
+    dict
+        JSON-ready: ``methods`` (per method: ``faithfulness``, ``sanity``,
+        ``badge``), ``random``, ``agreement`` (with per-image ``rows``/``values``),
+        ``completeness_gap``, ``sample``, ``settings``.
     """
     if classifier is None:
         from audit.model_io import classifier_for
@@ -168,7 +181,8 @@ def summary_figures(result: dict | None) -> dict | None:
 
 
 def with_trust(config: Config, findings: list[Finding], result: dict | None) -> list[Finding]:
-    """Each finding with its ``trust`` (``finding_trust``; None when the trust stage did not run)."""
+    """Each of ``findings`` with its ``trust`` (``finding_trust`` under ``config``'s thresholds; None when the
+    trust stage did not run: ``result`` None, else the ``trust`` stage's figures)."""
     if result is None:
         return [dataclasses.replace(f, trust=None) for f in findings]
     by_row = dict(zip(result["agreement"]["rows"], result["agreement"]["values"]))
@@ -176,7 +190,12 @@ def with_trust(config: Config, findings: list[Finding], result: dict | None) -> 
 
 
 def finding_trust(config: Config, finding: Finding, agreement_by_row: dict[int, float | None]) -> FindingTrust:
-    """Agreement of a finding's members and its verification lift, their badges and the trust level."""
+    """Agreement of the members of ``finding`` and its verification lift, their badges and the trust level.
+
+    ``agreement_by_row``: the mean Spearman between methods per prediction row (None where
+    undefined); ``config``: ``trust.min_agreement`` and ``trust.min_lift``. Level: high (both
+    badges), medium (one) or low.
+    """
     values = [agreement_by_row.get(int(r)) for r in finding.rows]
     finite = [v for v in values if v is not None]
     mean = agreement.nanmean(finite) if finite else None

@@ -58,6 +58,8 @@ def verify(config: Config, root: Path, classes: list[str], predictions: pd.DataF
 
     Parameters
     ----------
+    config : Config
+        ``verify.*``, ``discovery.grid``, ``data.*`` and ``seed``.
     root, classes : the manifest's folder and the class names in model output order.
     predictions : the predict stage table (labels, predictions, margins, errors).
     map_rows, maps : int ``[n]`` row ids and float ``[n, H, W]`` maps (first method), at
