@@ -21,6 +21,19 @@ DEMO_CACHE = Path("reports/.cache/demo")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``audit`` command: ``run``, ``demo``, ``internals``, ``render`` or ``compare``.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after the program name (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit code: 0 all gates pass, 1 a gate failed, 2 bad usage/config/input
+        (one line on stderr), 3 runtime failure (traceback in the run folder's ``error.log``).
+    """
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     log = Progress(choose_mode(getattr(args, "log_format", "text"), args.quiet))

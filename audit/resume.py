@@ -38,6 +38,18 @@ def stage_keys(config: Config, record: dict) -> dict[str, str]:
     ``internals`` section; run: everything in the config but its output, run id,
     scheduler and nightly settings (gates, baseline, triage, history: re-applied to a
     complete run in moments).
+
+    Parameters
+    ----------
+    config : Config
+        The run's settings.
+    record : dict
+        The run's ``run.json`` record: ``model.sha256`` and ``data.sha256`` are read.
+
+    Returns
+    -------
+    dict of str to str
+        ``predict``, ``attribute``, ``trust``, ``run``, ``internals``: 16 hex digits each.
     """
     settings = config.to_dict()
     code = code_version()
@@ -52,6 +64,7 @@ def stage_keys(config: Config, record: dict) -> dict[str, str]:
 
 
 def digest(*parts) -> str:
+    """16 hex digits of the SHA-256 of ``parts`` as JSON (keys sorted, other values as ``str``)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -71,6 +84,20 @@ def chunk_paths(run_dir: Path, stage: str, key: str, n: int, suffix: str, log: L
     Outputs of the stage under another key are removed (they belong to other inputs);
     a stored output whose files no longer match their record is removed (logged with the
     file and why); the number of outputs kept under this key is logged: they are reused.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run folder (outputs in ``chunks/<stage>-<key>/``).
+    stage, key : str
+        The stage's name and content key (``stage_keys``); a new attribute key also
+        removes the stored maps.
+    n : int
+        Number of partitions.
+    suffix : str
+        File suffix (``.parquet``, ``.npz``, ...).
+    log : callable
+        Progress messages.
     """
     root = run_dir / "chunks"
     folder = root / f"{stage}-{key}"
@@ -130,6 +157,13 @@ def resumable(path: Path, fn: Callable, *args):
     A DataFrame is stored as parquet, a dict as JSON, a ``(rows, features)`` pair as npz;
     then the record of every file written (``files_record``), which commits the output.
     ``path`` is ``<run folder>/chunks/<stage>-<key>/part-NNNNN.<suffix>``.
+
+    Parameters
+    ----------
+    path : Path
+        Where the result is (or will be) stored; its suffix says how it is read.
+    fn : callable
+        Computes the result from ``*args`` when none is stored.
     """
     record = files_record(path)
     if path.exists() and record.exists():
@@ -154,7 +188,10 @@ def resumable(path: Path, fn: Callable, *args):
 
 def reused_folder(folder: Path, index: str, key: str, log: Log) -> dict | None:
     """The stored index (JSON) of a stage that writes a whole ``folder``, when it was written under
-    ``key``; otherwise ``None``, with the folder emptied and created for a fresh output."""
+    ``key``; otherwise ``None``, with the folder emptied and created for a fresh output.
+
+    ``index`` is the index file's name inside ``folder``; ``log`` receives the reuse message.
+    """
     path = folder / index
     if path.exists():
         previous = artifacts.read_json(path)
