@@ -13,7 +13,7 @@ class Terminated(BaseException):
     thread, it unwinds the run keeping every completed output; the CLI exits with 143.
 
     A ``BaseException`` so that no ``except Exception`` on the way swallows it. ``stage``
-    names the stage it interrupted (set by the pipeline).
+    names the stage it interrupted (set by the pipeline); ``signal_name`` the signal received.
     """
 
     def __init__(self, signal_name: str = "SIGTERM"):

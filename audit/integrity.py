@@ -38,7 +38,10 @@ _recorder: contextvars.ContextVar["Recorder | None"] = contextvars.ContextVar("a
 
 
 class Damaged(ValueError):
-    """A file whose bytes do not match its manifest entry (truncated, bit-flipped, rewritten)."""
+    """A file whose bytes do not match its manifest entry (truncated, bit-flipped, rewritten).
+
+    ``path`` is the file, ``reason`` the one-line why; the message is ``"<path>: <reason>"``.
+    """
 
     def __init__(self, path: Path, reason: str):
         super().__init__(f"{path}: {reason}")
@@ -46,7 +49,10 @@ class Damaged(ValueError):
 
 
 class Recorder:
-    """The entries of the files written inside one ``recording`` block: absolute path -> entry."""
+    """The entries of the files written inside one ``recording`` block: absolute path -> entry.
+
+    ``run_dir`` is the block's run folder (None: entries are kept by absolute path only).
+    """
 
     def __init__(self, run_dir: Path | None):
         self.run_dir = None if run_dir is None else Path(run_dir).resolve()
@@ -148,7 +154,7 @@ def remove_temporaries(folder: Path) -> None:
 
 
 def read_manifest(run_dir: Path) -> dict[str, dict]:
-    """The run folder's manifest: relative path -> entry; empty when absent or unreadable."""
+    """The manifest of the run folder ``run_dir``: relative path -> entry; empty when absent or unreadable."""
     try:
         files = json.loads((Path(run_dir) / MANIFEST).read_text()).get("files")
     except (OSError, ValueError, AttributeError):
@@ -157,8 +163,8 @@ def read_manifest(run_dir: Path) -> dict[str, dict]:
 
 
 def record(run_dir: Path, entries: dict[str, dict]) -> None:
-    """Merge ``entries`` (relative path -> entry) into the run folder's manifest, dropping the
-    entries of files that no longer exist."""
+    """Merge ``entries`` (relative path -> entry) into the manifest of the run folder ``run_dir``, dropping
+    the entries of files that no longer exist."""
     run_dir = Path(run_dir)
     files = {**read_manifest(run_dir), **entries}
     files = {name: files[name] for name in sorted(files) if name != MANIFEST and (run_dir / name).is_file()}

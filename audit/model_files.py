@@ -196,22 +196,25 @@ class SignatureClassifier:
 
     @property
     def input_size(self) -> tuple[int, int]:
+        """The model input's (H, W) in pixels."""
         return self.input_shape[:2]
 
     @property
     def logits_kind(self) -> str:
+        """What is explained as logits, in words (the raw output, or the log of a softmax output)."""
         return (f"log of the softmax output {self.output!r} (signature {self.model.signature})"
                 if self.log_of_softmax else f"raw output {self.output!r} (signature {self.model.signature})")
 
     def forward(self, images):
-        """Inside a traced function: ``(logits [N, K], None)``: there is no target layer."""
+        """Inside a traced function: ``(logits [N, K], None)`` of ``images`` ``[N, H, W, C]``: there is no target
+        layer; the log of a softmax output (floored at 1e-30) stands for its logits."""
         import tensorflow as tf
 
         scores = self.model(images, self.output)
         return (tf.math.log(tf.maximum(scores, 1e-30)) if self.log_of_softmax else scores), None
 
     def function(self, key: Any, fn: Callable, *specs) -> Callable:
-        """``fn`` traced once per key (``Classifier.function`` without patches)."""
+        """``fn`` traced once per ``key`` for the input ``specs`` (``Classifier.function`` without patches)."""
         import tensorflow as tf
 
         with self._lock:
@@ -220,6 +223,7 @@ class SignatureClassifier:
             return self._functions[key]
 
     def image_spec(self):
+        """``tf.TensorSpec`` of a float32 image batch ``[None, H, W, C]``."""
         import tensorflow as tf
 
         return tf.TensorSpec((None, *self.input_shape), tf.float32)
@@ -231,7 +235,8 @@ class SignatureClassifier:
 
 
 def pick_output(names: list[str], output: str | int | None, where: str) -> str:
-    """The output named or numbered by ``model.output`` among ``names``; one clear error otherwise."""
+    """The output named or numbered by ``output`` (``model.output``) among ``names``; one clear ``UsageError``
+    naming ``where`` (the model) otherwise. None picks the only output."""
     if output is None:
         if len(names) == 1:
             return names[0]
@@ -246,5 +251,6 @@ def pick_output(names: list[str], output: str | int | None, where: str) -> str:
 
 
 def one_line(exc: BaseException) -> str:
+    """``exc`` as "Type: first line of its message"."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip()

@@ -141,7 +141,7 @@ def _intact(run_dir: Path, path: Path, log: Log) -> bool:
 
 def recorded_files(run_dir: Path, paths: list[Path]) -> dict[str, dict]:
     """The files of the partition outputs at ``paths`` (relative path -> manifest entry), from
-    their records, for ``integrity.record``."""
+    their records, for ``integrity.record`` of the run folder ``run_dir``."""
     out = {}
     for path in paths:
         try:

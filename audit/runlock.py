@@ -33,7 +33,7 @@ def hold(run_dir: Path, log: Callable[[str], None]) -> Iterator[None]:
     """Create ``run_dir``, check it is writable and hold its lock for the block.
 
     Raises ``UsageError`` (exit 2) when the folder cannot be written or another live audit
-    holds the lock; logs a warning when it takes over a stale one.
+    holds the lock; ``log`` receives the warning when it takes over a stale one.
     """
     import fcntl
 

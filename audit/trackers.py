@@ -37,8 +37,8 @@ def require_mlflow():
 
 
 def check_mlflow(uri: str | None) -> None:
-    """Reach the tracking store before the audit starts, so a wrong URI costs no work: a
-    ``UsageError`` naming the URI and MLflow's reason (e.g. a file store MLflow refuses)."""
+    """Reach the tracking store at ``uri`` (None: MLflow's default) before the audit starts, so a wrong URI
+    costs no work: a ``UsageError`` naming the URI and MLflow's reason (e.g. a file store MLflow refuses)."""
     mlflow = require_mlflow()
     try:
         mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
@@ -62,7 +62,7 @@ def metrics(summary: dict) -> dict[str, float]:
 
 
 def tags(summary: dict) -> dict[str, str]:
-    """The run's status and finding IDs as MLflow tags (names above)."""
+    """The run's status and finding IDs from ``summary`` (summary.json) as MLflow tags (names above)."""
     findings = summary.get("findings") or []
     out = {"cnn_audit.run_id": str(summary.get("run_id")), "cnn_audit.status": str(summary.get("status")),
            "cnn_audit.findings": ",".join(f["id"] for f in findings)}

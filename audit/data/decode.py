@@ -24,7 +24,7 @@ from audit.data.records import PARQUET_SUFFIXES, parquet_image, split_ref, tfrec
 from audit.urls import is_url
 
 def read_source(source: str | Path) -> bytes | Path:
-    """The image bytes of a URL or a record ``file#index``, or the local file's ``Path``.
+    """The image bytes of ``source`` when a URL or a record ``file#index``, or the local file's ``Path``.
 
     Raises ``FileNotFoundError``, ``PermissionError`` (a denied object) or another
     ``OSError``/``ValueError`` with the location in its message.
@@ -117,12 +117,12 @@ def load_images(root: str | Path, paths: list[str], size: tuple[int, int],
 
 
 def grey(image: np.ndarray) -> np.ndarray:
-    """Luma ``[H, W]`` uint8 of an RGB image ``[H, W, 3]`` (Pillow's ITU-R 601-2 conversion)."""
+    """Luma ``[H, W]`` uint8 of ``image``, uint8 RGB ``[H, W, 3]`` (Pillow's ITU-R 601-2 conversion)."""
     return np.asarray(Image.fromarray(image).convert("L"))
 
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a uint8 RGB image to ``size`` = (height, width)."""
+    """Bilinear resize of ``image`` (uint8 RGB ``[h, w, 3]``) to ``size`` = (height, width) in pixels."""
     h, w = size
     if image.shape[:2] == (h, w):
         return image
@@ -135,7 +135,8 @@ CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)  # BGR, of 0..
 
 
 def preprocess(images: np.ndarray, mode: str) -> np.ndarray:
-    """Map float32 RGB (or grey) 0..255 ``[N, H, W, C]`` to what the model takes (``data.preprocess``).
+    """Map ``images``, float32 RGB (or grey) 0..255 ``[N, H, W, C]``, to what the model takes by ``mode``
+    (``data.preprocess``).
 
     ``none``: unchanged (models with their own Rescaling layer); ``unit``: 0..1;
     ``symmetric`` and ``tf``: -1..1; ``imagenet`` and ``torch``: (x/255 - mean) / std per

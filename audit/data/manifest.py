@@ -127,6 +127,20 @@ def load_classes(path: Path | None, frame: pd.DataFrame, data: str | Path | None
     names of a folder data set (Keras' ``image_dataset_from_directory`` order), the
     ``ClassLabel`` names of a Parquet file of images, the indices ``0..max`` as names
     when the labels are class indices, or the sorted distinct labels of a manifest.
+
+    Parameters
+    ----------
+    path : Path or None
+        The ``--classes`` text file; must exist, list at least one name, no name twice.
+    frame : pd.DataFrame
+        The manifest (its ``label`` column and ``attrs``).
+    data : str or Path or None
+        The ``--data`` folder, file or URL.
+
+    Raises
+    ------
+    UsageError
+        Naming the classes file.
     """
     if path is not None:
         path = Path(path)
@@ -148,7 +162,8 @@ def load_classes(path: Path | None, frame: pd.DataFrame, data: str | Path | None
 
 
 def with_class_names(frame: pd.DataFrame, classes: list[str], data: str | Path) -> pd.DataFrame:
-    """``frame`` with class-index labels (TFRecord ``image/class/label``) replaced by ``classes`` names."""
+    """``frame`` with class-index labels (TFRecord ``image/class/label``) replaced by ``classes`` names; an index
+    out of range is a ``UsageError`` naming ``data`` (the ``--data`` location)."""
     if not frame.attrs.get("label_index"):
         return frame
     index = frame["label"].astype(int)
@@ -164,8 +179,8 @@ def with_class_names(frame: pd.DataFrame, classes: list[str], data: str | Path) 
 
 
 def resolve(root: str | Path, path: str) -> str | Path:
-    """Where a manifest path points: a URL (string) or a local file (``Path``; a record ``file#index``
-    keeps its ``#index``)."""
+    """Where a manifest ``path`` points, relative to ``root`` (a folder or URL prefix) unless absolute: a URL
+    (string) or a local file (``Path``; a record ``file#index`` keeps its ``#index``)."""
     if is_url(path):
         return path
     if is_url(str(root)):

@@ -33,7 +33,7 @@ _REF = re.compile(r"^(.*\.(?:tfrecords?|tfrec|parquet|pq))#(\d+)$", re.IGNORECAS
 
 
 def split_ref(path: str) -> tuple[str, int] | None:
-    """``(file, index)`` of a record name ``file#index``; ``None`` for any other path."""
+    """``(file, index)`` of a record name ``path`` = ``file#index``; ``None`` for any other path."""
     match = _REF.match(path)
     return (match.group(1), int(match.group(2))) if match else None
 
@@ -58,7 +58,7 @@ def _offsets(file: str, mtime_ns: int) -> tuple[tuple[int, int], ...]:
 
 
 def tfrecord_bytes(file: str | Path, index: int) -> bytes:
-    """The serialized ``tf.train.Example`` of record ``index`` of a TFRecord file."""
+    """The serialized ``tf.train.Example`` of record ``index`` (0-based) of the TFRecord ``file``."""
     file = str(file)
     offsets = _offsets(file, Path(file).stat().st_mtime_ns)
     if not 0 <= index < len(offsets):
@@ -104,7 +104,8 @@ def _fields(buf: bytes):
 
 
 def parse_example(data: bytes) -> dict[str, list]:
-    """The features of a serialized ``tf.train.Example``: name -> list of bytes or ints (floats skipped)."""
+    """The features of ``data``, a serialized ``tf.train.Example``: name -> list of bytes or ints (floats
+    skipped)."""
     out: dict[str, list] = {}
     for number, _, features in _fields(data):
         if number != 1:
@@ -142,7 +143,7 @@ def _int64s(listed: bytes) -> list[int]:
 
 
 def tfrecord_image(file: str | Path, index: int) -> bytes:
-    """The ``image/encoded`` bytes of record ``index``."""
+    """The ``image/encoded`` bytes of record ``index`` (0-based) of the TFRecord ``file``."""
     encoded = parse_example(tfrecord_bytes(file, index)).get("image/encoded")
     if not encoded:
         raise ValueError(f"{file}#{index}: the record has no image/encoded bytes")
@@ -183,7 +184,8 @@ def tfrecord_manifest(files: list[Path], root: Path) -> pd.DataFrame:
 # ---------------------------------------------------------------- Parquet of image bytes
 
 def image_column(schema) -> str | None:
-    """The column holding image bytes in a Parquet schema: a ``{bytes, ...}`` struct or a binary column."""
+    """The column holding image bytes in the Parquet ``schema`` (pyarrow): a ``{bytes, ...}`` struct or a
+    binary column; None without one."""
     import pyarrow as pa
 
     for field in schema:
@@ -204,7 +206,7 @@ def _table(file: str, mtime_ns: int, column: str):
 
 
 def parquet_image(file: str | Path, index: int) -> bytes:
-    """The image bytes of row ``index`` of a Parquet file of images."""
+    """The image bytes of row ``index`` (0-based) of ``file``, a Parquet file of images."""
     import pyarrow.parquet as pq
 
     file = str(file)
@@ -220,7 +222,8 @@ def parquet_image(file: str | Path, index: int) -> bytes:
 
 
 def parquet_manifest(file: Path, root: Path, column: str) -> pd.DataFrame:
-    """``path`` (``file#row``), ``label`` and the scalar metadata columns of a Parquet file of images."""
+    """``path`` (``file#row``, relative to ``root``), ``label`` and the scalar metadata columns of ``file``, a
+    Parquet file of images whose image bytes are in ``column``."""
     import pyarrow.parquet as pq
 
     schema = pq.read_schema(file)

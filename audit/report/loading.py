@@ -63,6 +63,10 @@ class Run:
         Row -> why its original could not be read.
     cache : dict
         Per-render results the sections share.
+    damaged : list of str
+        One line per file that failed its checksum.
+    manifest : dict
+        ``artifacts.json``: relative path -> entry (size, SHA-256).
     """
 
     dir: Path
