@@ -32,7 +32,8 @@ _CACHE_LOCK = threading.Lock()
 
 
 def keras_of(model):
-    """The Keras package a model or layer belongs to: ``tf_keras`` (tf.keras 2) or ``keras`` (Keras 3)."""
+    """The Keras package ``model`` (a model or layer) belongs to: ``tf_keras`` (tf.keras 2) or ``keras``
+    (Keras 3)."""
     if type(model).__module__.startswith("tf_keras"):
         import tf_keras
 
@@ -47,7 +48,20 @@ def cached_classifier(path: str | Path, target_layer: str | None = None, trust: 
     """The classifier of a model file or SavedModel folder, loaded once per process and reused by every task.
 
     Returns a ``Classifier``, or a ``SignatureClassifier`` (``layer is None``) for a
-    SavedModel without Keras metadata.
+    SavedModel without Keras metadata. The cache key includes the file's mtime and size.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.keras``/``.h5`` file or SavedModel folder (``model.path``).
+    target_layer : str, optional
+        Layer explained by layer-based methods (``model.target_layer``).
+    trust : bool, default False
+        Allow Lambda layers (``model.trust``).
+    signature : str, default "serving_default"
+        The SavedModel signature run when the folder has no Keras metadata.
+    output : str or int, optional
+        The classification head of a multi-output model (``model.output``).
     """
     path = checked_path(path).resolve()
     stat = (path / "saved_model.pb" if path.is_dir() else path).stat()
@@ -59,7 +73,11 @@ def cached_classifier(path: str | Path, target_layer: str | None = None, trust: 
 
 
 def classifier_of_model(model, target_layer: str | None = None, output: str | int | None = None):
-    """A ``Classifier`` of a Keras model, or a ``SignatureClassifier`` of a ``SignatureModel``."""
+    """A ``Classifier`` of ``model`` (a Keras model), or a ``SignatureClassifier`` of a ``SignatureModel``.
+
+    ``target_layer`` and ``output`` as in ``cached_classifier``; a target layer for a
+    signature model is a ``UsageError``.
+    """
     if isinstance(model, SignatureModel):
         if target_layer is not None:
             raise UsageError(f"`model.target_layer` {target_layer!r}: the SavedModel {model.path} has no "
@@ -75,7 +93,7 @@ def classifier_for(config):
 
 
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, or of a folder's files (relative paths and contents, sorted): hex string."""
+    """SHA-256 of the file at ``path``, or of a folder's files (relative paths and contents, sorted): hex string."""
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     digest = hashlib.sha256()
@@ -89,7 +107,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 def flat_layers(model) -> list:
-    """All layers in order, descending into nested models (the nested model itself excluded)."""
+    """All layers of ``model`` in order, descending into nested models (the nested model itself excluded)."""
     keras = keras_of(model)
     out = []
     for layer in model.layers:
@@ -101,7 +119,7 @@ def flat_layers(model) -> list:
 
 
 def spatial_layers(model) -> list:
-    """Layers whose output is 4-D with spatial size > 1x1 (candidates for Grad-CAM)."""
+    """Layers of ``model`` whose output is 4-D with spatial size > 1x1 (candidates for Grad-CAM)."""
     found = []
     for layer in flat_layers(model):
         try:
@@ -114,7 +132,8 @@ def spatial_layers(model) -> list:
 
 
 def find_target_layer(model, name: str | None = None):
-    """The named layer (searched in nested models too) or the last spatial 4-D layer."""
+    """The layer of ``model`` called ``name`` (searched in nested models too) or, for None, the last spatial
+    4-D layer; a ``UsageError`` naming ``model.target_layer`` otherwise."""
     candidates = spatial_layers(model)
     if name is None:
         if not candidates:
@@ -173,10 +192,12 @@ class Classifier:
 
     @property
     def input_size(self) -> tuple[int, int]:
+        """The model input's (H, W) in pixels."""
         return self.input_shape[:2]
 
     @property
     def logits_kind(self) -> str:
+        """What is explained as logits, in words: the raw output, or which final softmax is stripped."""
         return "raw (no final softmax)" if self.softmax is None else f"softmax stripped ({self.softmax[1].name})"
 
     def _find_softmax(self):
@@ -226,7 +247,7 @@ class Classifier:
         return logits, self._captured["activations"]
 
     def function(self, key: Any, fn: Callable, *specs) -> Callable:
-        """``fn`` traced once per (classifier, key) with the patches active; cached for reuse.
+        """``fn`` traced once per (classifier, ``key``) with the patches active; cached for reuse.
 
         ``fn`` calls ``self.forward``; ``specs`` are ``tf.TensorSpec`` with a ``None``
         batch dimension so that no batch size ever re-traces.
@@ -241,6 +262,7 @@ class Classifier:
             return self._functions[key]
 
     def image_spec(self):
+        """``tf.TensorSpec`` of a float32 image batch ``[None, H, W, C]``."""
         import tensorflow as tf
 
         return tf.TensorSpec((None, *self.input_shape), tf.float32)
@@ -251,7 +273,7 @@ class Classifier:
         return fn(images).numpy()
 
     def logits_and_activations(self, images) -> tuple["np.ndarray", "np.ndarray"]:
-        """``(logits [N, K], target-layer activations [N, h, w, c])`` float32."""
+        """``(logits [N, K], target-layer activations [N, h, w, c])`` float32 of ``images`` ``[N, H, W, C]``."""
         fn = self.function("forward", lambda x: self.forward(x), self.image_spec())
         logits, acts = fn(images)
         return logits.numpy(), acts.numpy()
