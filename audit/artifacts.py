@@ -41,36 +41,58 @@ MAPS = "maps"
 
 
 def write_json(path: Path, obj: dict) -> None:
-    """Write ``obj`` as indented JSON atomically (``integrity.write_atomic``)."""
+    """Write ``obj`` as indented JSON to ``path`` atomically (``integrity.write_atomic``; numpy values and
+    paths as plain JSON)."""
     write_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
 def read_json(path: Path) -> dict:
+    """The JSON document at ``path``."""
     return json.loads(Path(path).read_text())
 
 
 def write_table(path: Path, frame: pd.DataFrame) -> None:
-    """Write a DataFrame as parquet atomically (``integrity.write_atomic``)."""
+    """Write ``frame`` as parquet (no index) to ``path`` atomically (``integrity.write_atomic``)."""
     write_atomic(path, lambda f: frame.to_parquet(f, index=False))
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Write arrays as an uncompressed ``.npz`` atomically (``integrity.write_atomic``)."""
+    """Write ``arrays`` (name -> array) as an uncompressed ``.npz`` to ``path`` atomically
+    (``integrity.write_atomic``)."""
     write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def read_table(path: Path) -> pd.DataFrame:
+    """The parquet table at ``path``."""
     return pd.read_parquet(path)
 
 
 def map_chunk_path(run_dir: Path, method: str, chunk: int) -> Path:
+    """The file of chunk number ``chunk`` of ``method``: ``run_dir`` / maps / ``method`` / chunk-NNNNN.npz."""
     return Path(run_dir) / MAPS / method / f"chunk-{chunk:05d}.npz"
 
 
 def write_map_chunk(run_dir: Path, method: str, chunk: int, rows: np.ndarray, maps: np.ndarray,
                     **values: np.ndarray) -> Path:
     """Store one chunk of attribution maps as float16 (``maps``: [n, H, W]), with optional
-    per-map ``values`` ([n] each, e.g. IG's completeness ``gap``), read by ``read_map_values``."""
+    per-map ``values`` ([n] each, e.g. IG's completeness ``gap``), read by ``read_map_values``.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run folder.
+    method : str
+        The attribution method's registered name.
+    chunk : int
+        The chunk's number (the attribute partition).
+    rows : np.ndarray
+        int ``[n]`` prediction row ids of the maps.
+
+    Returns
+    -------
+    Path
+        The chunk file (``map_chunk_path``), with each map's CRC-32 in ``artifacts.json``.
+    """
     path = map_chunk_path(run_dir, method, chunk)
     maps = np.ascontiguousarray(maps, dtype=np.float16)
     arrays = {"row": np.asarray(rows, dtype=np.int64), "maps": maps,
@@ -85,7 +107,8 @@ def _map_chunks(run_dir: Path, method: str) -> list[Path]:
 
 def read_maps(run_dir: Path, method: str, each: Callable[[np.ndarray], np.ndarray] | None = None,
               rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The stored maps of ``method``: (rows int64 [n], maps float32 [n, H, W]), sorted by row.
+    """The maps of ``method`` stored in the run folder ``run_dir``: (rows int64 [n], maps float32 [n, H, W]),
+    sorted by row.
 
     ``rows``, if given, keeps only those rows; ``each``, if given, is applied to every
     chunk's maps as it is read (e.g. pooling to a small grid). Either way only what is
@@ -115,7 +138,8 @@ class MapChunk:
     map 0's bytes start in the file (``None`` when the member is compressed or in
     Fortran order, which ``write_map_chunk`` never writes: then ``read`` decodes the
     chunk's maps to take one); ``crc32``: CRC-32 of each map's bytes as written (from
-    ``artifacts.json``; ``None`` for an older run), checked by ``read``.
+    ``artifacts.json``; ``None`` for an older run), checked by ``read``; ``path``: the
+    chunk file; ``dtype``: the stored maps' dtype (float16).
     """
     path: Path
     rows: np.ndarray
@@ -145,8 +169,8 @@ _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.form
 
 
 def map_index(run_dir: Path, method: str, on_damaged: Callable[[Damaged], None] | None = None) -> list[MapChunk]:
-    """The stored chunks of ``method`` in file order, from each chunk's ``row`` member and
-    the header of its ``maps``: no map is read. Raises on a chunk that is unreadable (or whose
+    """The chunks of ``method`` stored in the run folder ``run_dir``, in file order, from each chunk's
+    ``row`` member and the header of its ``maps``: no map is read. Raises on a chunk that is unreadable (or whose
     size differs from ``artifacts.json``'s: ``integrity.Damaged``), whose ``maps`` are not
     [n, H, W] for its n rows, or whose maps differ in size from the others'; with
     ``on_damaged``, such a chunk with a manifest entry (it was written whole) is handed to
@@ -201,8 +225,8 @@ def _index_chunk(path: Path, entry: dict | None) -> MapChunk:
 
 
 def read_map_values(run_dir: Path, method: str, name: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """The per-map values ``name`` stored with ``method``'s maps: (rows [n], values float64 [n]),
-    sorted by row; ``None`` when a chunk lacks them."""
+    """The per-map values ``name`` stored with ``method``'s maps in the run folder ``run_dir``: (rows [n], values
+    float64 [n]), sorted by row; ``None`` when a chunk lacks them."""
     rows, values = [], []
     for chunk in _map_chunks(run_dir, method):
         with np.load(chunk) as z:
@@ -218,7 +242,7 @@ def read_map_values(run_dir: Path, method: str, name: str) -> tuple[np.ndarray, 
 
 
 def map_methods(run_dir: Path) -> list[str]:
-    """Names of the methods whose maps are stored in the run."""
+    """Names of the methods whose maps are stored in the run folder ``run_dir``, sorted."""
     root = Path(run_dir) / MAPS
     return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
 

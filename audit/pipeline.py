@@ -52,7 +52,8 @@ Log = Callable[[str], None]
 
 
 def run(config: Config, log: Log = print) -> dict:
-    """Run the whole audit; return the summary (also written to ``summary.json``)."""
+    """Run the whole audit of ``config`` (resolved settings), progress to ``log`` (a ``Progress`` or any
+    ``str -> None``); return the summary (also written to ``summary.json``). Bad input: ``UsageError``."""
     from audit.model_io import classifier_for
     from audit.stages.attribute import check_methods, without_layers
 
