@@ -8,6 +8,8 @@ diffed::
     selection.parquet     selected rows + ``reason`` and confusion ``pair``
     maps/<method>/chunk-NNNNN.npz   ``row`` int64 [n], ``maps`` float16 [n, H, W]
     features.npz          ``row`` int64 [n], ``features`` float32 [n, D]
+    cams/chunk-NNNNN.npz  per image, from the predict stage's fused pass: ``row`` int64 [n],
+                          ``cam`` float16 [n, h, w], ``features`` and ``presence`` float16 [n, c]
     discovery.parquet     cluster and finding per clustered image
     summary.json          the machine-readable result (stable keys)
     index.html            the report (plus ``assets/``)
@@ -38,6 +40,7 @@ DISCOVERY = "discovery.parquet"
 FEATURES = "features.npz"
 SUMMARY = "summary.json"
 MAPS = "maps"
+CAMS = "cams"
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -99,6 +102,37 @@ def write_map_chunk(run_dir: Path, method: str, chunk: int, rows: np.ndarray, ma
               **{f"value_{k}": np.asarray(v, np.float64) for k, v in values.items()}}
     write_atomic(path, lambda f: np.savez(f, **arrays), maps_crc32=[zlib.crc32(m.tobytes()) for m in maps])
     return path
+
+
+def write_cam_chunk(run_dir: Path, chunk: int, rows: np.ndarray, cam: np.ndarray, features: np.ndarray,
+                    presence: np.ndarray) -> Path:
+    """Store the predict stage's per-image Grad-CAM (``cam`` [n, h, w], predicted class, target-layer
+    resolution) and pooled target-layer ``features`` / ``presence`` ([n, c]) as float16."""
+    path = Path(run_dir) / CAMS / f"chunk-{chunk:05d}.npz"
+    arrays = {"row": np.asarray(rows, np.int64), "cam": np.asarray(cam, np.float16),
+              "features": np.asarray(features, np.float16), "presence": np.asarray(presence, np.float16)}
+    write_atomic(path, lambda f: np.savez(f, **arrays))
+    return path
+
+
+def read_cams(run_dir: Path, what: str = "features", rows: np.ndarray | None = None,
+              each: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One member of the stored cam chunks (``cam``, ``features`` or ``presence``), sorted by row:
+    ``(rows int64 [n], values float32 [n, ...])``; ``rows`` keeps only those; ``each`` is applied
+    per chunk (e.g. pooling). Empty arrays when the run has none (a model without a layer)."""
+    chunks = sorted((Path(run_dir) / CAMS).glob("chunk-*[0-9].npz"))
+    kept_rows, values = [], []
+    for chunk in chunks:
+        with np.load(chunk) as z:
+            keep = np.isin(z["row"], rows) if rows is not None else slice(None)
+            part = z[what][keep].astype(np.float32)
+            kept_rows.append(z["row"][keep])
+            values.append(part if each is None else each(part))
+    if not kept_rows:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    rows_all = np.concatenate(kept_rows)
+    order = np.argsort(rows_all, kind="stable")
+    return rows_all[order], np.concatenate(values)[order]
 
 
 def _map_chunks(run_dir: Path, method: str) -> list[Path]:

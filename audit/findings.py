@@ -31,10 +31,8 @@ from typing import Any
 
 import numpy as np
 
-CUE_CELLS = (("top-left", "top", "top-right"),     # the cue's place: a cell of a 3 x 3 grid over the image
-             ("left", "centre", "right"),
-             ("bottom-left", "bottom", "bottom-right"))
-FOCUS_SHARE = 0.1              # a cue's focus: the share of its attribution in its top 10% of pixels
+from audit.cues import Cue, cue_descriptor
+
 
 
 def _json(record: Any) -> Any:
@@ -55,33 +53,6 @@ def _fields(cls: type, data: dict) -> dict:
 
 
 @dataclass(frozen=True)
-class Cue:
-    """Where a finding's cue sits (``cue_descriptor``) and the finding's content ``id``.
-
-    ``x``, ``y``: centre of mass of the members' mean positive map, fractions of the image
-    width and height (0 = left / top); ``focus``: share of each member's positive
-    attribution in its top ``FOCUS_SHARE`` of cells, averaged (0.1 uniform .. 1 one spot);
-    ``cell``: name of the 3 x 3 cell holding ``(x, y)``; ``id``: the content ID the finding
-    got from ``assign_ids`` (kept when baseline matching renames the finding).
-    """
-
-    x: float
-    y: float
-    focus: float
-    cell: str
-    id: str | None = None
-
-    def to_json(self) -> dict:
-        """The cue as its ``summary.json`` object."""
-        return {"x": self.x, "y": self.y, "focus": self.focus, "cell": self.cell, "id": self.id}
-
-    @classmethod
-    def from_json(cls, data: dict | None) -> "Cue | None":
-        """The record of a ``to_json`` ``data`` (unknown keys ignored), or None when ``data`` is not a dict."""
-        return cls(**_fields(cls, data)) if isinstance(data, dict) else None
-
-
-@dataclass(frozen=True)
 class Intervention:
     """One intervention test of a cue (occlusion or transplant), counted over ``n`` images.
 
@@ -98,6 +69,12 @@ class Intervention:
     random_rate: float | None = None
     lift: float | None = None
     se: float | None = None
+
+    def confirmed(self, min_lift: float) -> bool:
+        """The lift is at least ``min_lift`` and conclusive: ``lift - 3 se > 0``."""
+        if self.lift is None or self.lift < min_lift:
+            return False
+        return self.se is not None and self.lift - 3 * self.se > 0
 
     def to_json(self) -> dict:
         """The record as its ``summary.json`` object (a ``dict`` of its fields)."""
@@ -184,6 +161,65 @@ class FindingTrust:
 
 
 @dataclass(frozen=True)
+class PropertyTest:
+    """A global-cue hypothesis tested by intervention (``audit.interventions``).
+
+    ``property`` (a name of ``audit.properties.MEASURES``) differs between the finding's
+    members and clean images by ``effect`` (standardised mean difference, members minus
+    clean); ``direction`` ``"lower"``/``"higher"``; ``shift`` names the intervention that
+    moves clean images that way (``strength`` its parameter), ``test`` counts the clean
+    images moved to the finding's predicted class by it against a placebo shift of the
+    same size in the opposite direction (``Intervention``: ``rate`` shift, ``random_rate``
+    placebo).
+    """
+
+    property: str
+    effect: float
+    direction: str
+    shift: str | None = None
+    strength: float | None = None
+    test: Intervention | None = None
+
+    def to_json(self) -> dict:
+        return {"property": self.property, "effect": self.effect, "direction": self.direction,
+                "shift": self.shift, "strength": self.strength, "test": _json(self.test)}
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> "PropertyTest | None":
+        if not isinstance(data, dict):
+            return None
+        return cls(**{**_fields(cls, data), "test": Intervention.from_json(data.get("test"))})
+
+
+@dataclass(frozen=True)
+class CueSlice:
+    """The slice a confirmed cue defines on the whole data set (``audit.stages.link``).
+
+    Over the readable images labelled ``label`` (the class the cue argues for, or the
+    victims' class): ``n_with`` / ``n_without`` images carry / lack the cue by the cue
+    detector, ``accuracy_with`` / ``accuracy_without`` the model's accuracy on each
+    (None for an empty side); ``detector`` says how the cue is detected and
+    ``check`` the detector's agreement with pasting the cue on a sample (share of pasted
+    images it flags, and of their random-region controls it does not).
+    """
+
+    label: str
+    n_with: int
+    n_without: int
+    accuracy_with: float | None
+    accuracy_without: float | None
+    detector: str
+    check: dict | None = field(default=None, hash=False)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> "CueSlice | None":
+        return cls(**_fields(cls, data)) if isinstance(data, dict) else None
+
+
+@dataclass(frozen=True)
 class Finding:
     """A group of images that share a cue: one entry of ``summary.json``'s ``findings``.
 
@@ -196,6 +232,14 @@ class Finding:
     ``score`` and ``rank`` follow from them (``ranked``). Trust sets ``trust``; the
     nightly steps set ``status`` (new / persisting), ``baseline`` (the matched baseline
     finding), ``triage`` (acknowledged / suppressed / None) and ``triage_note``.
+
+    ``kind``: ``"error"`` (a group of misclassified / low-confidence images of a confusion
+    pair) or ``"strategy"`` (correct predictions of one class, ``true_label ==
+    predicted_label``, whose evidence is a confirmed cue). Link sets ``related``
+    (``(id, relation)`` pairs, relation ``same_cue`` or ``missing_cue``), ``cue_slice`` and
+    ``story`` (1 = the best-ranked group of linked findings: one cue, one story);
+    verify sets ``properties`` (global-cue tests) and ``detector`` (the cue's detector on
+    target-layer channels, ``audit.interventions.RegionTest.detector``; kept in memory only).
     """
 
     id: str
@@ -221,11 +265,38 @@ class Finding:
     triage: str | None = None
     triage_note: dict | None = field(default=None, hash=False)
     trust: FindingTrust | None = None
+    kind: str = "error"
+    related: tuple[tuple[str, str], ...] = ()
+    properties: tuple[PropertyTest, ...] = ()
+    cue_slice: CueSlice | None = None
+    story: int | None = None
+    detector: dict | None = field(default=None, hash=False, compare=False, repr=False)   # not in summary.json
 
     @property
     def size(self) -> int:
         """Number of members."""
         return len(self.members)
+
+    @property
+    def best_lift(self) -> float | None:
+        """The largest lift of any intervention test (region or property); None when none ran."""
+        lifts = [t.test.lift for t in self.properties if t.test is not None and t.test.lift is not None]
+        region = self.verification.best_lift if self.verification is not None else None
+        lifts += [region] if region is not None else []
+        return max(lifts) if lifts else None
+
+    def confirmed(self, min_lift: float, min_property_lift: float) -> bool:
+        """Confirmed by intervention: every region test that ran (occlusion: hiding the cue undoes
+        the prediction; transplant: pasting it causes it) with a conclusive lift of at least
+        ``min_lift`` (``Intervention.confirmed``: ``lift - 3 se > 0``), or a property test with one
+        of at least ``min_property_lift``. A region that only pastes well (a genuine feature
+        of the predicted class, as in a natural confusion) is not a confirmed cue."""
+        v = self.verification
+        region = [t for t in (v.occlusion, v.transplant) if t is not None and t.n] if v is not None and v.verified \
+            else []
+        return (bool(region) and all(t.confirmed(min_lift) for t in region)
+                or any(p.test is not None and p.test.confirmed(max(min_lift, min_property_lift))
+                       for p in self.properties))
 
     @property
     def pair(self) -> tuple[str, str]:
@@ -247,6 +318,11 @@ class Finding:
         if self.triage_note is not None:
             out["triage_note"] = dict(self.triage_note)
         out["trust"] = _json(self.trust)
+        out["kind"] = self.kind
+        out["related"] = [{"id": i, "relation": r} for i, r in self.related]
+        out["properties"] = _json(self.properties)
+        out["cue_slice"] = _json(self.cue_slice)
+        out["story"] = self.story
         return out
 
     @classmethod
@@ -262,46 +338,16 @@ class Finding:
         values["verification"] = Verification.from_json(data.get("verification"))
         values["trust"] = FindingTrust.from_json(data.get("trust"))
         values["status"] = data.get("status") or "new"
+        values["kind"] = data.get("kind") or "error"
+        values["related"] = tuple((str(r["id"]), str(r.get("relation"))) if isinstance(r, dict) else (str(r), "")
+                                  for r in data.get("related") or ())
+        values["properties"] = tuple(p for p in map(PropertyTest.from_json, data.get("properties") or ()) if p)
+        values["cue_slice"] = CueSlice.from_json(data.get("cue_slice"))
         return cls(**{"id": str(data.get("id")), "true_label": str(data.get("true_label")),
                       "predicted_label": str(data.get("predicted_label")), **values})
 
 
 # ---------------------------------------------------------------- cues and stable IDs
-
-def cue_descriptor(maps: np.ndarray) -> Cue:
-    """A coarse, model-independent description of where a finding's cue sits.
-
-    Parameters
-    ----------
-    maps : np.ndarray
-        float ``[n, H, W]``, the members' attribution maps (any resolution; the
-        pipeline passes them pooled to ``discovery.grid`` cells). Each member's positive
-        part is L1-normalised, so every member weighs the same; an all-zero map counts
-        as uniform.
-
-    Returns
-    -------
-    Cue
-        With ``x``, ``y`` (centre of mass of the members' mean map, fractions of the
-    width and height), ``cell`` (the 3 x 3 cell holding it: an odd grid keeps the image
-    centre, where cues placed anywhere average out, off cell borders) and ``focus`` (the
-    members' mean share of their positive attribution in their own top ``FOCUS_SHARE`` of
-    cells: ``FOCUS_SHARE`` for a uniform map, 1 when it all sits there; high for a small
-    object such as rails, low for a whole scene, wherever the object sits).
-    """
-    positive = np.maximum(np.asarray(maps, np.float64), 0.0)
-    n, h, w = positive.shape
-    total = positive.reshape(n, -1).sum(axis=1)[:, None, None]
-    normed = np.where(total > 0, positive / np.where(total > 0, total, 1.0), 1.0 / (h * w))
-    mean = normed.mean(axis=0)
-    ys, xs = (np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w
-    x = float((mean.sum(axis=0) * xs).sum())
-    y = float((mean.sum(axis=1) * ys).sum())
-    top = max(1, int(round(FOCUS_SHARE * h * w)))
-    focus = float(-np.sort(-normed.reshape(n, -1), axis=1)[:, :top].sum(axis=1).mean())
-    col, row = (min(int(v * 3), 2) for v in (x, y))
-    return Cue(x=round(x, 4), y=round(y, 4), focus=round(focus, 4), cell=CUE_CELLS[row][col])
-
 
 def stable_id(true_label: str, predicted_label: str, cell: str) -> str:
     """``F-`` + 8 hex digits of the SHA-1 of ``true_label``, ``predicted_label`` and ``cell`` (a ``CUE_CELLS``

@@ -78,7 +78,7 @@ def top_region(cam: np.ndarray, grid: int, max_area: float) -> np.ndarray | None
 
 
 def top_regions(cams: np.ndarray, grid: int, max_area: float,
-                shape: tuple[int, int] | None = None) -> list[np.ndarray | None]:
+                shape: tuple[int, int] | None = None, dilate: int = 0) -> list[np.ndarray | None]:
     """The top-attributed region of each map, as a boolean mask.
 
     The positive part of a map is area-pooled to ``grid x grid`` cells; the region is
@@ -96,6 +96,10 @@ def top_regions(cams: np.ndarray, grid: int, max_area: float,
         Largest region, as a share 0..1 of the cells.
     shape : (int, int), optional
         ``(H, W)`` of the masks in pixels; default the maps' own.
+    dilate : int
+        Grow each region by this many cells in every direction (8-connected), so that a
+        cue's edge pixels in cells it only partly covers are part of it: hiding a cue must
+        hide all of it, since a model that max-pools a detector still sees any pixel left.
 
     Returns
     -------
@@ -118,5 +122,9 @@ def top_regions(cams: np.ndarray, grid: int, max_area: float,
         if cells.sum() > cap:
             cells = np.zeros_like(cells)
             cells[np.argsort(-values, kind="stable")[:cap]] = True
-        out.append(cells.reshape(grid, grid)[rows][:, cols])
+        cells = cells.reshape(grid, grid)
+        for _ in range(dilate):
+            padded = np.pad(cells, 1)
+            cells = np.max([padded[dy:dy + grid, dx:dx + grid] for dy in range(3) for dx in range(3)], axis=0)
+        out.append(cells[rows][:, cols])
     return out

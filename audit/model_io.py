@@ -272,6 +272,44 @@ class Classifier:
         fn = self.function("logits", lambda x: self.forward(x)[0], self.image_spec())
         return fn(images).numpy()
 
+    def logits_and_cam(self, images) -> tuple["np.ndarray", "np.ndarray", "np.ndarray", "np.ndarray"]:
+        """One forward and one short backward pass: what predict keeps of every image.
+
+        Parameters
+        ----------
+        images : float32 ``[N, H, W, C]``, model input.
+
+        Returns
+        -------
+        logits : float32 ``[N, K]``, pre-softmax.
+        cam : float32 ``[N, h, w]``, Grad-CAM of the predicted class at the target layer's
+            resolution: ``relu(sum_c a_c A_c)`` with ``a_c`` the spatial mean of
+            ``d logit / d A_c`` (Selvaraju et al. 2017).
+        features : float32 ``[N, c]``, the target layer's activations averaged over space
+            with the CAM as weights (``audit.maps.attention_pooled``): what the model sees
+            where it looks.
+        presence : float32 ``[N, c]``, each channel's spatial maximum: whether a pattern is
+            anywhere in the image (a cue detector reads these).
+        """
+        import tensorflow as tf
+
+        def fused(x):
+            with tf.GradientTape() as tape:
+                logits, acts = self.forward(x)
+                tape.watch(acts)
+                chosen = tf.reduce_sum(logits * tf.one_hot(tf.argmax(logits, axis=1), tf.shape(logits)[1]), axis=1)
+            grads = tape.gradient(chosen, acts)
+            weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+            cam = tf.nn.relu(tf.reduce_sum(weights * acts, axis=-1))
+            total = tf.reduce_sum(cam, axis=(1, 2), keepdims=True)
+            hw = tf.cast(tf.shape(cam)[1] * tf.shape(cam)[2], cam.dtype)
+            w = tf.where(total > 0, cam / tf.where(total > 0, total, 1.0), 1.0 / hw)
+            features = tf.einsum("nhw,nhwc->nc", w, acts)
+            return logits, cam, features, tf.reduce_max(acts, axis=(1, 2))
+
+        fn = self.function("fused", fused, self.image_spec())
+        return tuple(t.numpy().astype("float32") for t in fn(images))
+
     def logits_and_activations(self, images) -> tuple["np.ndarray", "np.ndarray"]:
         """``(logits [N, K], target-layer activations [N, h, w, c])`` float32 of ``images`` ``[N, H, W, C]``."""
         fn = self.function("forward", lambda x: self.forward(x), self.image_spec())

@@ -89,6 +89,8 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
     from audit.report.render import render
     from audit.stages.attribute import attribute_partition
     from audit.stages.discover import discover
+    from audit.stages.link import link
+    from audit.stages.strategies import kept
     from audit.stages.predict import predict_partition
     from audit.stages.select import select
     from audit.stages.trust import summary_figures, trust, with_trust
@@ -134,8 +136,8 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
         with _timed(timings, "predict", log):
             parts = _partitions(frame, config.predict.partition_size)
             paths = chunk_paths(run_dir, "predict", keys["predict"], len(parts), ".parquet", log)
-            tasks = [dask.delayed(resumable)(path, predict_partition, config, root, classes, part)
-                     for path, part in zip(paths, parts)]
+            tasks = [dask.delayed(resumable)(path, predict_partition, config, root, classes, part, i)
+                     for i, (path, part) in enumerate(zip(paths, parts))]
             predictions = pd.concat(compute(tasks), ignore_index=True)
             integrity.record(run_dir, recorded_files(run_dir, paths))
             artifacts.write_table(run_dir / artifacts.PREDICTIONS, predictions)
@@ -149,13 +151,16 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
 
         with _timed(timings, "attribute", log):
             parts = _partitions(selection, config.attribution.partition_size)
-            paths = chunk_paths(run_dir, "attribute", keys["attribute"], len(parts), ".npz", log)
+            paths = chunk_paths(run_dir, "attribute", keys["attribute"], len(parts), ".json", log)
             tasks = [dask.delayed(resumable)(path, attribute_partition, config, root, classes, part, i)
                      for i, (path, part) in enumerate(zip(paths, parts))]
-            results = compute(tasks)
+            compute(tasks)
             integrity.record(run_dir, recorded_files(run_dir, paths))
-            feature_rows = np.concatenate([r for r, _ in results]) if results else np.zeros(0, np.int64)
-            features = np.concatenate([f for _, f in results]) if results else np.zeros((0, 0), np.float32)
+            feature_rows, features = artifacts.read_cams(run_dir, "features",
+                                                         rows=selection["row"].to_numpy(np.int64))
+            if len(feature_rows) < len(selection):   # a model without a target layer has no cams
+                feature_rows = selection["row"].to_numpy(np.int64)
+                features = np.zeros((len(feature_rows), 1), np.float32)
             artifacts.write_npz(run_dir / artifacts.FEATURES, row=feature_rows, features=features)
         written.flush()
 
@@ -173,9 +178,13 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
         map_rows, cells = artifacts.read_maps(run_dir, config.attribution.methods[0],
                                               each=lambda m: area_pool(np.maximum(m, 0.0), grid, grid))
         table, findings = discover(config, predictions, selection, map_rows, cells, feature_rows, features)
+        strategies, map_rows, cells = _strategies(config, predictions, map_rows, cells)
     with _timed(timings, "verify", log):
-        findings = with_trust(config, verify(config, root, classes, predictions, map_rows, cells, findings,
-                                             classifier), trusted)
+        findings, dropped = kept(config, verify(config, root, classes, predictions, map_rows, cells,
+                                                findings + strategies, classifier))
+        if strategies:
+            log(f"  {len(strategies)} strategy candidate(s) tested, {len(strategies) - dropped} confirmed")
+        findings = with_trust(config, link(config, run_dir, predictions, findings), trusted)
         summary, findings = _finish(config, inputs, predictions, selection, table, findings,
                                     summary_figures(trusted), record["created"], log)
     log(f"  {len(findings)} finding(s)")
@@ -191,6 +200,30 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
         render(run_dir)
     artifacts.write_json(run_dir / artifacts.RUN_JSON, record)
     return summary
+
+
+def _strategies(config: Config, predictions: pd.DataFrame, map_rows: np.ndarray,
+                cells: np.ndarray) -> tuple[list[Finding], np.ndarray, np.ndarray]:
+    """The strategy candidates (``audit.stages.strategies``) and the maps verification reads: the
+    attributed images' ``(map_rows [n], cells [n, G, G])`` plus the predict stage's Grad-CAM,
+    pooled alike, of the correct predictions not attributed."""
+    from audit.maps import area_pool
+    from audit.stages.strategies import discover_strategies, strategy_pool
+
+    if not config.strategies.enabled:
+        return [], map_rows, cells
+    grid = config.discovery.grid
+    pool = strategy_pool(config, predictions)
+    cam_rows, cams = artifacts.read_cams(config.run_dir, "cam", rows=pool["row"].to_numpy(np.int64),
+                                         each=lambda m: area_pool(np.maximum(m, 0.0), grid, grid))
+    if not len(cam_rows):
+        return [], map_rows, cells
+    _, features = artifacts.read_cams(config.run_dir, "features", rows=cam_rows)
+    found = discover_strategies(config, predictions, pool, cam_rows, cams.astype(np.float32), features)
+    extra = ~np.isin(cam_rows, map_rows)
+    rows = np.concatenate([map_rows, cam_rows[extra]])
+    both = np.concatenate([cells, cams[extra]]) if len(cells) else cams[extra]
+    return found, rows, both.astype(np.float32)
 
 
 def _finish(config: Config, inputs: nightly.Inputs, predictions: pd.DataFrame, selection: pd.DataFrame,

@@ -104,8 +104,8 @@ def chunk_paths(run_dir: Path, stage: str, key: str, n: int, suffix: str, log: L
     if not folder.exists():
         for stale in root.glob(f"{stage}-*"):
             shutil.rmtree(stale)
-        if stage == "attribute":
-            shutil.rmtree(run_dir / artifacts.MAPS, ignore_errors=True)
+        if stage in ("predict", "attribute"):   # their side outputs belong to the old key too
+            shutil.rmtree(run_dir / (artifacts.CAMS if stage == "predict" else artifacts.MAPS), ignore_errors=True)
         folder.mkdir(parents=True)
     paths = [folder / f"part-{i:05d}{suffix}" for i in range(n)]
     done = [p.name for p in paths if _intact(run_dir, p, log)]

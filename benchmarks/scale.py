@@ -264,14 +264,16 @@ def windows_of(samples: list[tuple[float, int, int, float]], marks: list[tuple[s
 
 
 def audit_once(exe: list[str], model: Path, manifest: Path, classes: Path, run_dir: Path,
-               poll: float) -> dict:
-    """Run one audit in a fresh run folder; its wall and CPU time, peak RSS, and per-stage figures."""
+               poll: float, sets: tuple[str, ...] = ()) -> dict:
+    """Run one audit in a fresh run folder (``sets``: ``--set key=value`` strings); its wall and CPU
+    time, peak RSS, and per-stage figures."""
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     usage_file = run_dir.parent / f"{run_dir.name}.usage.json"
     usage_file.unlink(missing_ok=True)
     cmd = [sys.executable, "-c", LAUNCHER, str(usage_file), *exe, "run", "--model", str(model),
-           "--data", str(manifest), "--classes", str(classes), "--out", str(run_dir)]
+           "--data", str(manifest), "--classes", str(classes), "--out", str(run_dir),
+           *[arg for s in sets for arg in ("--set", s)]]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1)

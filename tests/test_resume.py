@@ -38,7 +38,7 @@ def test_sigkill_during_attribution_then_resume(audit_case, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "summary.json").exists(), "the run finished before it could be killed"
-    stored = sorted(p.name.replace(".files.json", ".npz") for p in out.glob("chunks/attribute-*/part-*.files.json"))
+    stored = sorted(p.name.replace(".files.json", ".json") for p in out.glob("chunks/attribute-*/part-*.files.json"))
     assert stored
 
     resumed = subprocess.run(audit_command(*_args(audit_case, out)), capture_output=True, text=True, timeout=600)

@@ -284,10 +284,18 @@ def test_finding_trust_badges():
         return Finding.from_json({"id": "F-1", "members": [str(r) for r in rows], "rows": rows,
                                   "verification": verification})
 
-    tested = finding([3, 5, 9], {"verified": True, "occlusion": {"lift": 0.1}, "transplant": {"lift": 0.5}})
+    tested = finding([3, 5, 9], {"verified": True, "occlusion": {"n": 8, "lift": 0.4, "se": 0.05},
+                                 "transplant": {"n": 8, "lift": 0.5, "se": 0.1}})
     t = finding_trust(config, tested, {3: 0.2, 5: 0.8, 9: None})
     assert t.to_json() == {"agreement": 0.5, "n_images": 2, "lift": 0.5, "agrees": True, "confirmed": True,
                            "level": "high"}
+    # a large lift that is not conclusive (lift - 3 se <= 0) confirms nothing
+    noisy = finding([3, 5], {"verified": True, "transplant": {"n": 8, "lift": 0.5, "se": 0.2}})
+    assert finding_trust(config, noisy, {3: 0.8}).confirmed is False
+    # hiding the region must undo the prediction too: pasting alone (a genuine feature) confirms nothing
+    noisy = finding([3, 5], {"verified": True, "occlusion": {"n": 8, "lift": 0.0, "se": 0.0},
+                             "transplant": {"n": 8, "lift": 0.5, "se": 0.1}})
+    assert finding_trust(config, noisy, {3: 0.8}).confirmed is False
     weak = finding_trust(config, finding([3], {"verified": False, "reason": "budget"}), {3: 0.2})
     assert weak.lift is None and weak.confirmed is None and weak.agrees is False and weak.level == "low"
     unverified = finding_trust(config, finding([5], {"verified": False}), {5: 0.8})

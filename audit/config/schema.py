@@ -125,6 +125,29 @@ class Verify:
                               "largest top-attributed region, as a share of the image")
     budget: float = setting(0.3, number(0, low_open=True, text="a number > 0"),
                             "at most this many model passes per attributed image, in all")
+    properties: bool = setting(True, FLAG, "also test image-property (global) cues: blur, colour cast, ...")
+    min_property_lift: float = setting(0.5, FRACTION,
+                                       "a property cue is confirmed when its shift beats the placebo by this")
+    min_effect: float = setting(1.0, number(0, low_open=True, text="a number > 0"),
+                                "a property is a candidate cue when members and clean images differ by this many SDs")
+
+
+@dataclass(frozen=True)
+class Strategies:
+    enabled: bool = setting(True, FLAG, "also audit correct predictions: what each class relies on")
+    max_per_class: int = setting(200, POSITIVE_INT, "correct predictions clustered per class (stratified by confidence)")
+    min_focus: float = setting(0.3, FRACTION, "a candidate cue is compact: members' mean focus at least this")
+    max_tested: int = setting(4, NON_NEGATIVE_INT, "strategy candidates tested by intervention, best first")
+    min_lift: float = setting(0.3, FRACTION,
+                              "kept when hiding and pasting the region both beat a random region by this")
+
+
+@dataclass(frozen=True)
+class Link:
+    enabled: bool = setting(True, FLAG, "link findings that share a cue and measure the cue's slice on all images")
+    min_share: float = setting(0.5, FRACTION, "same cue: at least this share of a finding's members carry it")
+    max_missing_share: float = setting(0.3, FRACTION,
+                                       "missing cue: at most this share of a group of the cue's class carry it")
 
 
 SPEARMAN = number(-1, 1, text="a number in [-1, 1]")
@@ -155,7 +178,7 @@ class Trust:
                                 "faithful: deletion and insertion AUC beat random maps' by more than this")
     min_agreement: float = setting(0.3, SPEARMAN,
                                    "a finding's maps agree: mean Spearman between methods (positive maps) >= this")
-    min_lift: float = setting(0.1, SPEARMAN, "a finding's cue is confirmed: best verification lift >= this")
+    min_lift: float = setting(0.1, SPEARMAN, "a cue is confirmed: conclusive occlusion and transplant lifts >= this")
 
 
 @dataclass(frozen=True)
@@ -289,6 +312,8 @@ class Settings:
     attribution: Attribution = section(Attribution)
     discovery: Discovery = section(Discovery)
     verify: Verify = section(Verify)
+    strategies: Strategies = section(Strategies)
+    link: Link = section(Link)
     trust: Trust = section(Trust)
     gates: Gates = section(Gates)
     baseline: Baseline = section(Baseline)

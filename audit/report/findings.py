@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from audit.report import internals, plots
+from audit.report import internals, plots, story
 from audit.report.assets import Assets
 from audit.report.fmt import finite, str_or_none
 from audit.report.images import image_view
@@ -47,6 +47,12 @@ def section(run: Run, assets: Assets) -> dict | None:
             "limits": {"fraction": plots.CUE_FRACTION}}
 
 
+def strategies(run: Run, assets: Assets) -> dict | None:
+    """"What the model relies on when it is right": the strategy findings (None when none)."""
+    found = [v for v in views(run, assets) if v["kind"] == "strategy"]
+    return {"strategies": found} if found else None
+
+
 def views(run: Run, assets: Assets) -> list[dict]:
     """The findings of ``run`` as the templates show them (pictures drawn once per render into ``assets``, then
     cached on the run), rank order; the first ``MAX_DETAILED_FINDINGS`` get pictures."""
@@ -54,6 +60,7 @@ def views(run: Run, assets: Assets) -> list[dict]:
         return run.cache["findings"]
     lut = plots.colour_table()
     with_internals = internals.finding_ids(run.dir, run.summary.get("findings") or [])
+    anchors = {f["id"]: f["anchor"] for f in run.findings}
     out = []
     for n, f in enumerate(run.findings):
         raw = f["raw"]
@@ -66,6 +73,7 @@ def views(run: Run, assets: Assets) -> list[dict]:
             "notes": [], "members": [], "eigen": None, "verify_plot": None,
             "internals_anchor": f"internals-{f['anchor']}" if f["id"] in with_internals else None,
         })
+        view.update(story.story_view(raw, anchors, lambda name, fig: assets.image(name, fig), f["anchor"]))
         exemplars = f["exemplar_rows"][:MAX_EXEMPLARS]
         for p, r in zip(f["members"], f["rows"]):
             info = run.info(r)

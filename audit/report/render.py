@@ -59,6 +59,7 @@ class Section:
 SECTIONS: list[Section] = [
     Section("summary", "Summary", summary.section),
     Section("findings", "Findings", findings.section),
+    Section("strategies", "What the model relies on when it is right", findings.strategies),
     Section("trust", "Trust", lambda run, assets: trust.context(run.summary, run.dir, assets.image)),
     Section("internals", "Model internals", internals.section),
     Section("confusion", "Confusion pairs", tables.confusion),

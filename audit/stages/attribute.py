@@ -5,10 +5,9 @@ Methods and their parameters come from ``attribution.methods`` and
 method's class in ``audit.explainers``). Each selected image is explained for its ``pair_label`` (the predicted class for
 an error, the runner-up for a low-confidence image, its own class for contrast).
 Maps are written to the run folder as float16 chunks (IG's with each image's
-completeness gap ``sum(map) - (f(x) - f(baseline))`` and ``f(x) - f(baseline)``); the partition returns only
-its semantic features, which are small: the target layer's activations pooled
-with the first method's positive map as weights (``[n, channels]``), so that a
-cue is described by what the model sees where it looks, wherever it sits.
+completeness gap ``sum(map) - (f(x) - f(baseline))`` and ``f(x) - f(baseline)``); the
+partition returns only the rows it explained. The semantic features discovery reads
+(what the model sees where it looks) come from the predict stage's fused pass.
 """
 from __future__ import annotations
 
@@ -25,13 +24,12 @@ from audit.data import load_images, preprocess
 from audit.errors import UsageError
 from audit.explainers import IntegratedGradients, get
 from audit.explainers.base import Explainer
-from audit.maps import attention_pooled
 from audit.model_io import classifier_for
 
 
 def attribute_partition(config: Config, root: Path, classes: list[str], part: pd.DataFrame,
-                        chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Write the maps of ``part`` (chunk number ``chunk``); return ``(rows [n], features [n, C])``.
+                        chunk: int) -> dict:
+    """Write the maps of ``part`` (chunk number ``chunk``); return the rows explained.
 
     Parameters
     ----------
@@ -48,9 +46,9 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
 
     Returns
     -------
-    (np.ndarray, np.ndarray)
-        int64 prediction ``rows [n]`` and float32 semantic ``features [n, C]``: the target
-        layer's ``C`` channels pooled with the first method's positive map.
+    dict
+        ``{"rows": [prediction row ids]}`` (the semantic features come from the predict
+        stage's fused pass, ``audit.stages.predict``).
     """
     classifier = classifier_for(config)
     images, _ = load_images(root, part["path"].tolist(), classifier.input_size,
@@ -59,8 +57,6 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
     lookup = {name: i for i, name in enumerate(classes)}
     targets = part["pair_label"].map(lookup).to_numpy(np.int32)
     rows = part["row"].to_numpy(np.int64)
-    batch = config.attribution.batch_size
-    first = None
     for method, explainer in explainers(config).items():
         if isinstance(explainer, IntegratedGradients):  # its completeness gap costs 2 passes here, not a re-read later
             maps, gap = explainer.explain_with_gap(classifier, images, targets)
@@ -69,14 +65,7 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
         else:
             maps = explainer.explain(classifier, images, targets)
             write_map_chunk(config.run_dir, method, chunk, rows, maps)
-        first = maps if first is None else first
-    if classifier.layer is None or not len(images):   # no target layer (a model loaded by signature): no features
-        return rows, np.zeros((len(images), 0), np.float32)
-    features = np.concatenate([
-        attention_pooled(classifier.logits_and_activations(images[i:i + batch])[1], first[i:i + batch])
-        for i in range(0, len(images), batch)
-    ])
-    return rows, features
+    return {"rows": rows.tolist()}
 
 
 def explainers(config: Config) -> dict[str, Explainer]:

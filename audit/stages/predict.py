@@ -3,6 +3,15 @@
 Each partition decodes its images, runs the model in batches and returns one row
 per image. An unreadable image, or one for which the model outputs a non-finite
 value, gets its reason in ``error`` and no prediction; the run goes on.
+
+The same pass (``Classifier.logits_and_cam``: the forward pass plus the short backward
+pass from the predicted logit to the target layer) keeps, for every image, its
+Grad-CAM at the target layer's resolution and its attention-pooled and max-pooled
+target-layer features, written to ``cams/`` (``audit.artifacts.write_cam_chunk``):
+discovery clusters correct predictions from them (strategies), the attribute stage
+reads its semantic features from them, and cue slices are measured on all images
+with them, without another pass over the data. A model without a target layer (no
+spatial layer to explain) gets logits only.
 """
 from __future__ import annotations
 
@@ -12,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from audit.config import Config
+from audit.artifacts import write_cam_chunk
 from audit.data import load_images, preprocess
 from audit.model_io import classifier_for
 
@@ -23,8 +33,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def predict_partition(config: Config, root: Path, classes: list[str], part: pd.DataFrame) -> pd.DataFrame:
+def predict_partition(config: Config, root: Path, classes: list[str], part: pd.DataFrame,
+                      chunk: int | None = None) -> pd.DataFrame:
     """Predictions for ``part`` (manifest rows with a ``row`` column).
+
+    With ``chunk`` (the partition's number), the fused pass's maps and features of the
+    readable images are written as ``cams/chunk-<chunk>.npz`` in the run folder.
 
     Returns the rows with ``label_idx``, ``predicted``, ``predicted_idx``,
     ``confidence`` (top-1 probability), ``margin`` (top-1 minus top-2),
@@ -48,9 +62,20 @@ def predict_partition(config: Config, root: Path, classes: list[str], part: pd.D
     logits = np.full((len(part), classifier.n_classes), np.nan, np.float32)
     batch = config.predict.batch_size
     index = np.flatnonzero(ok)
+    fused = chunk is not None and getattr(classifier, "layer", None) is not None
+    kept: list[tuple[np.ndarray, ...]] = []
     for start in range(0, len(index), batch):
-        chunk = index[start:start + batch]
-        logits[chunk] = classifier.logits(preprocess(images[chunk], config.data.preprocess))
+        at = index[start:start + batch]
+        x = preprocess(images[at], config.data.preprocess)
+        if fused:
+            logits[at], *extra = classifier.logits_and_cam(x)
+            kept.append((at, *extra))
+        else:
+            logits[at] = classifier.logits(x)
+    if fused and kept:
+        at = np.concatenate([k[0] for k in kept])
+        write_cam_chunk(config.run_dir, chunk, part["row"].to_numpy(np.int64)[at],
+                        *(np.concatenate([k[i] for k in kept]) for i in (1, 2, 3)))
     finite = np.isfinite(logits).all(axis=1)
     for i in np.flatnonzero(ok & ~finite):
         errors[i] = "model output is not finite (NaN or inf)"

@@ -27,8 +27,10 @@ and its maps for a random other class stay below
 ``trust.max_random_logit_spearman`` likewise. It is faithful when its deletion AUC is
 below, and its insertion AUC above, the random maps' by more than
 ``trust.min_margin``. A finding's maps agree when its members' mean agreement
-is at least ``trust.min_agreement``, and its cue is confirmed when its best
-verification lift (occlusion or transplant) is at least ``trust.min_lift``; its
+is at least ``trust.min_agreement``, and its cue is confirmed when its occlusion and
+transplant lifts (those that ran) are at least ``trust.min_lift``, or a property
+test's at least ``verify.min_property_lift``, each conclusive (``lift - 3 se > 0``;
+``audit.findings.Finding.confirmed``); its
 trust ``level`` is ``high`` when both hold, ``medium`` when one does, else ``low``.
 
 ``trust(...)`` returns the whole result (written to the run folder);
@@ -199,9 +201,9 @@ def finding_trust(config: Config, finding: Finding, agreement_by_row: dict[int, 
     values = [agreement_by_row.get(int(r)) for r in finding.rows]
     finite = [v for v in values if v is not None]
     mean = agreement.nanmean(finite) if finite else None
-    lift = finding.verification.best_lift if finding.verification is not None else None
+    lift = finding.best_lift
     agrees = None if mean is None else bool(mean >= config.trust.min_agreement)
-    confirmed = None if lift is None else bool(lift >= config.trust.min_lift)
+    confirmed = None if lift is None else finding.confirmed(config.trust.min_lift, config.verify.min_property_lift)
     level = ("low", "medium", "high")[int(bool(agrees)) + int(bool(confirmed))]
     return FindingTrust(agreement=_round(mean), n_images=len(finite), lift=_round(lift),
                         agrees=agrees, confirmed=confirmed, level=level)
