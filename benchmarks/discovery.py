@@ -34,6 +34,9 @@ victim class V, a finding of our audit *hits* when
 
 and it is ranked within ``k``: k = 1 for single-cue scenarios, 3 for ``clever-hans``
 (the strategy finding within the top 3) and ``two-cues`` (both cues within the top 3).
+The position counted is the finding's ``story`` when summary.json has one (findings
+linked by one cue rank together: the victims, the strategy and the missing-cue group
+are one story), else its ``rank``.
 Confirmed: the finding's ``trust.confirmed`` (best verification lift >=
 ``trust.min_lift``), else any verification test's lift >= ``MIN_LIFT``. Ring-shortcut
 also reports whether the missing-cue group (the best-ranked finding ``gravel -> x``
@@ -350,11 +353,14 @@ def score_ours(findings: list[dict], plant: S.Plant, k: int, pred: pd.DataFrame,
         kind = kind_of(f)
         if kind not in plant.kinds or (f["true_label"], f["predicted_label"]) != pair_of(plant, kind):
             continue
-        m = {"rank": f["rank"], "kind": kind, "id": f["id"], "confirmed": confirmed(f),
+        # the position that k counts: the finding's story (its group of findings linked by one cue,
+        # audit.stages.link: victims, strategy, missing-cue group) when summary.json has one, else its rank
+        place = f.get("story") or f["rank"]
+        m = {"rank": f["rank"], "story": f.get("story"), "kind": kind, "id": f["id"], "confirmed": confirmed(f),
              **match(finding_rows(f, row_of), cue_rows, targets_of(plant, kind, pred, cues))}
         if m["hit"] and first_hit is None:
             first_hit = m["rank"]
-        if f["rank"] <= k and (best is None or (m["hit"], m["recall"]) > (best["hit"], best["recall"])):
+        if place <= k and (best is None or (m["hit"], m["recall"]) > (best["hit"], best["recall"])):
             best = m
     return {"hit": bool(best and best["hit"]), "best": best, "first_hit_rank": first_hit}
 
