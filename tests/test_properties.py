@@ -123,12 +123,11 @@ def test_jpeg_quality_is_read_from_the_file(tmp_path):
 
 
 def test_every_shift_and_its_placebo_run():
-    from audit.image_properties import PLACEBO, SHIFTABLE, placebo
+    from audit.image_properties import SHIFTABLE, placebo
 
     images = np.stack([_texture(np.random.default_rng(2))]).astype(np.float32)
     names = {n for pair in SHIFTABLE.values() for n in pair if n is not None}
     for name in names:
-        assert placebo(name) in PLACEBO
         for which in (name, placebo(name)):
             out = shift(images, which, 0.5)
             assert out.shape == images.shape and out.dtype == np.float32 and 0 <= out.min() <= out.max() <= 255

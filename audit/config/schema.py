@@ -140,6 +140,8 @@ class Strategies:
     max_tested: int = setting(4, NON_NEGATIVE_INT, "strategy candidates tested by intervention, best first")
     min_lift: float = setting(0.3, FRACTION,
                               "kept when hiding and pasting the region both beat a random region by this")
+    min_gap: float = setting(0.15, FRACTION,
+                             "and when the class's accuracy without the cue is this much lower (or it explains errors)")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,10 @@ With it, on the whole data set:
   members carry it at most ``link.max_missing_share`` of the time, when the class
   does worse without the cue than with it (the cue's absence is the cause).
 
-Links are recorded on both findings (``related``). ``ranked_by_group`` then orders
+Links are recorded on both findings (``related``). A strategy linked to no error
+whose class does as well without the cue as with it (by less than
+``strategies.min_gap``) is dropped: the model has other evidence, so the cue is no
+shortcut. ``ranked_by_group`` then orders
 the findings so that each cue's story stays together: groups of linked findings by
 their best score; inside a group the error groups carrying the cue (the harm
 already done), then the strategy (the risk that explains them), then the groups
@@ -102,6 +105,8 @@ def link(config: Config, run_dir: Path, predictions: pd.DataFrame, findings: lis
     by_id = {f.id: f for f in findings}   # with their slices: a root is a finding with a working detector
     out = []
     for f in findings:
+        if f.kind == "strategy" and not related[f.id] and not _shortcut(config, f):
+            continue   # a cue the class does as well without, explaining no error: not a shortcut
         f = dataclasses.replace(f, related=tuple(related[f.id]))
         roots = [by_id[i] for i, r in f.related
                  if r == "missing_cue" and i in by_id and by_id[i].predicted_label == f.true_label
@@ -128,6 +133,15 @@ def _grown(finding: Finding, table: pd.DataFrame, members: np.ndarray, n_class: 
                                centrality=tuple(finding.centrality) + (min(finding.centrality, default=0.0),)
                                * (len(rows) - finding.size),
                                support=round(0.5 * len(rows) / max(n_class, 1), 6))
+
+
+def _shortcut(config: Config, finding: Finding) -> bool:
+    """A strategy linked to no error is kept when its slice shows the class does at least
+    ``strategies.min_gap`` worse without the cue (or when no slice could be measured)."""
+    s = finding.cue_slice
+    if s is None or s.accuracy_with is None or s.accuracy_without is None:
+        return True
+    return s.accuracy_with - s.accuracy_without >= config.strategies.min_gap
 
 
 def _conclusive(config: Config, finding: Finding) -> bool:
