@@ -59,7 +59,8 @@ def _wait_for(proc: subprocess.Popen, ready, what: str, timeout=300) -> None:
 
 def _parts(out: Path, stage: str) -> list[str]:
     """The committed partition outputs of ``stage`` (each has its record, written last)."""
-    return sorted(p.name.replace(".files.json", ".npz") for p in out.glob(f"chunks/{stage}-*/part-*.files.json"))
+    suffix = ".json" if stage == "attribute" else ".parquet"
+    return sorted(p.name.replace(".files.json", suffix) for p in out.glob(f"chunks/{stage}-*/part-*.files.json"))
 
 
 def _temporaries(out: Path) -> list[str]:
@@ -170,7 +171,7 @@ def test_damaged_chunk_is_named_by_render_and_recomputed_by_resume(audit_case, r
     resumed = _run(audit_case, out)
     assert resumed.returncode == 0, resumed.stderr
     assert "warning: maps/gradcam/chunk-00001.npz: " in resumed.stdout
-    assert "recomputing part-00001.npz" in resumed.stdout
+    assert "recomputing part-00001.json" in resumed.stdout
     n = len(_parts(out, "attribute"))
     assert f"reusing {n - 1} of {n} attribute chunks" in resumed.stdout
     with np.load(chunk) as got, np.load(reference / chunk.relative_to(out)) as want:   # recomputed exactly
