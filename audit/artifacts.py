@@ -107,7 +107,8 @@ def write_map_chunk(run_dir: Path, method: str, chunk: int, rows: np.ndarray, ma
 def write_cam_chunk(run_dir: Path, chunk: int, rows: np.ndarray, cam: np.ndarray, features: np.ndarray,
                     presence: np.ndarray) -> Path:
     """Store the predict stage's per-image Grad-CAM (``cam`` [n, h, w], predicted class, target-layer
-    resolution) and pooled target-layer ``features`` / ``presence`` ([n, c]) as float16."""
+    resolution) and pooled target-layer ``features`` / ``presence`` ([n, c]) as float16, in chunk number
+    ``chunk`` of the run folder ``run_dir`` (``rows``: int [n] prediction row ids); returns its path."""
     path = Path(run_dir) / CAMS / f"chunk-{chunk:05d}.npz"
     arrays = {"row": np.asarray(rows, np.int64), "cam": np.asarray(cam, np.float16),
               "features": np.asarray(features, np.float16), "presence": np.asarray(presence, np.float16)}
@@ -117,7 +118,7 @@ def write_cam_chunk(run_dir: Path, chunk: int, rows: np.ndarray, cam: np.ndarray
 
 def read_cams(run_dir: Path, what: str = "features", rows: np.ndarray | None = None,
               each: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One member of the stored cam chunks (``cam``, ``features`` or ``presence``), sorted by row:
+    """One member ``what`` of the cam chunks stored in ``run_dir`` (``cam``, ``features`` or ``presence``), by row:
     ``(rows int64 [n], values float32 [n, ...])``; ``rows`` keeps only those; ``each`` is applied
     per chunk (e.g. pooling). Empty arrays when the run has none (a model without a layer)."""
     chunks = sorted((Path(run_dir) / CAMS).glob("chunk-*[0-9].npz"))

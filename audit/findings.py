@@ -181,11 +181,13 @@ class PropertyTest:
     test: Intervention | None = None
 
     def to_json(self) -> dict:
+        """The test as its ``summary.json`` object."""
         return {"property": self.property, "effect": self.effect, "direction": self.direction,
                 "shift": self.shift, "strength": self.strength, "test": _json(self.test)}
 
     @classmethod
     def from_json(cls, data: dict | None) -> "PropertyTest | None":
+        """The test of a ``to_json`` ``data`` (unknown keys ignored), or None when ``data`` is not a dict."""
         if not isinstance(data, dict):
             return None
         return cls(**{**_fields(cls, data), "test": Intervention.from_json(data.get("test"))})
@@ -212,10 +214,12 @@ class CueSlice:
     check: dict | None = field(default=None, hash=False)
 
     def to_json(self) -> dict:
+        """The slice as its ``summary.json`` object (a ``dict`` of its fields)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, data: dict | None) -> "CueSlice | None":
+        """The slice of a ``to_json`` ``data`` (unknown keys ignored), or None when ``data`` is not a dict."""
         return cls(**_fields(cls, data)) if isinstance(data, dict) else None
 
 

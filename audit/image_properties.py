@@ -48,7 +48,7 @@ LADDER = (0.1, 0.2, 0.35, 0.5, 0.7, 1.0)   # strengths tried when calibrating a 
 
 
 def words(name: str, direction: str) -> str:
-    """Plain words for a property moving ``direction`` ("lower"/"higher"), e.g. ``"blurrier"``."""
+    """Plain words for property ``name`` moving ``direction`` ("lower"/"higher"), e.g. ``"blurrier"``."""
     table = MEASURES.get(name) or FILE_MEASURES[name]
     return table[1] if direction == "lower" else table[2]
 
@@ -118,7 +118,8 @@ _STD_LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60
 
 def shift(images: np.ndarray, name: str, strength: float, rng: np.random.Generator | None = None) -> np.ndarray:
     """``images`` ``[n, H, W, 3]`` (float RGB 0..255) moved by the shift ``name`` at ``strength``
-    (0..1, see each case); float32, clipped to 0..255."""
+    (0..1, see each case); float32, clipped to 0..255. ``rng`` draws the noise of a noise shift
+    (default ``default_rng(0)``)."""
     x = np.asarray(images, np.float32)
     if x.shape[-1] == 1:   # a grey model: shift the grey image as RGB, keep its grey
         return shift(np.repeat(x, 3, axis=-1), name, strength, rng).mean(axis=-1, keepdims=True)
@@ -174,7 +175,7 @@ def placebo(name: str) -> str:
 
 
 def calibrated(images: np.ndarray, name: str, column: int, goal: float) -> float:
-    """The strength of ``LADDER`` whose shift brings the median of property column ``column``
+    """The strength of ``LADDER`` whose shift ``name`` brings the median of property column ``column``
     of ``measure`` over ``images`` closest to ``goal`` (the members' median)."""
     best, error = LADDER[-1], np.inf
     for s in LADDER:

@@ -32,7 +32,8 @@ NEAREST_CLASSES = 1   # a strategy's cue is pasted onto clean images of this man
 
 
 class Predictions:
-    """The columns of the predictions table that verification reads, as numpy arrays."""
+    """The columns of the ``predictions`` table (predict stage) that verification reads, as numpy arrays;
+    ``probs`` float ``[n, K]`` (NaN rows for unreadable images)."""
 
     def __init__(self, predictions: pd.DataFrame):
         self.row = predictions["row"].to_numpy(np.int64)
@@ -60,12 +61,27 @@ class Predictions:
 
 
 def seed(config: Config, *parts: str) -> np.random.Generator:
+    """A generator seeded by ``config``'s ``seed`` and the SHA-1 of ``parts`` (e.g. "members", a finding ID)."""
     digest = hashlib.sha1("\n".join(parts).encode()).digest()
     return np.random.default_rng([config.seed, int.from_bytes(digest[:8], "little")])
 
 
 class RegionTest:
-    """The sequential tests of one finding: candidates in seeded order, outcomes so far."""
+    """The sequential tests of one finding: candidates in seeded order, outcomes so far.
+
+    Parameters
+    ----------
+    config : Config
+        ``verify.*``, ``select.margin`` and ``seed``.
+    finding : Finding
+        The finding tested (error group or strategy).
+    table : Predictions
+        The run's predictions.
+    map_of : dict of int to int
+        Prediction row -> index of its map.
+    target : int
+        Index of the finding's predicted class.
+    """
 
     def __init__(self, config: Config, finding: Finding, table: Predictions, map_of: dict[int, int], target: int):
         self.finding, self.target = finding, target
@@ -104,6 +120,7 @@ class RegionTest:
         return not (se <= self.max_se or abs(lift) > CONCLUSIVE * se)
 
     def active(self) -> bool:
+        """Whether another round may run: a test is still open (not conclusive, samples and candidates left)."""
         return not self.exhausted and any(self._open(t) for t in TESTS)
 
     def _sizes(self, samples: int) -> tuple[int, int]:
@@ -114,11 +131,13 @@ class RegionTest:
         return take_m, min(take_t, len(self.targets) - self.next_target)
 
     def round_cost(self, samples: int) -> int:
-        """Model passes of the next round: two per member and two per clean image."""
+        """Model passes of the next round of at most ``samples`` per test: two per member and two per clean
+        image."""
         return 2 * sum(self._sizes(samples))
 
     def next_round(self, samples: int) -> tuple[list[int], list[int]]:
-        """The members and clean images of the next round (members also serve as transplant sources)."""
+        """The members and clean images of the next round, at most ``samples`` each (members also serve as
+        transplant sources)."""
         take_m, take_t = self._sizes(samples)
         members = self.members[self.next_member:self.next_member + take_m]
         targets = self.targets[self.next_target:self.next_target + take_t]
@@ -129,7 +148,12 @@ class RegionTest:
     def inputs(self, members: list[int], targets: list[int], images: dict[int, np.ndarray], maps: np.ndarray,
                map_of: dict[int, int], config: Config) -> np.ndarray:
         """Model inputs of one round: occluded top, occluded random (per new tested member),
-        transplanted top, transplanted random (per clean image)."""
+        transplanted top, transplanted random (per clean image), float32 RGB 0..255.
+
+        ``members``, ``targets``: the round's rows (``next_round``); ``images``: decoded images by
+        row; ``maps``, ``map_of``: the first method's maps and their row index; ``config``:
+        ``discovery.grid`` and ``verify.max_area`` (regions by ``top_regions``).
+        """
         members = [r for r in members if r in images]
         own_maps = maps[[map_of[r] for r in members]]
         shape = images[members[0]].shape[:2] if members else None
@@ -171,7 +195,7 @@ class RegionTest:
         return out
 
     def record(self, probs: np.ndarray, presence: np.ndarray | None = None) -> None:
-        """Count one round's outcomes from its inputs' probabilities ``[n, K]`` (and keep the
+        """Count one round's outcomes from its inputs' probabilities ``probs`` ``[n, K]`` (and keep the
         target-layer ``presence`` ``[n, c]`` of the pasted images, for the cue detector)."""
         m, t = self._pending
         predicted = probs.argmax(axis=1)
@@ -191,7 +215,8 @@ class RegionTest:
         self.rounds += 1
 
     def detector(self, n_channels: int = 8) -> dict | None:
-        """A detector of the cue from the target-layer channels that pasting it switches on.
+        """A detector of the cue from the (at most ``n_channels``) target-layer channels that pasting it
+        switches on.
 
         Returns ``None`` without pasted images; else ``channels`` (int ``[k]``, the channels whose
         spatial maximum rises most, in standard deviations, when the top region rather than
@@ -216,7 +241,8 @@ class RegionTest:
         return {"channels": channels, "mean": mean, "scale": scale[channels], "top": score(top), "random": score(rnd)}
 
     def region_facts(self, images: dict[int, np.ndarray]) -> dict:
-        """Measured facts of the tested regions for the cue in words (``audit.cues.described``):
+        """Measured facts of the tested regions, from the decoded ``images`` by row, for the cue in words
+        (``audit.cues.described``):
         ``centres`` ``[m, 2]`` (y, x fractions), ``area`` (mean share of the image) and the mean
         RGB 0..255 ``inside`` the regions and of the whole images (``outside``)."""
         if not self.tested:
@@ -234,6 +260,8 @@ class RegionTest:
                 "outside": np.mean(whole, axis=0) if whole else None}
 
     def summary(self) -> Verification:
+        """The finding's ``Verification``: members tested, rounds, mean region area (share) and both tests'
+        rates."""
         mean_area = round(float(np.mean([self.cores[r].mean() for r in self.tested])), 4) if self.tested else None
         why = "no member with a positive map to test" if self.strategy else \
             "no misclassified member with a positive map to test"
@@ -250,6 +278,8 @@ def _lift(top: list[bool], rnd: list[bool]) -> tuple[float, float]:
 
 
 def rates(top: list[bool], rnd: list[bool]) -> Intervention:
+    """An ``Intervention`` from paired outcomes ``top`` / ``rnd`` (flipped with the top / a random region):
+    counts, rates (0..1), lift and its standard error; empty for no pair."""
     n = len(top)
     if n == 0:
         return Intervention()
@@ -260,7 +290,8 @@ def rates(top: list[bool], rnd: list[bool]) -> Intervention:
 
 
 def load(config: Config, root: Path, classifier, table: Predictions, rows: list[int]) -> dict[int, np.ndarray]:
-    """Decoded images of ``rows`` (float32 RGB 0..255 at the model's input size, before its
+    """Decoded images of ``rows`` (paths from ``table``, under ``root``; ``config``'s ``data.max_pixels``; the
+    ``classifier``'s input size), float32 RGB 0..255 at the model's input size, before its
     preprocessing), by row id (unreadable images left out); decoded in two threads (Pillow
     releases the GIL while decoding)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -278,7 +309,8 @@ def load(config: Config, root: Path, classifier, table: Predictions, rows: list[
 
 
 def predict(classifier, inputs: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray | None]:
-    """Probabilities ``[n, K]`` of ``inputs`` ``[n, H, W, C]`` (float RGB 0..255, preprocessed here)
+    """Probabilities ``[n, K]`` from ``classifier`` of ``inputs`` ``[n, H, W, C]`` (float RGB 0..255, preprocessed
+    here by ``config``'s ``data.preprocess``, ``predict.batch_size`` per call)
     and, when the model has a target layer, each image's channel ``presence`` ``[n, c]``."""
     batch = config.predict.batch_size
     if len(inputs) == 0:

@@ -134,6 +134,8 @@ class Verify:
 
 @dataclass(frozen=True)
 class Strategies:
+    """``strategies:`` the audit of correct predictions: which cues each class relies on."""
+
     enabled: bool = setting(True, FLAG, "also audit correct predictions: what each class relies on")
     max_per_class: int = setting(200, POSITIVE_INT, "correct predictions clustered per class (stratified by confidence)")
     min_focus: float = setting(0.3, FRACTION, "a candidate cue is compact: members' mean focus at least this")
@@ -146,6 +148,8 @@ class Strategies:
 
 @dataclass(frozen=True)
 class Link:
+    """``link:`` findings that share a cue, and the cue's slice of the whole data set."""
+
     enabled: bool = setting(True, FLAG, "link findings that share a cue and measure the cue's slice on all images")
     min_share: float = setting(0.5, FRACTION, "same cue: at least this share of a finding's members carry it")
     max_missing_share: float = setting(0.3, FRACTION,

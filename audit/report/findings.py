@@ -48,7 +48,8 @@ def section(run: Run, assets: Assets) -> dict | None:
 
 
 def strategies(run: Run, assets: Assets) -> dict | None:
-    """"What the model relies on when it is right": the strategy findings (None when none)."""
+    """"What the model relies on when it is right": the strategy findings of ``run`` (pictures into
+    ``assets``), None when none."""
     found = [v for v in views(run, assets) if v["kind"] == "strategy"]
     return {"strategies": found} if found else None
 

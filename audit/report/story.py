@@ -17,7 +17,8 @@ RELATIONS = {"same_cue": "same cue", "missing_cue": "the cue's absence"}
 
 
 def title(raw: dict) -> str:
-    """A finding's one line in words: ``"bathroom relies on: a small cyan patch ..."`` for a
+    """The one line in words of ``raw`` (a summary.json finding):
+    ``"bathroom relies on: a small cyan patch ..."`` for a
     strategy, ``"pool called bathroom: ..."`` for an error group (the cue text when known)."""
     cue = (raw.get("cue") or {}).get("text")
     if raw.get("kind") == "strategy":
@@ -27,7 +28,11 @@ def title(raw: dict) -> str:
 
 
 def story_view(raw: dict, anchors: dict[str, str], image: Callable[[str, Figure], str], anchor: str) -> dict:
-    """The parts of a finding's section that tell its story (see the module docstring)."""
+    """The parts of a finding's section that tell its story (see the module docstring).
+
+    ``raw``: the summary.json finding; ``anchors``: finding ID -> anchor of related findings;
+    ``image``: ``(name, figure) -> src``; ``anchor``: this finding's anchor (names its pictures).
+    """
     related = []
     for r in raw.get("related") or []:
         rid, relation = (r.get("id"), r.get("relation")) if isinstance(r, dict) else (r, None)
@@ -49,7 +54,8 @@ def story_view(raw: dict, anchors: dict[str, str], image: Callable[[str, Figure]
 
 
 def slice_bars(s: dict) -> Figure:
-    """Two bars: the class's accuracy on its images with the cue and without it."""
+    """Two bars: the class's accuracy (0..1) on its images with the cue and without it (``s``: the
+    finding's ``cue_slice``)."""
     from audit.report.plots import _new_figure
 
     fig = _new_figure(3.0, 1.4)

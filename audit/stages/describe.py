@@ -37,6 +37,10 @@ def described(config: Config, finding: Finding, facts: dict, detector: dict | No
 
     Parameters
     ----------
+    config : Config
+        ``trust.min_lift`` and ``verify.min_property_lift``.
+    finding : Finding
+        A verified finding.
     facts : ``RegionTest.region_facts``: ``centres`` float ``[m, 2]`` (y, x fractions),
         ``area`` (share 0..1), ``inside`` / ``outside`` mean RGB 0..255 (or None); empty
         when no member had a region.
@@ -70,7 +74,7 @@ def described(config: Config, finding: Finding, facts: dict, detector: dict | No
 
 
 def place(centres: np.ndarray) -> str:
-    """Where regions with centres ``[m, 2]`` (y, x fractions of the image) sit, in words."""
+    """Where regions with ``centres`` ``[m, 2]`` (y, x fractions of the image) sit, in words."""
     centres = np.asarray(centres, float)
     mean = centres.mean(axis=0)
     if len(centres) > 1 and np.linalg.norm(centres - mean, axis=1).mean() > SCATTERED:
@@ -86,7 +90,7 @@ def place(centres: np.ndarray) -> str:
 
 
 def colour_name(rgb: np.ndarray) -> str:
-    """A plain colour name for an RGB 0..255 triple."""
+    """A plain colour name for ``rgb``, an RGB 0..255 triple."""
     r, g, b = (float(v) / 255 for v in rgb[:3])
     hue, light, sat = colorsys.rgb_to_hls(r, g, b)
     if sat < 0.2 or light < 0.12 or light > 0.9:

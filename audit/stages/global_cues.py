@@ -37,6 +37,16 @@ def property_tests(config: Config, root: Path, classifier, table: Predictions, p
 
     Parameters
     ----------
+    config : Config
+        ``verify.*`` and ``data.*`` settings.
+    root : Path
+        Folder the manifest paths are relative to.
+    classifier : audit.model_io.Classifier
+        The model.
+    table : Predictions
+        The run's predictions.
+    finding : Finding
+        The finding whose properties are tested.
     plan : the finding's region test (its members and clean images, in seeded order).
     images : decoded images (float RGB 0..255, model input size) by row id; extended here.
     """

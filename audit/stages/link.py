@@ -46,13 +46,17 @@ MIN_CHECK = 0.6
 
 
 def scores(detector: dict, presence: np.ndarray) -> np.ndarray:
-    """Detector scores ``[n]`` of images with channel ``presence`` ``[n, c]``."""
+    """``detector`` (``RegionTest.detector``) scores ``[n]`` of images with channel ``presence`` ``[n, c]``."""
     channels = detector["channels"]
     return ((presence[:, channels] - detector["mean"]) / detector["scale"]).mean(axis=1)
 
 
 def link(config: Config, run_dir: Path, predictions: pd.DataFrame, findings: list[Finding]) -> list[Finding]:
-    """The findings with ``cue_slice`` and ``related`` set, ordered by ``ranked_by_group``."""
+    """The ``findings`` with ``cue_slice`` and ``related`` set, ordered by ``ranked_by_group``.
+
+    ``config``: ``link.*``; ``run_dir``: the run folder (stored target-layer presence);
+    ``predictions``: the predict stage's table.
+    """
     if not config.link.enabled:
         return findings
     rows, presence = artifacts.read_cams(run_dir, "presence")
@@ -154,7 +158,7 @@ def _rate(hits: np.ndarray) -> float | None:
 
 
 def ranked_by_group(findings: list[Finding]) -> list[Finding]:
-    """Findings numbered from rank 1: groups of linked findings by their best score; inside a
+    """``findings`` numbered from rank 1: groups of linked findings by their best score; inside a
     group, error findings carrying the cue, then strategies, then the groups its absence
     explains (linked by ``missing_cue`` only), each best first. ``story`` numbers the groups
     (a finding linked to none is a story of its own)."""

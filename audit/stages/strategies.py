@@ -35,6 +35,7 @@ def strategy_pool(config: Config, predictions: pd.DataFrame) -> pd.DataFrame:
 
     Parameters
     ----------
+    config : the run's settings (``strategies.*``).
     predictions : the predict stage's table (``row``, ``path``, ``label``, ``predicted``,
         ``confidence``, ``error``).
 
@@ -64,6 +65,8 @@ def discover_strategies(config: Config, predictions: pd.DataFrame, pool: pd.Data
 
     Parameters
     ----------
+    config : the run's settings (``strategies.*``, ``discovery.*``).
+    predictions : the predict stage's table.
     pool : ``strategy_pool``'s table.
     cam_rows, cams : int ``[n]`` row ids and float ``[n, G, G]`` Grad-CAMs of the pool's
         images (predicted class), pooled to ``discovery.grid`` cells.
@@ -98,7 +101,8 @@ def discover_strategies(config: Config, predictions: pd.DataFrame, pool: pd.Data
 
 
 def kept(config: Config, findings: list[Finding]) -> tuple[list[Finding], int]:
-    """The verified findings without the strategies that intervention did not confirm.
+    """The verified ``findings`` without the strategies that intervention did not confirm (``config``:
+    ``strategies.min_lift``).
 
     A strategy stays when hiding its region and pasting it both beat a random region by
     at least ``strategies.min_lift`` with ``lift - 3 se > 0`` (``Verification.confirmed``),
