@@ -137,7 +137,9 @@ class FindingTrust:
 
     ``agreement``: members' mean Spearman between methods (over ``n_images``);
     ``lift``: best verification lift; ``agrees`` / ``confirmed``: each against its
-    threshold (None when not measured); ``level``: high (both), medium (one) or low.
+    threshold (None when not measured); ``level``: high (both), medium (one) or low,
+    never high when ``limits`` (why not, in words) is not empty; ``text``: the judgement
+    in plain words.
     """
 
     agreement: float | None
@@ -146,6 +148,8 @@ class FindingTrust:
     agrees: bool | None
     confirmed: bool | None
     level: str
+    text: str | None = None
+    limits: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         """The record as its ``summary.json`` object (a ``dict`` of its fields)."""
@@ -157,7 +161,9 @@ class FindingTrust:
         if not isinstance(data, dict):
             return None
         values = {"agreement": None, "n_images": 0, "lift": None, "agrees": None, "confirmed": None, "level": "low"}
-        return cls(**{**values, **_fields(cls, data)})
+        values = {**values, **_fields(cls, data)}
+        values["limits"] = tuple(values.get("limits") or ())
+        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ def test_bad_images_are_recorded_and_the_run_completes(audit_case, tmp_path):
     result = subprocess.run(audit_command("run", "--model", audit_case / "model.keras", "--data",
                                           data / "manifest.csv", "--classes", audit_case / "classes.txt",
                                           "--out", out), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr   # the run completes; the unreadable share fails its gate
     assert "1 duplicate row(s) ignored" in result.stdout
     predictions = pd.read_parquet(out / "predictions.parquet").set_index("path")
     assert len(predictions) == len(rows) - 1
@@ -95,6 +95,10 @@ def test_bad_images_are_recorded_and_the_run_completes(audit_case, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"]["n_unreadable"] == len(UNREADABLE)
     assert summary["metrics"]["n_images"] == len(rows) - 1
+    gate = {g["name"]: g for g in summary["gates"]}["max_unreadable_rate"]
+    assert not gate["passed"] and gate["value"] == pytest.approx(len(UNREADABLE) / (len(rows) - 1), abs=1e-6)
+    unreadable = {c["check"]: c for c in summary["soundness"]}["unreadable"]
+    assert not unreadable["ok"] and f"{len(UNREADABLE)} of {len(rows) - 1} images" in unreadable["message"]
 
 
 def test_decoding_follows_viewers(tmp_path):
@@ -211,10 +215,13 @@ def test_bad_data_set_or_model_exits_2_before_any_work(audit_case, tmp_path, cap
 
 def test_model_that_outputs_nan_is_recorded_per_image(audit_case, tmp_path):
     result = _run(audit_case, tmp_path, "--model", _model_file(tmp_path, "nan"))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr   # every image unreadable: the default gate fails the run
     predictions = pd.read_parquet(tmp_path / "run" / "predictions.parquet")
     assert (predictions["error"].dropna().str.contains("not finite|cannot identify")).all()
     assert predictions["error"].str.contains("not finite").sum() == len(predictions) - 1
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["verdict"]["state"] == "nothing_found" and not summary["verdict"]["sound"]
+    assert "nothing was audited" in result.stdout and "gate failed: max_unreadable_rate" in result.stdout
 
 
 def test_unwritable_output_folder_exits_2(audit_case, tmp_path):

@@ -231,7 +231,8 @@ def test_gates_respect_status_triage_and_baseline():
                      "max_finding_score": (False, 0.5),          # the suppressed 0.9 is ignored
                      "max_new_finding_score": (True, 0.2),       # acknowledged and persisting ignored
                      "max_pair_error_rate_increase": (False, pytest.approx(0.3)),
-                     "min_verification_lift": (True, 0.9)}       # the suppressed lift 1.0 is ignored
+                     "min_verification_lift": (True, 0.9),       # the suppressed lift 1.0 is ignored
+                     "max_unreadable_rate": (True, 0.0)}         # on by default
     assert summary["status"] == "fail"
     assert summary["baseline"] == {"run_id": "b", "run_dir": "b"}
     assert summary["pairs"][0]["baseline_error_rate"] == 0.1
@@ -239,7 +240,7 @@ def test_gates_respect_status_triage_and_baseline():
     plain = [_finding("F-1", score=0.3)]
     summary = summarize(_config(max_pair_error_rate_increase=0.1, max_new_finding_score=0.25), predictions,
                         SELECTION, plain)
-    assert [g["name"] for g in summary["gates"]] == ["max_new_finding_score"]
+    assert [g["name"] for g in summary["gates"]] == ["max_new_finding_score", "max_unreadable_rate"]
     assert summary["status"] == "fail" and plain[0].status == "new" and summary["baseline"] is None
 
 

@@ -252,13 +252,15 @@ def test_render_writes_index(rendered):
     assert index == run_dir / "index.html"
     assert html.startswith("<!DOCTYPE html>")
     assert "run-test-001" in html
+    gate_status = [a for t, a in page.tags if a.get("id") == "gate-status"]
+    assert gate_status and "fail" in gate_status[0]["class"].split()
     verdict = [a for t, a in page.tags if a.get("id") == "verdict"]
-    assert verdict and "fail" in verdict[0]["class"].split()
+    assert verdict and verdict[0]["data-state"] in ("cue_found", "suspicious")
     metrics = {a["data-metric"] for a in page.find("div") if "data-metric" in a}
     assert {"n_images", "n_unreadable", "accuracy", "n_selected"} <= metrics
     assert "66.7%" in html  # accuracy 10/15
     # the summary comes first: verdict, gates, changes, top findings before any finding section
-    assert html.index('id="verdict"') < html.index('id="gates"') < html.index('id="changes"') \
+    assert html.index('id="verdict"') < html.index('id="gate-status"') < html.index('id="gates"') < html.index('id="changes"') \
         < html.index('id="top-findings"') < html.index(f'id="{F1}"')
     assert "No baseline" in html
 
@@ -435,9 +437,10 @@ def test_junit_xml(rendered):
     run_dir = rendered[0]
     root = ET.parse(run_dir / "junit.xml").getroot()
     suite = root.find("testsuite")
-    assert suite.get("tests") == "2" and suite.get("failures") == "1"
+    assert suite.get("tests") == "3" and suite.get("failures") == "1"
     cases = {c.get("name"): c for c in suite.findall("testcase")}
-    assert set(cases) == {"accuracy", "max_finding_size"}
+    assert set(cases) == {"verdict", "accuracy", "max_finding_size"}   # the verdict: never an empty suite
+    assert cases["verdict"].find("failure") is None and "pool called bathroom" in cases["verdict"].findtext("system-out")
     assert cases["accuracy"].find("failure") is not None
     assert "0.667" in cases["accuracy"].find("failure").get("message")
     assert cases["max_finding_size"].find("failure") is None

@@ -279,7 +279,7 @@ def test_finding_trust_badges():
     from audit.findings import Finding
     from audit.stages.trust import finding_trust
 
-    config = resolve(sets=["trust.min_agreement=0.4", "trust.min_lift=0.2"])
+    config = resolve(sets=["trust.min_agreement=0.4", "trust.min_lift=0.2", "trust.min_size=3"])
     def finding(rows, verification):
         return Finding.from_json({"id": "F-1", "members": [str(r) for r in rows], "rows": rows,
                                   "verification": verification})
@@ -288,7 +288,8 @@ def test_finding_trust_badges():
                                  "transplant": {"n": 8, "lift": 0.5, "se": 0.1}})
     t = finding_trust(config, tested, {3: 0.2, 5: 0.8, 9: None})
     assert t.to_json() == {"agreement": 0.5, "n_images": 2, "lift": 0.5, "agrees": True, "confirmed": True,
-                           "level": "high"}
+                           "level": "high", "limits": (),
+                           "text": "the maps agree and the region was not tested by intervention"}
     # a large lift that is not conclusive (lift - 3 se <= 0) confirms nothing
     noisy = finding([3, 5], {"verified": True, "transplant": {"n": 8, "lift": 0.5, "se": 0.2}})
     assert finding_trust(config, noisy, {3: 0.8}).confirmed is False
@@ -296,6 +297,15 @@ def test_finding_trust_badges():
     noisy = finding([3, 5], {"verified": True, "occlusion": {"n": 8, "lift": 0.0, "se": 0.0},
                              "transplant": {"n": 8, "lift": 0.5, "se": 0.1}})
     assert finding_trust(config, noisy, {3: 0.8}).confirmed is False
+    # never high below trust.min_size, nor when the method driving discovery fails its own checks
+    small = finding_trust(resolve(sets=["trust.min_agreement=0.4", "trust.min_lift=0.2", "trust.min_size=4"]),
+                          tested, {3: 0.2, 5: 0.8, 9: None})
+    assert small.level == "medium" and small.limits == ("only 3 images (trust.min_size 4)",)
+    unfaithful = finding_trust(config, tested, {3: 0.2, 5: 0.8}, {"faithful": False, "sanity": True})
+    assert unfaithful.level == "medium" and "gradcam, which drives discovery, fails faithfulness" in unfaithful.text
+    measured = finding([3, 5, 9], {"verified": True, "occlusion": {"n": 32, "flipped": 32, "lift": 0.9}})
+    assert finding_trust(config, measured, {3: 0.5}).text == \
+        "the maps agree and hiding the region flips 100% of 32 images"
     weak = finding_trust(config, finding([3], {"verified": False, "reason": "budget"}), {3: 0.2})
     assert weak.lift is None and weak.confirmed is None and weak.agrees is False and weak.level == "low"
     unverified = finding_trust(config, finding([5], {"verified": False}), {5: 0.8})

@@ -17,6 +17,7 @@ from audit.config.checks import (FLAG, FRACTION, NON_NEGATIVE_INT, POSITIVE_INT,
                                  text)
 
 PREPROCESS = ("none", "unit", "symmetric", "imagenet", "tf", "torch", "caffe")
+SOUNDNESS_CHECKS = ("chance", "class_order", "unreadable", "small_findings", "pair_size")   # audit.soundness
 
 
 def setting(default: Any, check: Check, doc: str, *, path: bool = False, mapping: bool = False) -> Any:
@@ -185,6 +186,8 @@ class Trust:
     min_agreement: float = setting(0.3, SPEARMAN,
                                    "a finding's maps agree: mean Spearman between methods (positive maps) >= this")
     min_lift: float = setting(0.1, SPEARMAN, "a cue is confirmed: conclusive occlusion and transplant lifts >= this")
+    min_size: int = setting(8, POSITIVE_INT,
+                            "smaller findings (or verified on fewer images) cannot be trusted high nor found")
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,23 @@ class Gates:
     min_verification_lift: float | None = setting(
         None, optional(number(0, 1, low_open=True, text="a float in (0, 1]"), "a float in (0, 1] or null"),
         "fail when a finding (not suppressed) is verified with at least this lift")
+    max_unreadable_rate: float | None = setting(0.05, optional(FRACTION, "a float in [0, 1] or null"),
+                                                "fail when more than this share of the images cannot be read")
+    soundness: tuple[str, ...] = setting((), Check(lambda v: isinstance(v, (list, tuple)) and all(
+        c in SOUNDNESS_CHECKS for c in v), "a list of: " + ", ".join(SOUNDNESS_CHECKS)),
+        "soundness checks whose warning fails the run, e.g. [chance, class_order]")
+
+
+@dataclass(frozen=True)
+class Soundness:
+    chance_margin: float = setting(0.1, FRACTION, "warn when accuracy is within this of the largest class's share")
+    uniform_ratio: float = setting(1.5, number(1, text="a number >= 1"),
+                                   "warn when the mean top probability is below this / number of classes")
+    class_order_gain: float = setting(0.2, number(0, 1, low_open=True, text="a float in (0, 1]"),
+                                      "warn when renaming the outputs raises accuracy by this much")
+    max_unreadable_rate: float = setting(0.05, FRACTION, "warn when more than this share of images is unreadable")
+    min_clusterable_share: float = setting(0.5, FRACTION,
+                                           "warn when fewer selected images sit in pairs large enough to cluster")
 
 
 @dataclass(frozen=True)
@@ -268,6 +288,10 @@ class Report:
     templates: str | None = setting(None, optional(text("a folder path"), "a folder path or null"),
                                     "folder of template overrides searched before the shipped templates/",
                                     path=True)
+    url: str | None = setting(None, optional(text("a URL"), "a URL or null"),
+                              "where the report is published (absolute link in summary.md and summary.json)")
+    summary_format: str = setting("md", choice("md", "slack"),
+                                  "md: summary.md with tables | slack: no tables, for chat")
 
 
 @dataclass(frozen=True)
@@ -322,6 +346,7 @@ class Settings:
     link: Link = section(Link)
     trust: Trust = section(Trust)
     gates: Gates = section(Gates)
+    soundness: Soundness = section(Soundness)
     baseline: Baseline = section(Baseline)
     triage: Triage = section(Triage)
     history: History = section(History)

@@ -33,7 +33,8 @@ def md(text) -> str:
 def summary_markdown(view: dict, report_name: str = "index.html") -> str:
     """summary.md text from ``view``, an ``audit.report.summary.summary_view``, linking to ``report_name``."""
     status = view["status"].upper()
-    lines = [f"## cnn-audit {md(view['run_id'])}: **{status}**", ""]
+    lines = [f"## cnn-audit {md(view['run_id'])}: **{status}**", "", f"**{md(view['verdict']['text'])}**", ""]
+    lines += _warnings(view)
     gates = view["gates"]
     if view["failed_gates"]:
         lines.append(f"{len(view['failed_gates'])} of {len(gates)} gate(s) failed: "
@@ -82,18 +83,57 @@ def summary_markdown(view: dict, report_name: str = "index.html") -> str:
     return "\n".join(lines)
 
 
+def _warnings(view: dict) -> list[str]:
+    """The soundness warnings and expired triage entries as Markdown list lines (and a blank line)."""
+    lines = [f"- warning: {md(c['message'])}" for c in view["soundness"]]
+    lines += [f"- triage entry {md(e.get('id'))} ({md(e.get('action'))}) expired on {md(e.get('expires'))}: "
+              "no longer applied" for e in view["triage_expired"]]
+    return lines + [""] if lines else []
+
+
+def summary_slack(view: dict, report_link: str) -> str:
+    """The chat variant of summary.md (``report.summary_format: slack``): no tables, one line per item,
+    the report as an absolute link when ``report.url`` is set."""
+    status = view["status"].upper()
+    lines = [f"*cnn-audit {_clean(view['run_id'])}: {status}*", _clean(view["verdict"]["text"])]
+    lines += [f"• :warning: {_clean(c['message'])}" for c in view["soundness"]]
+    lines += [f"• triage entry {_clean(e.get('id'))} expired on {_clean(e.get('expires'))}: no longer applied"
+              for e in view["triage_expired"]]
+    failed = view["failed_gates"]
+    lines.append(f"Gates: {len(failed)} of {len(view['gates'])} failed ({', '.join(map(_clean, failed))})" if failed
+                 else f"Gates: all {len(view['gates'])} passed" if view["gates"] else "Gates: none configured")
+    metrics = {m["key"]: m["value"] for m in view["metrics"]}
+    lines.append(f"{metrics.get('n_images', '—')} images, accuracy {metrics.get('accuracy', '—')}, "
+                 f"{metrics.get('n_unreadable', '—')} unreadable, {view['n_findings']} finding(s)")
+    for f in view["top_findings"]:
+        lines.append(f"• #{f['rank']} {_clean(f['id'])} {_clean(f['true_label'])} → {_clean(f['predicted_label'])}, "
+                     f"{fmt_num(f['size'])} images, {_clean(f['verification'])}")
+    c = view["changes"]
+    if c["has_baseline"]:
+        lines.append(f"Since {_clean(c['run_id'])}: {len(c['new'])} new, {len(c['persisting'])} persisting, "
+                     f"{len(c['resolved'])} resolved")
+    lines.append(f"Report: {report_link}")
+    return "\n".join(lines) + "\n"
+
+
 def _clean(text) -> str:
     return _XML_BAD.sub("", str(text))
 
 
 def junit_xml(view: dict) -> bytes:
-    """junit.xml bytes (UTF-8) from ``view``, an ``audit.report.summary.summary_view``: one test case per gate."""
+    """junit.xml bytes (UTF-8) from ``view``, an ``audit.report.summary.summary_view``: the verdict
+    (always: a CI's junit step rejects a file without test cases; it passes, its text in
+    ``system-out``), then one test case per gate."""
     gates = view["gates"]
     failures = sum(1 for g in gates if g["passed"] is False)
     suite_name = _clean(f"cnn-audit {view['run_id']}")
-    suites = ET.Element("testsuites", name="cnn-audit", tests=str(len(gates)), failures=str(failures))
-    suite = ET.SubElement(suites, "testsuite", name=suite_name, tests=str(len(gates)), failures=str(failures),
+    n = str(len(gates) + 1)
+    suites = ET.Element("testsuites", name="cnn-audit", tests=n, failures=str(failures))
+    suite = ET.SubElement(suites, "testsuite", name=suite_name, tests=n, failures=str(failures),
                           errors="0", skipped=str(sum(1 for g in gates if g["passed"] is None)))
+    case = ET.SubElement(suite, "testcase", classname="cnn-audit.verdict", name="verdict")
+    ET.SubElement(case, "system-out").text = _clean("\n".join([view["verdict"]["text"]]
+                                                               + [c["message"] for c in view["soundness"]]))
     for g in gates:
         case = ET.SubElement(suite, "testcase", classname="cnn-audit.gates", name=_clean(g["name"]))
         detail = f"value {fmt_num(g['value'])}, threshold {fmt_num(g['threshold'])}"
@@ -108,13 +148,17 @@ def junit_xml(view: dict) -> bytes:
     return ET.tostring(suites, encoding="utf-8", xml_declaration=True)
 
 
-def write(run_dir: Path, view: dict, report_name: str = "index.html") -> list[Path]:
+def write(run_dir: Path, view: dict, report_name: str = "index.html", summary_format: str = "md",
+          url: str | None = None) -> list[Path]:
     """Write summary.md and junit.xml of ``view`` into the run folder ``run_dir`` (atomically); returns their
     paths.
 
-    ``report_name`` is the report file summary.md links to.
+    ``report_name`` is the report file summary.md links to; ``summary_format``: ``md`` (tables) or
+    ``slack`` (no tables, for chat); ``url``: the published report, linked instead when set.
     """
     md_path, xml_path = Path(run_dir) / SUMMARY_MD, Path(run_dir) / JUNIT_XML
-    write_atomic(md_path, summary_markdown(view, report_name))
+    text = (summary_slack(view, url or str((Path(run_dir) / report_name).resolve())) if summary_format == "slack"
+            else summary_markdown(view, url or report_name))
+    write_atomic(md_path, text)
     write_atomic(xml_path, junit_xml(view))
     return [md_path, xml_path]

@@ -126,7 +126,7 @@ def _render(run_dir: Path, layout: str | None, warn: Callable[[str], None], temp
     out = run_dir / INDEX
     integrity.write_atomic(out, html)
     assets.prune()
-    outputs.write(run_dir, head, INDEX)
+    outputs.write(run_dir, head, INDEX, run.config.report.summary_format, run.config.report.url)
     size = out.stat().st_size + (assets.bytes if layout == "folder" else 0)
     budget = run.config.report.max_bytes
     if size > budget:

@@ -6,6 +6,7 @@ always agree.
 """
 from __future__ import annotations
 
+from audit import verdict as verdict_module
 from audit.report import findings as findings_module
 from audit.report.assets import Assets
 from audit.report.fmt import correct_mask, finite, fmt_num, fmt_pct, readable_mask, str_or_none
@@ -39,6 +40,10 @@ def summary_view(run: Run) -> dict:
                     "verification": findings_module.verification_text(
                         findings_module.verification(f["raw"]))})
     return {
+        "verdict": verdict_of(run),
+        "soundness": [c for c in s.get("soundness") or [] if isinstance(c, dict) and c.get("ok") is False],
+        "triage_expired": [e for e in s.get("triage_expired") or [] if isinstance(e, dict)],
+        "report": s.get("report"),
         "run_id": str(s.get("run_id") or run.run.get("run_id") or run.dir.name),
         "created": run.run.get("created"),
         "status": status if status in ("pass", "fail") else "unknown",
@@ -51,6 +56,15 @@ def summary_view(run: Run) -> dict:
         "changes": changes(run),
         "not_computed": [str(line) for line in run.run.get("not_computed") or []],
     }
+
+
+def verdict_of(run: Run) -> dict:
+    """summary.json's ``verdict``; for a run written before it existed, the same from its findings."""
+    v = run.summary.get("verdict")
+    if isinstance(v, dict) and v.get("state") in verdict_module.STATES and v.get("text"):
+        return v
+    findings = [f for f in run.summary.get("findings") or [] if isinstance(f, dict)]
+    return verdict_module.verdict(findings, run.summary.get("soundness"), run.config.trust.min_size)
 
 
 def _name(path) -> str | None:

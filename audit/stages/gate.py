@@ -12,13 +12,26 @@ Gates come from config (``gates.*``; ``null`` disables one). The run's status is
 * ``min_verification_lift``: the largest verified causal lift (``causal``) of a
   finding not suppressed; fails when it reaches the threshold, i.e. when a cue is
   confirmed by intervention with at least that lift.
+* ``max_unreadable_rate`` (on by default, 0.05): the share of images that could not
+  be read.
+* ``soundness``: the soundness checks (``audit.soundness``) named here fail the run
+  when they warn; each is a gate ``soundness.<check>`` (value 1 when it warns).
+
+The summary also carries the ``verdict`` in words (``audit.verdict``) and every
+soundness check's record; they say what was found and whether the audit is sound,
+whatever the gates decide.
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from audit.config import Config
 from audit.findings import Finding
+from audit.soundness import soundness
+from audit.verdict import verdict
+
+SCHEMA_VERSION = 2
 
 
 def pair_rates(predictions: pd.DataFrame) -> list[dict]:
@@ -58,14 +71,36 @@ def verification_lift(finding: Finding) -> float:
     return float(finding.causal or 0.0) if verified else 0.0
 
 
+def per_class(predictions: pd.DataFrame) -> dict[str, dict]:
+    """Precision, recall and F1 of every class over the readable images (None where undefined):
+    ``{class: {"n": labelled, "precision", "recall", "f1"}}``, classes sorted."""
+    valid = predictions[predictions["error"].isna()]
+    labels, predicted = valid["label"].astype(str).to_numpy(), valid["predicted"].astype(str).to_numpy()
+    out = {}
+    for name in sorted(set(labels) | set(predicted)):
+        tp = int(np.sum((labels == name) & (predicted == name)))
+        n_true, n_pred = int(np.sum(labels == name)), int(np.sum(predicted == name))
+        precision = tp / n_pred if n_pred else None
+        recall = tp / n_true if n_true else None
+        f1 = (2 * precision * recall / (precision + recall) if precision and recall else
+              0.0 if precision is not None and recall is not None else None)
+        out[name] = {"n": n_true, "precision": _round(precision), "recall": _round(recall), "f1": _round(f1)}
+    return out
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 6)
+
+
 def summarize(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame, findings: list[Finding],
-              baseline=None, resolved: list[dict] | tuple = ()) -> dict:
+              baseline=None, resolved: list[dict] | tuple = (), created: str | None = None,
+              triage_expired: list[dict] | tuple = ()) -> dict:
     """The summary of a run (``summary.json`` without the trust figures).
 
     Parameters
     ----------
     config : Config
-        ``run_id`` and the ``gates.*`` thresholds.
+        ``run_id``, the ``gates.*`` thresholds, ``soundness.*`` and ``trust.min_size``.
     predictions, selection : pd.DataFrame
         The predict and select stage tables.
     findings : list of Finding
@@ -74,6 +109,10 @@ def summarize(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame
         The baseline run (its pairs' error rates), or None.
     resolved : list of dict
         The baseline's findings that are no longer present.
+    created : str, optional
+        The run's start (ISO 8601).
+    triage_expired : list of dict
+        Triage entries no longer in force (``id``, ``action``, ``reason``, ``owner``, ``expires``).
     """
     valid = predictions[predictions["error"].isna()]
     accuracy = float((valid["predicted"] == valid["label"]).mean()) if len(valid) else 0.0
@@ -110,12 +149,29 @@ def summarize(config: Config, predictions: pd.DataFrame, selection: pd.DataFrame
     if config.gates.min_verification_lift is not None:
         value = max((verification_lift(f) for f in gated), default=0.0)
         gate("min_verification_lift", value, value < config.gates.min_verification_lift)
+    if config.gates.max_unreadable_rate is not None:
+        value = metrics["n_unreadable"] / metrics["n_images"] if metrics["n_images"] else 0.0
+        gate("max_unreadable_rate", value, round(value, 6) <= config.gates.max_unreadable_rate)
+    entries = [f.to_json() for f in findings]
+    checks = soundness(config, predictions, selection, entries)
+    for c in checks:
+        if c["check"] in config.gates.soundness:
+            gates.append({"name": f"soundness.{c['check']}", "passed": c["ok"], "value": 0.0 if c["ok"] else 1.0,
+                          "threshold": 0.0})
+    metrics["per_class"] = per_class(predictions)
+    report = config.report.url or str(config.run_dir / "index.html")
     return {
+        "schema_version": SCHEMA_VERSION,
         "run_id": config.run_id,
+        "created": created,
+        "report": report,
         "status": "pass" if all(g["passed"] for g in gates) else "fail",
+        "verdict": verdict(entries, checks, config.trust.min_size),
+        "soundness": checks,
         "metrics": metrics,
-        "findings": [f.to_json() for f in findings],
+        "findings": entries,
         "gates": gates,
+        "triage_expired": list(triage_expired),
         "baseline": None if baseline is None else {"run_id": baseline.run_id, "run_dir": str(baseline.run_dir)},
         "resolved": list(resolved),
         "pairs": pairs,

@@ -35,7 +35,9 @@ trust ``level`` is ``high`` when both hold, ``medium`` when one does, else ``low
 
 ``trust(...)`` returns the whole result (written to the run folder);
 ``summary_figures`` is what ``summary.json`` keeps of it (top-level ``"trust"``) and
-``with_trust`` gives each finding its ``trust`` record.
+``with_trust`` gives each finding its ``trust`` record (its level capped below high when
+the finding is smaller than ``trust.min_size`` or the method driving discovery fails
+its own checks, and a line in plain words).
 """
 from __future__ import annotations
 
@@ -188,25 +190,66 @@ def with_trust(config: Config, findings: list[Finding], result: dict | None) -> 
     if result is None:
         return [dataclasses.replace(f, trust=None) for f in findings]
     by_row = dict(zip(result["agreement"]["rows"], result["agreement"]["values"]))
-    return [dataclasses.replace(f, trust=finding_trust(config, f, by_row)) for f in findings]
+    driver = result["methods"].get(config.attribution.methods[0], {}).get("badge")
+    return [dataclasses.replace(f, trust=finding_trust(config, f, by_row, driver)) for f in findings]
 
 
-def finding_trust(config: Config, finding: Finding, agreement_by_row: dict[int, float | None]) -> FindingTrust:
-    """Agreement of the members of ``finding`` and its verification lift, their badges and the trust level.
+def finding_trust(config: Config, finding: Finding, agreement_by_row: dict[int, float | None],
+                  driver: dict | None = None) -> FindingTrust:
+    """Agreement of the members of ``finding`` and its verification lift, their badges, the trust level
+    and one line in plain words.
 
     ``agreement_by_row``: the mean Spearman between methods per prediction row (None where
-    undefined); ``config``: ``trust.min_agreement`` and ``trust.min_lift``. Level: high (both
-    badges), medium (one) or low.
+    undefined); ``config``: ``trust.min_agreement``, ``trust.min_lift``, ``trust.min_size``.
+    The level is high (agrees and confirmed), medium (one) or low, but never high when the
+    finding, or the number of images its intervention test ran on, is below ``trust.min_size``,
+    nor when the method driving discovery (``driver``: its badge, ``sanity`` / ``faithful``)
+    fails one of its own checks; ``limits`` says which of these capped it.
     """
     values = [agreement_by_row.get(int(r)) for r in finding.rows]
     finite = [v for v in values if v is not None]
     mean = agreement.nanmean(finite) if finite else None
+    v = finding.verification
     lift = finding.best_lift
     agrees = None if mean is None else bool(mean >= config.trust.min_agreement)
     confirmed = None if lift is None else finding.confirmed(config.trust.min_lift, config.verify.min_property_lift)
     level = ("low", "medium", "high")[int(bool(agrees)) + int(bool(confirmed))]
+    tested = max((t.n for t in (v.occlusion, v.transplant) if t is not None and t.n), default=None) \
+        if v is not None and v.verified else None
+    limits = []
+    if finding.size < config.trust.min_size:
+        limits.append(f"only {finding.size} images (trust.min_size {config.trust.min_size})")
+    elif tested is not None and tested < config.trust.min_size:
+        limits.append(f"tested on only {tested} images (trust.min_size {config.trust.min_size})")
+    method = config.attribution.methods[0]
+    for check, words in (("faithful", "faithfulness"), ("sanity", "the sanity checks")):
+        if driver is not None and driver.get(check) is False:
+            limits.append(f"{method}, which drives discovery, fails {words}")
+    if limits and level == "high":
+        level = "medium"
     return FindingTrust(agreement=_round(mean), n_images=len(finite), lift=_round(lift),
-                        agrees=agrees, confirmed=confirmed, level=level)
+                        agrees=agrees, confirmed=confirmed, level=level,
+                        text=trust_text(agrees, _best_test(v), limits), limits=tuple(limits))
+
+
+def _best_test(v) -> tuple[str, int, int] | None:
+    """The intervention test with the larger lift: (name, images flipped, images tested)."""
+    if v is None or not v.verified:
+        return None
+    tests = [(t.lift, name, t.flipped, t.n) for name, t in (("hiding", v.occlusion), ("pasting", v.transplant))
+             if t is not None and t.n and t.lift is not None]
+    return max(tests)[1:] if tests else None
+
+
+def trust_text(agrees: bool | None, test: tuple[str, int, int] | None, limits: list[str]) -> str:
+    """The trust judgement in plain words, e.g. "the maps agree and hiding the region flips 100% of 32 images"."""
+    maps = {True: "the maps agree", False: "the maps disagree", None: "the maps were not compared"}[agrees]
+    if test is None:
+        region = "the region was not tested by intervention"
+    else:
+        name, flipped, n = test
+        region = f"{name} the region flips {flipped / n:.0%} of {n} images"
+    return f"{maps} and {region}" + (f"; but {'; '.join(limits)}" if limits else "")
 
 
 def _common_rows(row_sets: list[np.ndarray]) -> np.ndarray:
