@@ -41,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "compare":
             return _compare(args)
+        if args.command == "export":
+            from audit.export import export
+
+            path = export(Path(args.run_dir), args.finding, args.format, Path(args.out) if args.out else None)
+            print(f"export: {path}")
+            return EXIT_OK
         if args.command == "render":
             from audit.report.render import render
 
@@ -48,17 +54,19 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"{args.run_dir}: not a finished run folder (no summary.json)")
             print(render(Path(args.run_dir), layout=args.layout, templates=args.templates))
             return EXIT_OK
-        import_tensorflow_quietly()
         if args.command == "internals":
+            import_tensorflow_quietly()
             return _internals(args, log)
-        from audit import pipeline
         from audit.config import resolve
+        from audit.inputs import prepare
 
         nightly = {"baseline.run_dir": args.baseline, "triage.path": args.triage}
+        prepared = None
         if args.command == "demo":
+            rail_rate = resolve(args.config, args.set, {"demo.rail_rate": args.rail_rate, **nightly}).demo.rail_rate
+            import_tensorflow_quietly()
             from audit import demo
 
-            rail_rate = resolve(args.config, args.set, {"demo.rail_rate": args.rail_rate}).demo.rail_rate
             assets = demo.prepare(Path(args.cache), seed=args.seed, log=log, rail_rate=rail_rate)
             config = resolve(args.config, args.set, {
                 "model.path": str(assets.model_path), "data.path": str(assets.manifest),
@@ -70,11 +78,15 @@ def main(argv: list[str] | None = None) -> int:
                 "out": args.out, "dask.scheduler": args.scheduler, "select.pair": args.pair,
                 "model.trust": args.trust_model or None, "model.signature": args.signature,
                 "model.output": _output(args.output), **nightly})
+            prepared = prepare(config)   # config, manifest and classes checked before TensorFlow loads
+            import_tensorflow_quietly()
+        from audit import pipeline
+
         run_dir = config.run_dir
         if args.mlflow is not None:
             from audit.trackers import check_mlflow, log_mlflow
             check_mlflow(args.mlflow or None)
-        summary = pipeline.run(config, log=log)
+        summary = pipeline.run(config, log=log, prepared=prepared)
         if args.command == "demo":
             _demo_epilogue(run_dir, log)
         if args.mlflow is not None:
@@ -208,6 +220,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="folder of template overrides searched first (default: report.templates of the run)")
     render.add_argument("--quiet", action="store_true")
 
+    export = sub.add_parser("export", help="write a finding's members for relabelling (no TensorFlow needed)")
+    export.add_argument("run_dir", help="a finished run folder")
+    export.add_argument("--finding", required=True, metavar="F-...", help="the finding's ID")
+    export.add_argument("--format", choices=("csv", "fiftyone", "labelstudio"), default="csv")
+    export.add_argument("--out", help="the file to write (default RUN_DIR/export-<finding>-<format>.csv|json)")
+    export.add_argument("--quiet", action="store_true")
+
     compare = sub.add_parser("compare", help="diff two run folders (no TensorFlow needed)")
     compare.add_argument("run_a", help="the earlier run folder")
     compare.add_argument("run_b", help="the later run folder")
@@ -265,6 +284,12 @@ def _demo_epilogue(run_dir: Path, log) -> None:
 
 def _print_result(run_dir: Path, summary: dict) -> None:
     m = summary["metrics"]
+    verdict = summary.get("verdict") or {}
+    if verdict.get("text"):
+        print(verdict["text"])
+    for c in summary.get("soundness") or []:
+        if not c.get("ok", True):
+            print(f"  warning: audit not sound: {c['message']}")
     print(f"status {summary['status']}: {m['n_images']} images, accuracy {m['accuracy']:.1%}, "
           f"{m['n_unreadable']} unreadable, {m['n_selected']} selected, {len(summary['findings'])} finding(s)")
     for f in summary["findings"][:3]:

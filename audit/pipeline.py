@@ -39,10 +39,11 @@ import pandas as pd
 
 from audit import artifacts, integrity, nightly, progress, runlock
 from audit.config import Config
-from audit.data import load_classes, load_manifest, resolve, with_class_names
+from audit.data import resolve
 from audit.errors import Terminated, UsageError
 from audit.urls import is_url
 from audit.findings import Finding
+from audit.inputs import Prepared, prepare
 from audit.nightly.baseline import apply_baseline
 from audit.nightly.history import HistoryError, append_history, history_path, history_rows
 from audit.nightly.triage import apply_triage
@@ -51,21 +52,21 @@ from audit.resume import chunk_paths, recorded_files, resumable, stage_keys
 Log = Callable[[str], None]
 
 
-def run(config: Config, log: Log = print) -> dict:
+def run(config: Config, log: Log = print, prepared: Prepared | None = None) -> dict:
     """Run the whole audit of ``config`` (resolved settings), progress to ``log`` (a ``Progress`` or any
-    ``str -> None``); return the summary (also written to ``summary.json``). Bad input: ``UsageError``."""
+    ``str -> None``); return the summary (also written to ``summary.json``). Bad input: ``UsageError``.
+
+    ``prepared``: the inputs ``audit.inputs.prepare`` checked (the CLI does it before importing
+    TensorFlow); checked here when not given."""
     from audit.model_io import classifier_for
     from audit.stages.attribute import check_methods, without_layers
 
-    for key, flag, value in (("model.path", "--model", config.model.path), ("data.path", "--data", config.data.path)):
-        if value is None:
-            raise UsageError(f"`{key}` is required ({flag} or {key} in the config)")
-    inputs = nightly.prepare(config)
-    frame, root = load_manifest(config.data.path)
-    classes = load_classes(config.data.classes, frame, config.data.path)
-    frame = with_class_names(frame, classes, config.data.path)
+    prepared = prepared or prepare(config)
+    frame, root, classes, inputs = prepared.frame.copy(), prepared.root, prepared.classes, prepared.nightly
     classifier = classifier_for(config)
-    _check_inputs(config, frame, classes, classifier.n_classes)
+    if len(classes) != classifier.n_classes:
+        raise UsageError(f"{config.data.classes or config.data.path}: {len(classes)} classes but the model has "
+                         f"{classifier.n_classes} outputs")
     config, not_computed = without_layers(config, classifier)
     for line in not_computed:
         log(line)
@@ -149,7 +150,9 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
         log(f"  {int((selection['reason'] != 'contrast').sum())} selected, "
             f"{int((selection['reason'] == 'contrast').sum())} contrast")
 
-        with _timed(timings, "attribute", log):
+        with _timed(timings, "attribute", log) as handle:
+            if handle is not None:
+                handle.expect(len(selection) * len(config.attribution.methods), "image maps")
             parts = _partitions(selection, config.attribution.partition_size)
             paths = chunk_paths(run_dir, "attribute", keys["attribute"], len(parts), ".json", log)
             tasks = [dask.delayed(resumable)(path, attribute_partition, config, root, classes, part, i)
@@ -239,7 +242,11 @@ def _finish(config: Config, inputs: nightly.Inputs, predictions: pd.DataFrame, s
     b = config.baseline
     findings, resolved = apply_baseline(findings, inputs.baseline, b.tolerance, b.focus_tolerance, b.min_overlap)
     findings = apply_triage(findings, inputs.triage)
-    summary = {**summarize(config, predictions, selection, findings, inputs.baseline, resolved), "trust": trust}
+    for e in inputs.expired:
+        log(f"warning: {config.triage.path}: triage entry {e['id']} ({e['action']}) expired on {e['expires']}: "
+            f"no longer applied")
+    summary = {**summarize(config, predictions, selection, findings, inputs.baseline, resolved, created,
+                           inputs.expired), "trust": trust}
     artifacts.write_table(run_dir / artifacts.DISCOVERY, assign_findings(table, findings))
     artifacts.write_json(run_dir / artifacts.SUMMARY, summary)
     if inputs.baseline is not None:
@@ -289,27 +296,6 @@ def _stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _check_inputs(config: Config, frame: pd.DataFrame, classes: list[str], n_outputs: int) -> None:
-    where = config.data.classes or config.data.path
-    if len(classes) != n_outputs:
-        raise UsageError(f"{where}: {len(classes)} classes but the model has {n_outputs} outputs")
-    unknown = ~frame["label"].isin(classes)
-    if unknown.any():
-        i = int(np.flatnonzero(unknown)[0])
-        raise UsageError(f"{config.data.path}: row {i} ({frame['path'][i]}) has label "
-                         f"{frame['label'][i]!r}, not among the classes ({int(unknown.sum())} such rows)")
-    conflicting = frame.drop_duplicates(["path", "label"]).duplicated("path")
-    if conflicting.any():
-        path = frame["path"][conflicting].iloc[0]
-        raise UsageError(f"{config.data.path}: {path} is listed with different labels")
-    if config.report.templates is not None and not Path(config.report.templates).is_dir():
-        raise UsageError(f"`report.templates` {config.report.templates}: no such folder")
-    if config.select.pair is not None:
-        for name in config.select.pair.split(":"):
-            if name.strip() not in classes:
-                raise UsageError(f"`select.pair`: {name.strip()!r} is not among the classes")
-
-
 def _partitions(frame: pd.DataFrame, size: int) -> list[pd.DataFrame]:
     return [frame.iloc[start:start + size] for start in range(0, len(frame), size)]
 
@@ -334,12 +320,13 @@ def _scheduler(config: Config) -> Iterator[Callable[[list], list]]:
 
 
 @contextlib.contextmanager
-def _timed(timings: dict, stage: str, log: Log) -> Iterator[None]:
-    """Time a stage into ``timings``; report it (and its finished Dask tasks) through ``log``."""
+def _timed(timings: dict, stage: str, log: Log) -> Iterator[progress.Stage | None]:
+    """Time a stage into ``timings``; report it (and its finished Dask tasks) through ``log``; yield
+    its progress handle (None when ``log`` is a plain callable)."""
     start = time.perf_counter()
     try:
         with progress.stage(log, stage) as handle, _task_progress(handle):
-            yield
+            yield handle
             timings[stage] = round(time.perf_counter() - start, 3)
     except Terminated as exc:
         exc.stage = exc.stage or stage

@@ -63,10 +63,10 @@ def test_gate_failure_exits_1(audit_case, tmp_path):
     (["--model", "{case}/nope.keras"], "audit: error: --model {case}/nope.keras: no such file"),
     (["--model", "{case}/model.keras", "--set", "select.margin=2"], "audit: error: `select.margin` must be"),
     (["--model", "{case}/model.keras", "--classes", "{case}/two.txt"],
-     "audit: error: {case}/two.txt: 2 classes but the model has 3 outputs"),
+     "audit: error: {case}/two.txt: 4 classes but the model has 3 outputs"),
 ])
 def test_bad_input_exits_2_with_one_line(audit_case, tmp_path, args, message):
-    (audit_case / "two.txt").write_text("a\nb\n")
+    (audit_case / "two.txt").write_text("red\ngreen\nblue\nextra\n")
     args = [a.format(case=audit_case) for a in args]
     result = _audit("run", "--data", audit_case / "manifest.csv", "--out", tmp_path / "run", *args, cwd=tmp_path)
     assert result.returncode == 2

@@ -112,6 +112,11 @@ def _common_folder(files: list[Path]) -> str:
 
 
 def _scan_folder(folder: Path) -> pd.DataFrame:
+    flat = [f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+    if flat and not any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir()):
+        raise UsageError(f"--data {folder}: {len(flat)} image(s) directly in the folder, but a folder data set "
+                         "needs one subfolder per class (images/pool/a.jpg, images/bathroom/b.jpg, ...), "
+                         "or give a CSV/parquet manifest with path,label")
     rows = []
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for file in sorted(class_dir.rglob("*")):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from audit.nightly.baseline import resolve_baseline
 from audit.nightly.runs import Run
-from audit.nightly.triage import read_triage
+from audit.nightly.triage import read_triage_entries
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,10 @@ class Inputs:
 
     baseline: Run | None
     triage: dict[str, dict]
+    expired: tuple[dict, ...] = ()
 
 
 def prepare(config) -> Inputs:
     """Read and check the baseline and the triage file of ``config`` (``UsageError`` before any work)."""
-    return Inputs(baseline=resolve_baseline(config), triage=read_triage(config.triage.path))
+    triage, expired = read_triage_entries(config.triage.path)
+    return Inputs(baseline=resolve_baseline(config), triage=triage, expired=tuple(expired))

@@ -41,8 +41,22 @@ def read_triage(path: str | Path | None, today: _dt.date | None = None) -> dict[
     today : datetime.date, optional
         Entries that expire on or before it are left out.
     """
+    return read_triage_entries(path, today)[0]
+
+
+def read_triage_entries(path: str | Path | None, today: _dt.date | None = None) -> tuple[dict[str, dict], list[dict]]:
+    """The entries in force (as ``read_triage``) and the expired ones, each
+    ``{"id", "action", "reason", "owner", "expires"}``, so the run can say they no longer apply.
+
+    Parameters
+    ----------
+    path : str or Path or None
+        The triage YAML (``triage.path``); None: no triage.
+    today : datetime.date, optional
+        Entries that expire on or before it are expired (default: today, UTC).
+    """
     if path is None:
-        return {}
+        return {}, []
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such triage file")
@@ -59,7 +73,7 @@ def read_triage(path: str | Path | None, today: _dt.date | None = None) -> dict[
     if not isinstance(entries, dict):
         raise UsageError(f"{path}: `findings` must map finding IDs to entries (got {type(entries).__name__})")
     today = today or _dt.datetime.now(_dt.timezone.utc).date()
-    out = {}
+    out, expired = {}, []
     for fid, entry in entries.items():
         key = f"findings.{fid}"
         if not isinstance(fid, str) or not fid.startswith("F-"):
@@ -84,10 +98,12 @@ def read_triage(path: str | Path | None, today: _dt.date | None = None) -> dict[
             if isinstance(expires, _dt.datetime):
                 expires = expires.date()
             if expires <= today:
+                expired.append({"id": fid, "action": action, "reason": entry.get("reason"),
+                                "owner": entry.get("owner"), "expires": expires.isoformat()})
                 continue
         out[fid] = {"status": TRIAGE_ACTIONS[action], "reason": entry.get("reason"), "owner": entry.get("owner"),
                     "expires": expires.isoformat() if expires is not None else None}
-    return out
+    return out, expired
 
 
 def apply_triage(findings: list[Finding], triage: dict[str, dict]) -> list[Finding]:
