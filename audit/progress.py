@@ -12,6 +12,13 @@ takes ``update(done, total)`` (the pipeline feeds it finished Dask tasks). Modes
   "event", "msg", ...}`` with events ``start``, ``end`` (``seconds``, ``tasks``),
   ``failed`` (``seconds``), ``log`` and ``error`` (the CLI's one-line error).
 * ``quiet``: nothing (the CLI still prints the result).
+
+Long stages: in ``text`` and ``json`` modes a running stage logs a progress line at
+least every ``HEARTBEAT_SECONDS`` (30 s): ``[attribute] 120/512 images (23%), 4.1 min,
+ETA 13.4 min`` (event ``progress`` with ``done``, ``total``, ``eta_seconds``). The work
+units come from ``advance(n)``, which the stages' batch loops call (a no-op outside a
+stage, e.g. on a distributed worker, where finished tasks still count), against the
+total the pipeline announces with ``Stage.expect``.
 """
 from __future__ import annotations
 
@@ -19,12 +26,15 @@ import contextlib
 import datetime as _dt
 import json
 import sys
+import threading
 import time
 from typing import Callable, Iterator, TextIO
 
 MODES = ("bar", "text", "json", "quiet")
 BAR_WIDTH = 24
 REDRAW_SECONDS = 0.1
+HEARTBEAT_SECONDS = 30.0
+_ACTIVE: list["Stage"] = []   # the running stage of this process (a list: set and cleared by Progress.stage)
 
 
 def choose_mode(log_format: str, quiet: bool, stream: TextIO | None = None) -> str:
@@ -65,8 +75,38 @@ class Stage:
     def __init__(self, progress: "Progress", name: str):
         self.progress, self.name = progress, name
         self.done, self.total = 0, 0
+        self.units_done, self.units_total, self.unit = 0, 0, "images"
         self.start = time.perf_counter()
         self._drawn = 0.0
+        self._lock = threading.Lock()
+
+    def expect(self, total: int, unit: str = "images") -> None:
+        """Announce the stage's work: ``total`` units (images) that ``advance`` counts down."""
+        self.units_total, self.unit = int(total), unit
+
+    def advance(self, n: int) -> None:
+        """``n`` more units done (thread-safe: the local scheduler's tasks call it from their threads)."""
+        with self._lock:
+            self.units_done += int(n)
+        if self.progress.mode == "bar" and time.perf_counter() - self._drawn >= REDRAW_SECONDS:
+            self._drawn = time.perf_counter()
+            self.progress._draw(self)
+
+    def eta(self) -> float | None:
+        """Seconds left at the pace so far (units, else tasks); None before the first is done."""
+        done, total = (self.units_done, self.units_total) if self.units_total else (self.done, self.total)
+        if not total or not done:
+            return None
+        return self.seconds / done * max(total - done, 0)
+
+    def status(self) -> str:
+        """``[attribute] 120/512 images (23%), 4.1 min, ETA 13.4 min``."""
+        done, total, unit = ((self.units_done, self.units_total, self.unit) if self.units_total
+                             else (self.done, self.total, "tasks"))
+        eta = self.eta()
+        where = f"{done}/{total} {unit} ({done / total:.0%}), " if total else "running, "
+        return (f"[{self.name}] {where}{_duration(self.seconds)}"
+                + (f", ETA {_duration(eta)}" if eta is not None else ", ETA unknown"))
 
     def update(self, done: int, total: int) -> None:
         """Record ``done`` of ``total`` tasks; a bar redraws at most every ``REDRAW_SECONDS`` (and at the end)."""
@@ -79,6 +119,17 @@ class Stage:
     def seconds(self) -> float:
         """Wall-clock seconds since the stage started."""
         return time.perf_counter() - self.start
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 \
+        else f"{seconds / 3600:.1f} h"
+
+
+def advance(n: int) -> None:
+    """Count ``n`` units of work done in this process's running stage (no-op when none runs)."""
+    if _ACTIVE:
+        _ACTIVE[-1].advance(n)
 
 
 class Progress:
@@ -94,10 +145,12 @@ class Progress:
         Streams for text lines and for bars / JSON lines (default stdout, stderr).
     """
 
-    def __init__(self, mode: str = "text", out: TextIO | None = None, err: TextIO | None = None):
+    def __init__(self, mode: str = "text", out: TextIO | None = None, err: TextIO | None = None,
+                 heartbeat: float = HEARTBEAT_SECONDS):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
         self.mode = mode
+        self.heartbeat = heartbeat
         self.out = out if out is not None else sys.stdout
         self.err = err if err is not None else sys.stderr
         self.current: Stage | None = None
@@ -152,11 +205,20 @@ class Progress:
         self.event("start", f"[{name}] start")
         if self.mode == "bar":
             self._draw(stage)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(stage, stop), daemon=True)
+        if self.mode in ("text", "json"):
+            beat.start()
+        _ACTIVE.append(stage)
         failed = True
         try:
             yield stage
             failed = False
         finally:
+            _ACTIVE.remove(stage)
+            stop.set()
+            if beat.is_alive():
+                beat.join()
             seconds = round(stage.seconds, 3)
             tasks = f" ({stage.total} tasks)" if stage.total else ""
             if self.mode == "bar":
@@ -168,8 +230,22 @@ class Progress:
                            tasks=stage.total or None)
             self.current = None
 
+    def _beat(self, stage: Stage, stop: threading.Event) -> None:
+        """Log the stage's progress every ``heartbeat`` seconds until ``stop`` (text and json modes)."""
+        while not stop.wait(self.heartbeat):
+            eta = stage.eta()
+            done, total = (stage.units_done, stage.units_total) if stage.units_total else (stage.done, stage.total)
+            self.event("progress", stage.status(), done=done, total=total or None,
+                       eta_seconds=None if eta is None else round(eta, 1))
+
     def _draw(self, stage: Stage, final: bool = False) -> None:
-        if stage.total:
+        if stage.units_total and not final:
+            filled = int(BAR_WIDTH * min(stage.units_done / stage.units_total, 1.0))
+            bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+            eta = stage.eta()
+            text = (f"[{stage.name}] {bar} {stage.units_done}/{stage.units_total} {stage.unit} "
+                    f"{stage.seconds:.1f} s" + (f" ETA {_duration(eta)}" if eta is not None else ""))
+        elif stage.total:
             filled = int(BAR_WIDTH * stage.done / stage.total)
             bar = "#" * filled + "-" * (BAR_WIDTH - filled)
             text = f"[{stage.name}] {bar} {stage.done}/{stage.total} tasks {stage.seconds:.1f} s"

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from audit import progress
 from audit.artifacts import write_map_chunk
 from audit.config import Config
 from audit.data import load_images, preprocess
@@ -25,6 +26,12 @@ from audit.errors import UsageError
 from audit.explainers import IntegratedGradients, get
 from audit.explainers.base import Explainer
 from audit.model_io import classifier_for
+
+
+def _counted(result, n: int):
+    """``result``, after counting ``n`` images as done (``audit.progress.advance``)."""
+    progress.advance(n)
+    return result
 
 
 def attribute_partition(config: Config, root: Path, classes: list[str], part: pd.DataFrame,
@@ -58,12 +65,17 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
     targets = part["pair_label"].map(lookup).to_numpy(np.int32)
     rows = part["row"].to_numpy(np.int64)
     for method, explainer in explainers(config).items():
+        # explained batch by batch (the explainer batches inside too) so that progress.advance
+        # counts images as they are done: a long stage logs its ETA (audit.progress)
+        slices = [slice(i, i + batch) for i in range(0, len(images), batch)] or [slice(0, 0)]
         if isinstance(explainer, IntegratedGradients):  # its completeness gap costs 2 passes here, not a re-read later
-            maps, gap = explainer.explain_with_gap(classifier, images, targets)
+            done = [_counted(explainer.explain_with_gap(classifier, images[s], targets[s]), len(targets[s])) for s in slices]
+            maps, gap = (np.concatenate([d[k] for d in done]) for k in (0, 1))
             write_map_chunk(config.run_dir, method, chunk, rows, maps, gap=gap,
                             difference=maps.sum(axis=(1, 2), dtype=np.float64) - gap)
         else:
-            maps = explainer.explain(classifier, images, targets)
+            maps = np.concatenate([_counted(explainer.explain(classifier, images[s], targets[s]), len(targets[s]))
+                                   for s in slices])
             write_map_chunk(config.run_dir, method, chunk, rows, maps)
     return {"rows": rows.tolist()}
 
