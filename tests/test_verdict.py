@@ -203,3 +203,38 @@ def test_export_writes_a_findings_members(tmp_path, capsys, fmt):
         assert tasks[0]["predictions"][0]["result"][0]["value"]["choices"] == ["bathroom"]
     assert cli.main(["export", str(run_dir), "--finding", F1[:-1] + "x"]) == 2
     assert f"(did you mean {F1}?)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ messages
+
+def test_expired_triage_entries_are_listed(tmp_path):
+    from audit.nightly.triage import read_triage_entries
+    from audit.report.outputs import summary_markdown
+
+    path = tmp_path / "triage.yaml"
+    path.write_text("findings:\n  F-11111111: {action: suppress, reason: old ticket, expires: 2020-01-01}\n")
+    active, expired = read_triage_entries(path)
+    assert active == {} and expired == [{"id": "F-11111111", "action": "suppress", "reason": "old ticket",
+                                         "owner": None, "expires": "2020-01-01"}]
+    view = {"run_id": "r", "status": "pass", "verdict": verdict([], [], 8), "soundness": [],
+            "triage_expired": expired, "gates": [], "failed_gates": [], "metrics": [], "n_findings": 0,
+            "top_findings": [], "changes": {"has_baseline": False}}
+    assert "- triage entry F-11111111 (suppress) expired on 2020-01-01: no longer applied" in summary_markdown(view)
+
+
+def test_flat_folder_and_bad_config_stop_before_tensorflow(tmp_path, capsys):
+    import sys
+
+    from PIL import Image
+
+    from audit import cli
+
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "a.png")
+    (tmp_path / "m.keras").write_bytes(b"")
+    assert cli.main(["run", "--model", str(tmp_path / "m.keras"), "--data", str(tmp_path / "flat")]) == 2
+    assert "needs one subfolder per class" in capsys.readouterr().err
+    before = "tensorflow" in sys.modules   # False when this test runs first in its process
+    assert cli.main(["run", "--model", "x.keras", "--data", str(tmp_path), "--set", "selct.margin=1"]) == 2
+    assert "unknown key `selct.margin` (did you mean `select.margin`?)" in capsys.readouterr().err
+    assert ("tensorflow" in sys.modules) == before
