@@ -284,14 +284,14 @@ def _demo_epilogue(run_dir: Path, log) -> None:
 
 def _print_result(run_dir: Path, summary: dict) -> None:
     m = summary["metrics"]
+    print(f"status {summary['status']}: {m['n_images']} images, accuracy {m['accuracy']:.1%}, "
+          f"{m['n_unreadable']} unreadable, {m['n_selected']} selected, {len(summary['findings'])} finding(s)")
     verdict = summary.get("verdict") or {}
     if verdict.get("text"):
         print(verdict["text"])
     for c in summary.get("soundness") or []:
         if not c.get("ok", True):
             print(f"  warning: audit not sound: {c['message']}")
-    print(f"status {summary['status']}: {m['n_images']} images, accuracy {m['accuracy']:.1%}, "
-          f"{m['n_unreadable']} unreadable, {m['n_selected']} selected, {len(summary['findings'])} finding(s)")
     for f in summary["findings"][:3]:
         tags = ", ".join(t for t in (f.get("status") if summary.get("baseline") else None, f.get("triage")) if t)
         print(f"  #{f['rank']} {f['id']}: {f['true_label']} -> {f['predicted_label']}, "
