@@ -47,7 +47,7 @@ def test_confirmed_cue_is_said_in_words_whatever_the_gates(audit_case, tmp_path,
     assert set(summary["metrics"]["per_class"]) == set(CLASSES)
     html = (tmp_path / "run" / "index.html").read_text()
     assert html.index('id="verdict"') < html.index('id="gate-status"') and 'data-state="cue_found"' in html
-    assert "no gate configured: the exit code is 0 whatever was found" in html
+    assert "all 1 gate passed (the exit code; the verdict above is what was found)" in html
     md = (tmp_path / "run" / "summary.md").read_text()
     assert "**Spurious cue found: red called green" in md
     cases = ET.parse(tmp_path / "run" / "junit.xml").getroot().iter("testcase")

@@ -167,7 +167,8 @@ class Trust:
     enabled: bool = setting(True, FLAG, "faithfulness, sanity checks and agreement of the maps")
     methods: tuple[str, ...] | None = setting(None, optional(methods(), lambda: "null or " + methods().describe()),
                                               "null: every attribution method; else a subset of attribution.methods")
-    sample: int = setting(12, POSITIVE_INT, "attributed images for deletion/insertion curves (seeded sample)")
+    sample: int = setting(32, POSITIVE_INT,
+                          "attributed images for deletion/insertion curves (seeded sample; 12 flipped between runs)")
     steps: int = setting(8, integer(2), "deletion/insertion steps: fractions 0, 1/steps, ..., 1 of the pixels")
     random_maps: int = setting(2, POSITIVE_INT, "uniform random maps (one seed each): the faithfulness baseline")
     sanity_sample: int = setting(8, NON_NEGATIVE_INT,

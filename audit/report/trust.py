@@ -78,7 +78,22 @@ def _method(name: str, m: dict) -> dict:
             "insertion_auc": f.get("insertion_auc"), "deletion_margin": f.get("deletion_margin"),
             "insertion_margin": f.get("insertion_margin"), "final_spearman": s.get("final_spearman"),
             "random_logit": rl.get("spearman"), "cascading": s.get("cascading") or [],
-            "curves": f.get("curves") or {}}
+            "curves": f.get("curves") or {}, "text": method_text(name, badge, f)}
+
+
+def method_text(name: str, badge: dict, faith: dict) -> str:
+    """One method's checks in plain words, e.g. "gradcam passes the sanity checks; hiding what it
+    points at first lowers the prediction faster than random maps do (32 images, margin 0.12 ± 0.03)"."""
+    sanity = {True: "passes the sanity checks", False: "fails the sanity checks (its maps barely depend on the "
+              "model or the class)", None: "was not sanity-checked"}[badge.get("sanity")]
+    n, margin, se = faith.get("n"), faith.get("deletion_margin"), faith.get("deletion_se")
+    measured = f" ({n} images, margin {margin:.2f}" + (f" ± {se:.2f})" if se is not None else ")") \
+        if n and margin is not None else ""
+    faithful = {True: "hiding what it points at first lowers the prediction faster than random maps do",
+                False: "hiding what it points at first does not beat random maps",
+                None: "faithfulness not measured"}[badge.get("faithful")]
+    shaky = "; too few images to be sure" if faith.get("conclusive") is False else ""
+    return f"{name} {sanity}; {faithful}{measured}{shaky}."
 
 
 def _finding(f: dict) -> dict:
@@ -88,7 +103,8 @@ def _finding(f: dict) -> dict:
             "true_label": f.get("true_label"), "predicted_label": f.get("predicted_label"),
             "agreement": t.get("agreement"), "n_images": t.get("n_images"), "lift": t.get("lift"),
             "agrees": t.get("agrees"), "confirmed": t.get("confirmed"),
-            "level": t.get("level") if t.get("level") in LEVELS else None}
+            "level": t.get("level") if t.get("level") in LEVELS else None,
+            "text": str(t.get("text") or "") or None}
 
 
 def _embed(embed_image: EmbedImage, name: str, draw: Callable[..., Any], *args) -> str | None:

@@ -148,7 +148,8 @@ def trust(config: Config, root: Path, classes: list[str], selection: pd.DataFram
 
     result_methods = {}
     for j, m in enumerate(methods):
-        faith = _faithfulness(deletion[j], insertion[j], random, config)
+        faith = _faithfulness(deletion[j], insertion[j], random, config,
+                              deletion[len(methods):], insertion[len(methods):])
         check = _sanity(m, cascade, logit, config)
         result_methods[m] = {"faithfulness": faith, "sanity": check,
                              "badge": {"sanity": check["passed"], "faithful": faith["passed"],
@@ -284,16 +285,33 @@ def _random_baseline(deletion: np.ndarray, insertion: np.ndarray) -> dict:
                        "insertion": _json_floats(insertion.mean(axis=(0, 1))) if insertion.size else []}}
 
 
-def _faithfulness(deletion: np.ndarray, insertion: np.ndarray, random: dict, config: Config) -> dict:
-    """AUCs of one method ``[n, steps + 1]`` and their margins over the random maps (positive = better)."""
+def _faithfulness(deletion: np.ndarray, insertion: np.ndarray, random: dict, config: Config,
+                  random_deletion: np.ndarray | None = None, random_insertion: np.ndarray | None = None) -> dict:
+    """AUCs of one method ``[n, steps + 1]`` and their margins over the random maps (positive = better).
+
+    With the random maps' curves (``[seeds, n, steps + 1]``), each margin also gets its standard
+    error over the ``n`` images (paired: each image against its own random maps), ``*_se``, and
+    ``conclusive`` says whether both margins are at least 2 standard errors from
+    ``trust.min_margin``, i.e. whether a run on another sample would likely say the same.
+    """
     if not deletion.size or random["deletion_auc"] is None:
         return {"deletion_auc": None, "insertion_auc": None, "deletion_margin": None,
-                "insertion_margin": None, "passed": None, "curves": {"deletion": [], "insertion": []}}
+                "insertion_margin": None, "passed": None, "n": 0, "deletion_se": None, "insertion_se": None,
+                "conclusive": None, "curves": {"deletion": [], "insertion": []}}
     d, i = float(faithfulness.auc(deletion).mean()), float(faithfulness.auc(insertion).mean())
     d_margin, i_margin = random["deletion_auc"] - d, i - random["insertion_auc"]
+    n = int(len(deletion))
+    d_se = i_se = None
+    if random_deletion is not None and random_deletion.size and n > 1:
+        d_each = faithfulness.auc(random_deletion).mean(axis=0) - faithfulness.auc(deletion)
+        i_each = faithfulness.auc(insertion) - faithfulness.auc(random_insertion).mean(axis=0)
+        d_se, i_se = (float(np.std(x, ddof=1) / np.sqrt(n)) for x in (d_each, i_each))
+    floor = config.trust.min_margin
+    conclusive = None if d_se is None else bool(abs(d_margin - floor) >= 2 * d_se and abs(i_margin - floor) >= 2 * i_se)
     return {"deletion_auc": _round(d), "insertion_auc": _round(i),
             "deletion_margin": _round(d_margin), "insertion_margin": _round(i_margin),
-            "passed": bool(d_margin > config.trust.min_margin and i_margin > config.trust.min_margin),
+            "passed": bool(d_margin > floor and i_margin > floor), "n": n,
+            "deletion_se": _round(d_se), "insertion_se": _round(i_se), "conclusive": conclusive,
             "curves": {"deletion": _json_floats(deletion.mean(axis=0)),
                        "insertion": _json_floats(insertion.mean(axis=0))}}
 
