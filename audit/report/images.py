@@ -13,7 +13,7 @@ from audit.report.assets import Assets
 from audit.report.fmt import finite, str_or_none
 from audit.report.loading import Run
 
-THUMB = 64      # px, gallery and pair-strip thumbnails (box side)
+THUMB = 96      # px, gallery and pair-strip thumbnails (box side)
 VIEW = 160      # px, per-image view and exemplars (box side; small originals are not upscaled)
 TOP_K = 5
 
