@@ -12,7 +12,7 @@ from audit.report.assets import Assets
 from audit.report.fmt import correct_mask, finite, fmt_num, fmt_pct, readable_mask, str_or_none
 from audit.report.loading import Run
 
-TOP_FINDINGS = 3
+TOP_FINDINGS = 5
 MAX_PAIR_CHANGES = 10
 
 
@@ -21,7 +21,8 @@ def section(run: Run, assets: Assets) -> dict:
     (drawn into ``assets`` once, shared with the findings section)."""
     view = summary_view(run)
     found = findings_module.views(run, assets)
-    view["top"] = found[:TOP_FINDINGS]
+    view["top"] = [{**f, "sentence": t["sentence"], "trust_text": t["trust_text"], "trust_level": t["trust_level"]}
+                   for f, t in zip(found[:TOP_FINDINGS], view["top_findings"])]
     return view
 
 
@@ -36,7 +37,9 @@ def summary_view(run: Run) -> dict:
     for f in run.findings[:TOP_FINDINGS]:
         top.append({"id": f["id"], "anchor": f["anchor"], "rank": f["rank"], "true_label": f["true_label"],
                     "predicted_label": f["predicted_label"], "size": f["size"], "score": f["score"],
-                    "status": f["status"], "triage": f["triage"],
+                    "status": f["status"], "triage": f["triage"], "sentence": verdict_module.describe(f["raw"]),
+                    "trust_text": (f["raw"].get("trust") or {}).get("text"),
+                    "trust_level": (f["raw"].get("trust") or {}).get("level"),
                     "verification": findings_module.verification_text(
                         findings_module.verification(f["raw"]))})
     return {
