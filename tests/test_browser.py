@@ -141,6 +141,17 @@ def _check_report(w: Watched, run_dir: Path, shots: str, methods: list[str]) -> 
     captions = page.locator("#image-view figcaption.panels span").all_inner_texts()
     assert captions == ["image"] + methods, captions
     assert page.locator("#image-view .view-top tbody tr").count() >= 2
+    # one overlay over its image: an opacity slider, a method choice, a colour bar, click to zoom
+    layer = page.locator("#image-view .layered")
+    assert layer.locator(".layer.top img").evaluate("i => i.complete && i.naturalWidth > 0")
+    page.locator("#image-view input.opacity").fill("30")
+    assert page.evaluate("getComputedStyle(document.querySelector('#image-view .layer.top')).opacity") == "0.3"
+    assert page.locator("#image-view .colourbar .ramp").is_visible()
+    assert page.locator("#image-view .layer-controls select option").all_inner_texts() == methods
+    width = layer.bounding_box()["width"]
+    layer.click()
+    assert layer.bounding_box()["width"] == pytest.approx(2 * width, abs=2)
+    assert page.locator("#image-view figure.strip-view img").bounding_box()["width"] >= 224 * len(captions)
     _assert_clean(w, "image view")
     page.screenshot(path=str(SHOTS / f"{shots}-image-view.png"))
     page.keyboard.press("Escape")
@@ -226,7 +237,12 @@ def test_demo_report_in_browser(browser, demo_run, capsys):
     size = html.stat().st_size
     assert size <= 10_000_000, f"single-file demo report is {size} bytes"
     assert not (demo_run / "assets").exists()
-    w = Watched(browser)
+    # the summary (verdict, gates, changes, top findings) fits one 1400x1000 screen
+    w = Watched(browser, width=1400, height=1000)
+    w.open(html.as_uri())
+    assert w.page.locator("#verdict").get_attribute("data-state") == "cue_found"
+    assert w.page.evaluate("document.querySelector('.summary-main').getBoundingClientRect().bottom") <= 1000
+    w.page.screenshot(path=str(SHOTS / "demo-summary-1400x1000.png"))
     state = _check_report(w, demo_run, "demo", METHODS)
     assert len(state["images"]) > 20
     summary = json.loads((demo_run / "summary.json").read_text())
