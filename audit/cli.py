@@ -58,7 +58,6 @@ def main(argv: list[str] | None = None) -> int:
             import_tensorflow_quietly()
             return _internals(args, log)
         from audit.config import resolve
-        from audit.inputs import prepare
 
         nightly = {"baseline.run_dir": args.baseline, "triage.path": args.triage}
         prepared = None
@@ -78,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                 "out": args.out, "dask.scheduler": args.scheduler, "select.pair": args.pair,
                 "model.trust": args.trust_model or None, "model.signature": args.signature,
                 "model.output": _output(args.output), **nightly})
+            from audit.inputs import prepare   # (pandas: imported once the config is known to be good)
+
             prepared = prepare(config)   # config, manifest and classes checked before TensorFlow loads
             import_tensorflow_quietly()
         from audit import pipeline
