@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             return _internals(args, log)
         from audit.config import resolve
 
-        nightly = {"baseline.run_dir": args.baseline, "triage.path": args.triage}
+        nightly = {"baseline.run_dir": args.baseline, "triage.path": args.triage,
+                   "report.summary_format": args.summary_format}
         prepared = None
         if args.command == "demo":
             rail_rate = resolve(args.config, args.set, {"demo.rail_rate": args.rail_rate, **nightly}).demo.rail_rate
@@ -192,6 +193,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="previous run folder (or 'latest' from the history): findings are marked "
                             "new / persisting / resolved and pair error rates compared")
         p.add_argument("--triage", metavar="TRIAGE.yaml", help="acknowledge or suppress finding IDs")
+        p.add_argument("--summary-format", choices=("md", "slack"),
+                       help="summary.md with tables (md) or for a chat message (slack); report.summary_format")
         p.add_argument("--log-format", choices=("text", "json"), default="text",
                        help="text: progress bars on a terminal, timestamped lines otherwise; "
                             "json: one JSON object per line on stderr")

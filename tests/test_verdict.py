@@ -238,3 +238,19 @@ def test_flat_folder_and_bad_config_stop_before_tensorflow(tmp_path, capsys):
     assert cli.main(["run", "--model", "x.keras", "--data", str(tmp_path), "--set", "selct.margin=1"]) == 2
     assert "unknown key `selct.margin` (did you mean `select.margin`?)" in capsys.readouterr().err
     assert ("tensorflow" in sys.modules) == before
+
+
+def test_slack_summary_has_no_tables_and_links_the_published_report(tmp_path):
+    from audit import artifacts
+    from audit.report.render import render
+    from tests.test_report import build_run
+
+    run_dir = build_run(tmp_path)
+    record = artifacts.read_json(run_dir / artifacts.RUN_JSON)
+    record.setdefault("config", {})["report"] = {"summary_format": "slack", "url": "https://ci.example/r/1/index.html"}
+    artifacts.write_json(run_dir / artifacts.RUN_JSON, record)
+    render(run_dir)
+    text = (run_dir / "summary.md").read_text()
+    assert "|" not in text and "Report: https://ci.example/r/1/index.html" in text
+    assert text.splitlines()[1].startswith("Suspicious groups, no cue confirmed: pool called bathroom")
+    assert "Gates: 1 of 2 failed (accuracy)" in text
