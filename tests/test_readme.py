@@ -14,6 +14,7 @@ first on ``PYTHONPATH``:
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -91,6 +92,15 @@ def test_the_demos_nightly_story_runs_as_told(block, tmp_path):
     out = result.stdout
     assert result.returncode == 0 and out.strip().splitlines()[-1] == "1", (out[-3000:], result.stderr[-2000:])
     assert re.search(r"resolved F-dd24e18e: pool -> bathroom", out), out[-3000:]
-    night2 = (cwd / "reports" / "night2" / "summary.md").read_text()
     night3 = (cwd / "reports" / "night3" / "summary.md").read_text()
     assert "max\\_new\\_finding\\_score" in night3 and "**FAIL**" in night3
+    # night 2 as the README tells it: rails resolved, yet a new pool -> bathroom finding, bathroom -> pool
+    # errors up, a cue found, lower accuracy, and the gates pass
+    one, two = (json.loads((cwd / "reports" / n / "summary.json").read_text()) for n in ("night1", "night2"))
+    assert two["status"] == "pass" and two["verdict"]["state"] == "cue_found"
+    assert [r["id"] for r in two["resolved"]] == ["F-dd24e18e"]
+    assert any(f["id"] == "F-dd24e18e-2" and f["status"] == "new" and f["true_label"] == "pool"
+               and f["predicted_label"] == "bathroom" for f in two["findings"])
+    rates = {(p["true_label"], p["predicted_label"]): p for p in two["pairs"]}
+    assert rates[("bathroom", "pool")]["error_rate"] > rates[("bathroom", "pool")]["baseline_error_rate"] + 0.1
+    assert two["metrics"]["accuracy"] < one["metrics"]["accuracy"]
