@@ -153,7 +153,7 @@ class FindingTrust:
 
     def to_json(self) -> dict:
         """The record as its ``summary.json`` object (a ``dict`` of its fields)."""
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "limits": list(self.limits)}
 
     @classmethod
     def from_json(cls, data: dict | None) -> "FindingTrust | None":
