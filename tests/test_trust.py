@@ -289,7 +289,7 @@ def test_finding_trust_badges():
     t = finding_trust(config, tested, {3: 0.2, 5: 0.8, 9: None})
     assert t.to_json() == {"agreement": 0.5, "n_images": 2, "lift": 0.5, "agrees": True, "confirmed": True,
                            "level": "high", "limits": [],
-                           "text": "the maps agree and the region was not tested by intervention"}
+                           "text": "the maps agree and pasting the region flips 0% of 8 images"}
     # a large lift that is not conclusive (lift - 3 se <= 0) confirms nothing
     noisy = finding([3, 5], {"verified": True, "transplant": {"n": 8, "lift": 0.5, "se": 0.2}})
     assert finding_trust(config, noisy, {3: 0.8}).confirmed is False
