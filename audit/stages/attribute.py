@@ -64,6 +64,7 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
     lookup = {name: i for i, name in enumerate(classes)}
     targets = part["pair_label"].map(lookup).to_numpy(np.int32)
     rows = part["row"].to_numpy(np.int64)
+    batch = config.attribution.batch_size
     for method, explainer in explainers(config).items():
         # explained batch by batch (the explainer batches inside too) so that progress.advance
         # counts images as they are done: a long stage logs its ETA (audit.progress)
