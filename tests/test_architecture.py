@@ -228,3 +228,125 @@ def test_findings_are_frozen_records():
     v = Verification(True, members_tested=3)
     with pytest.raises(dataclasses.FrozenInstanceError):
         v.verified = False
+
+
+# ---------------------------------------------------------------- docstrings
+
+def _name(node) -> str:
+    node = node.func if isinstance(node, ast.Call) else node
+    return node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")
+
+
+def _documented(doc: str) -> set[str]:
+    """Names a docstring documents: entries of its Parameters / Attributes sections and ``name`` mentions."""
+    names = set(re.findall(r"``\**([A-Za-z_]\w*)", doc))
+    lines = doc.splitlines()
+    listing = False
+    for line, below in zip(lines, lines[1:] + [""]):
+        if re.fullmatch(r"\s*-{3,}\s*", below):
+            listing = line.strip() in ("Parameters", "Attributes", "Other Parameters")
+        elif listing and line[:1].strip() and not re.fullmatch(r"-{3,}", line):
+            names.update(re.findall(r"\**([A-Za-z_]\w*)", line.split(" : ")[0]))
+    return names
+
+
+def _params(fn, method: bool) -> list[str]:
+    a = fn.args
+    names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs] + [x.arg for x in (a.vararg, a.kwarg) if x]
+    if method and names and not any(_name(d) == "staticmethod" for d in fn.decorator_list):
+        names = names[1:]                                   # self / cls
+    return [n for n in names if not n.startswith("_")]
+
+
+def _fields(cls) -> list[str]:
+    """Fields of a dataclass its docstring must name (a schema ``setting`` / ``section`` documents itself)."""
+    if not any(_name(d) == "dataclass" for d in cls.decorator_list):
+        return []
+    return [n.target.id for n in cls.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+            and not n.target.id.startswith("_") and _name(n.annotation) != "ClassVar"
+            and not (isinstance(n.value, ast.Call) and _name(n.value) in ("setting", "section"))]
+
+
+def undocumented(files: list[Path]) -> list[str]:
+    """Public items of ``files`` without a docstring, or whose docstring leaves a parameter (a dataclass:
+    a field) unnamed. Public: not ``_``-prefixed, at module level or a method of a public class; a method
+    without a docstring that overrides a documented one of a base class inherits its docstring."""
+    trees = {f: ast.parse(f.read_text()) for f in files}
+    documented_methods = {node.name: ({m.name for m in node.body if isinstance(m, ast.FunctionDef)
+                                       and ast.get_docstring(m)}, [_name(b) for b in node.bases])
+                          for tree in trees.values() for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+
+    def inherited(bases: list[str], method: str) -> bool:
+        seen: set[str] = set()
+        while bases:
+            base = bases.pop()
+            if base in documented_methods and base not in seen:
+                seen.add(base)
+                docs, more = documented_methods[base]
+                if method in docs:
+                    return True
+                bases += more
+        return False
+
+    out = []
+
+    def check(where: str, doc: str | None, names: list[str]) -> None:
+        missing = [n for n in names if n not in _documented(doc or "")]
+        if not doc or missing:
+            out.append(f"{where}: " + ("no docstring" if not doc else ", ".join(missing) + " not documented"))
+
+    for file, tree in trees.items():
+        rel = file.relative_to(ROOT) if file.is_relative_to(ROOT) else file
+        if not ast.get_docstring(tree):
+            out.append(f"{rel}: no module docstring")
+        for node in tree.body:
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or node.name[0] == "_":
+                continue
+            if not isinstance(node, ast.ClassDef):
+                check(f"{rel}:{node.lineno} {node.name}", ast.get_docstring(node), _params(node, False))
+                continue
+            init = next((m for m in node.body if isinstance(m, ast.FunctionDef) and m.name == "__init__"), None)
+            doc = ast.get_docstring(node)
+            names = _fields(node) or (_params(init, True) if init else [])
+            check(f"{rel}:{node.lineno} {node.name}", doc and doc + "\n" + (init and ast.get_docstring(init) or ""),
+                  names)
+            for m in node.body:
+                if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef)) and m.name[0] != "_":
+                    if ast.get_docstring(m) or not inherited([_name(b) for b in node.bases], m.name):
+                        check(f"{rel}:{m.lineno} {node.name}.{m.name}", ast.get_docstring(m), _params(m, True))
+    return out
+
+
+def test_every_public_function_and_class_is_documented():
+    """Every public function, method and class of ``audit/`` has a docstring naming each parameter (a
+    dataclass: each field), in a numpy-style Parameters / Attributes section or as ``name``."""
+    assert undocumented(sorted(PACKAGE.rglob("*.py"))) == []
+
+
+def test_docstring_check_catches_what_it_should(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text('"""Module."""\nfrom dataclasses import dataclass\n\n\n'
+                       'def bare(x):\n    pass\n\n\n'
+                       'def half(images, targets):\n    """Maps of ``images``."""\n\n\n'
+                       'def full(images, targets):\n    """Maps.\n\n    Parameters\n    ----------\n'
+                       '    images, targets : np.ndarray\n        float32 [N, H, W, C] and int [N].\n    """\n\n\n'
+                       '@dataclass\nclass Record:\n    """A record with ``a``."""\n\n    a: int\n    b: float\n\n'
+                       '    def to_json(self):\n        return {}\n\n\n'
+                       'class Base:\n    """Base."""\n\n    def run(self, x):\n        """Run on ``x``."""\n\n\n'
+                       'class Child(Base):\n    """Child."""\n\n    def run(self, x):\n        return x\n')
+    found = [line.split(" ", 1)[1] for line in undocumented([planted])]
+    assert found == ["bare: no docstring", "half: targets not documented", "Record: b not documented",
+                     "Record.to_json: no docstring"]
+
+
+EXPLAINERS = sorted(p for p in (PACKAGE / "explainers").glob("*.py") if p.stem not in ("__init__", "base")
+                    and not p.stem.startswith("_"))
+
+
+@pytest.mark.parametrize("path", EXPLAINERS, ids=lambda p: p.stem)
+def test_explainer_modules_cite_their_paper_and_formula(path):
+    """Each method's module docstring names its paper (a quoted title and a year) and writes the formula
+    the code computes out as a literal block (``::``)."""
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    assert re.search(r'"[^"]{10,}"', doc) and re.search(r"\b(19|20)\d\d\b", doc), path.name
+    assert "::" in doc or "formula" in doc.lower(), path.name
