@@ -58,7 +58,7 @@ def members(run_dir: Path, finding_id: str) -> list[dict]:
 
 
 def export(run_dir: Path, finding_id: str, fmt: str, out: Path | None = None) -> Path:
-    """Write the members of ``finding_id`` as ``fmt`` (``FORMATS``) to ``out``
+    """Write the members of ``finding_id`` of the run folder ``run_dir`` as ``fmt`` (``FORMATS``) to ``out``
     (default ``<run_dir>/export-<finding_id>-<fmt><ext>``); returns the path written."""
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")

@@ -81,7 +81,7 @@ class Stage:
         self._lock = threading.Lock()
 
     def expect(self, total: int, unit: str = "images") -> None:
-        """Announce the stage's work: ``total`` units (images) that ``advance`` counts down."""
+        """Announce the stage's work: ``total`` units of kind ``unit`` (images) that ``advance`` counts down."""
         self.units_total, self.unit = int(total), unit
 
     def advance(self, n: int) -> None:
@@ -135,7 +135,8 @@ def advance(n: int) -> None:
 class Progress:
     """The run's log: call it with a message; ``with progress.stage(name) as s: ...`` around a stage.
 
-    A message starting with "warning" is logged at level ``warning``.
+    A message starting with "warning" is logged at level ``warning``; ``heartbeat``: seconds
+    between progress lines of a running stage in text and json modes.
 
     Parameters
     ----------

@@ -82,7 +82,9 @@ def _n_classes(valid: pd.DataFrame) -> int:
 def check_class_order(predictions: pd.DataFrame, gain: float) -> dict:
     """``class_order``: accuracy under the best relabelling of the outputs against accuracy as given.
 
-    Returns the record with ``order``: the class names the data suggest, in output order
+    ``predictions``: the predict stage's table; the check fails when the best relabelling
+    (an assignment on the confusion counts of readable images) gains at least ``gain``
+    (a share 0..1) of accuracy. Returns the record with ``order``: the class names the data suggest, in output order
     (None when the check passes).
     """
     from scipy.optimize import linear_sum_assignment
@@ -124,7 +126,8 @@ def _output_order(valid: pd.DataFrame, rename: dict[str, str]) -> list[str] | No
 
 
 def check_unreadable(predictions: pd.DataFrame, max_rate: float) -> dict:
-    """``unreadable``: share of images that could not be decoded."""
+    """``unreadable``: share (0..1) of the rows of ``predictions`` that could not be decoded, failing above
+    ``max_rate``."""
     n = len(predictions)
     bad = int(predictions["error"].notna().sum())
     rate = bad / n if n else 0.0
@@ -138,7 +141,8 @@ def check_unreadable(predictions: pd.DataFrame, max_rate: float) -> dict:
 
 
 def check_small_findings(findings: list[dict], min_size: int) -> dict:
-    """``small_findings``: findings (summary.json entries, not suppressed) too small for their claims."""
+    """``small_findings``: ``findings`` (summary.json entries, not suppressed) with fewer than ``min_size``
+    images, or verified on fewer."""
     small = []
     for f in findings:
         if f.get("triage") == "suppressed":
@@ -165,7 +169,8 @@ def _tested(verification) -> int | None:
 
 
 def check_pair_size(selection: pd.DataFrame, min_pair_size: int, min_share: float) -> dict:
-    """``pair_size``: share of the selected images in confusion pairs large enough to cluster."""
+    """``pair_size``: share of the selected images (``selection``, contrast excluded) in confusion pairs of at
+    least ``min_pair_size`` images, failing below ``min_share`` (0..1)."""
     chosen = selection[selection["reason"] != "contrast"] if "reason" in selection else selection
     if chosen.empty or "pair" not in chosen:
         return _record("pair_size", True, None, min_share, "no selected image")

@@ -27,7 +27,8 @@ MAX_NAMED = 2    # findings named in the sentence; the rest are counted
 
 
 def kind(finding: dict) -> str:
-    """``error`` (a confusion pair's group) or ``strategy`` (correct predictions relying on a cue)."""
+    """The kind of ``finding`` (a summary.json entry): ``error`` (a confusion pair's group) or ``strategy``
+    (correct predictions relying on a cue)."""
     k = finding.get("kind")
     if k in ("error", "strategy"):
         return k
@@ -36,21 +37,21 @@ def kind(finding: dict) -> str:
 
 
 def cue_text(finding: dict) -> str | None:
-    """The cue in plain words (``cue.text``) when discovery gave it one."""
+    """The cue of ``finding`` in plain words (``cue.text``) when discovery gave it one."""
     cue = finding.get("cue")
     text = cue.get("text") if isinstance(cue, dict) else None
     return str(text).strip() if text else None
 
 
 def where(finding: dict) -> str | None:
-    """Where the cue sits, e.g. "the top-right" (from ``cue.cell``)."""
+    """Where the cue of ``finding`` sits, e.g. "the top-right" (from ``cue.cell``)."""
     cue = finding.get("cue")
     cell = cue.get("cell") if isinstance(cue, dict) else None
     return f"the {cell}" if cell else None
 
 
 def phrase(finding: dict) -> str:
-    """What the finding says, e.g. "pool called bathroom" or "bathroom relies on rails"."""
+    """What ``finding`` says, e.g. "pool called bathroom" or "bathroom relies on rails"."""
     true, predicted, text = finding.get("true_label"), finding.get("predicted_label"), cue_text(finding)
     if kind(finding) == "strategy":
         return f"{true} relies on {text}" if text else f"{true} relies on a cue at {where(finding) or 'one place'}"
@@ -58,7 +59,8 @@ def phrase(finding: dict) -> str:
 
 
 def evidence(finding: dict) -> str:
-    """How sure, in words: the intervention test's flip rate against a random region's, or why untested."""
+    """How sure ``finding`` is, in words: the intervention test's flip rate against a random region's, or why
+    untested."""
     v = finding.get("verification")
     if not isinstance(v, dict) or not v.get("verified"):
         reason = v.get("reason") if isinstance(v, dict) else None
@@ -80,14 +82,14 @@ def evidence(finding: dict) -> str:
 
 
 def describe(finding: dict) -> str:
-    """One finding in a sentence: "pool called bathroom (55 images, cue at the top-right; <evidence>)"."""
+    """``finding`` in a sentence: "pool called bathroom (55 images, cue at the top-right; <evidence>)"."""
     size = int(finding.get("size") or len(finding.get("members") or ()))
     at = where(finding)
     return f"{phrase(finding)} ({size} images" + (f", cue at {at}" if at else "") + f"; {evidence(finding)})"
 
 
 def confirmed(finding: dict, min_size: int) -> bool:
-    """The trust stage confirmed the cue, on a finding of at least ``min_size`` images."""
+    """Whether the trust stage confirmed the cue of ``finding``, and it has at least ``min_size`` images."""
     trust = finding.get("trust") if isinstance(finding.get("trust"), dict) else {}
     size = int(finding.get("size") or len(finding.get("members") or ()))
     return trust.get("confirmed") is True and size >= min_size

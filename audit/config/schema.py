@@ -217,6 +217,8 @@ class Gates:
 
 @dataclass(frozen=True)
 class Soundness:
+    """``soundness:`` warnings about the audit itself (near-chance accuracy, class order, unreadable share)."""
+
     chance_margin: float = setting(0.1, FRACTION, "warn when accuracy is within this of the largest class's share")
     uniform_ratio: float = setting(1.5, number(1, text="a number >= 1"),
                                    "warn when the mean top probability is below this / number of classes")

@@ -29,6 +29,8 @@ class Inputs:
         The baseline run folder (``baseline.run_dir``), or None.
     triage : dict
         Finding ID -> its triage entry in force (``read_triage``).
+    expired : tuple of dict
+        Triage entries whose ``expires`` date has passed (reported, no longer applied).
     """
 
     baseline: Run | None

@@ -92,8 +92,8 @@ def _warnings(view: dict) -> list[str]:
 
 
 def summary_slack(view: dict, report_link: str) -> str:
-    """The chat variant of summary.md (``report.summary_format: slack``): no tables, one line per item,
-    the report as an absolute link when ``report.url`` is set."""
+    """The chat variant of summary.md (``report.summary_format: slack``) of ``view``: no tables, one line per
+    item, the report as ``report_link`` (absolute when ``report.url`` is set)."""
     status = view["status"].upper()
     lines = [f"*cnn-audit {_clean(view['run_id'])}: {status}*", _clean(view["verdict"]["text"])]
     lines += [f"• :warning: {_clean(c['message'])}" for c in view["soundness"]]

@@ -62,7 +62,7 @@ def summary_view(run: Run) -> dict:
 
 
 def verdict_of(run: Run) -> dict:
-    """summary.json's ``verdict``; for a run written before it existed, the same from its findings."""
+    """summary.json's ``verdict`` of ``run``; for a run written before it existed, the same from its findings."""
     v = run.summary.get("verdict")
     if isinstance(v, dict) and v.get("state") in verdict_module.STATES and v.get("text"):
         return v

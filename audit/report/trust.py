@@ -82,7 +82,8 @@ def _method(name: str, m: dict) -> dict:
 
 
 def method_text(name: str, badge: dict, faith: dict) -> str:
-    """One method's checks in plain words, e.g. "gradcam passes the sanity checks; hiding what it
+    """The checks of method ``name`` (its ``badge`` and faithfulness figures ``faith``) in plain words, e.g.
+    "gradcam passes the sanity checks; hiding what it
     points at first lowers the prediction faster than random maps do (32 images, margin 0.12 ± 0.03)"."""
     sanity = {True: "passes the sanity checks", False: "fails the sanity checks (its maps barely depend on the "
               "model or the class)", None: "was not sanity-checked"}[badge.get("sanity")]

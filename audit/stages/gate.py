@@ -72,7 +72,8 @@ def verification_lift(finding: Finding) -> float:
 
 
 def per_class(predictions: pd.DataFrame) -> dict[str, dict]:
-    """Precision, recall and F1 of every class over the readable images (None where undefined):
+    """Precision, recall and F1 (0..1) of every class over the readable rows of ``predictions`` (None where
+    undefined):
     ``{class: {"n": labelled, "precision", "recall", "f1"}}``, classes sorted."""
     valid = predictions[predictions["error"].isna()]
     labels, predicted = valid["label"].astype(str).to_numpy(), valid["predicted"].astype(str).to_numpy()

@@ -243,7 +243,11 @@ def _best_test(v) -> tuple[str, int, int] | None:
 
 
 def trust_text(agrees: bool | None, test: tuple[str, int, int] | None, limits: list[str]) -> str:
-    """The trust judgement in plain words, e.g. "the maps agree and hiding the region flips 100% of 32 images"."""
+    """The trust judgement in plain words, e.g. "the maps agree and hiding the region flips 100% of 32 images".
+
+    ``agrees``: the maps' agreement badge; ``test``: (verb, flipped, n) of the best intervention
+    test, or None; ``limits``: caveats appended after "but".
+    """
     maps = {True: "the maps agree", False: "the maps disagree", None: "the maps were not compared"}[agrees]
     if test is None:
         region = "the region was not tested by intervention"
