@@ -14,7 +14,9 @@ With it, on the whole data set:
 * ``cue_slice``: the readable images labelled with the class the cue argues for
   (the finding's predicted class), split by the detector: accuracy with and
   without the cue; a strategy's members become all the class's correct
-  predictions that carry it (clustering may have cut them into several groups);
+  predictions that carry it (clustering may have cut them into several groups),
+  and a strategy whose grown members are mostly a better-ranked strategy's of the
+  same class (more than ``discovery.max_overlap``) is that finding again: dropped;
 * ``same_cue``: another finding with the same predicted class whose members carry
   the cue at least ``link.min_share`` of the time (the victims and the strategy);
 * ``missing_cue``: a group of the cue's own class called something else whose
@@ -70,6 +72,7 @@ def link(config: Config, run_dir: Path, predictions: pd.DataFrame, findings: lis
     index = np.array([at.get(int(r), 0) for r in table["row"]])
     findings = list(findings)
     related: dict[str, list[tuple[str, str]]] = {f.id: list(f.related) for f in findings}
+    dropped: set[str] = set()
     for k, f in enumerate(findings):
         if f.detector is None or not _conclusive(config, f):
             continue
@@ -91,6 +94,12 @@ def link(config: Config, run_dir: Path, predictions: pd.DataFrame, findings: lis
         findings[k] = f = dataclasses.replace(f, cue_slice=cue_slice)
         if f.kind == "strategy":   # its members: every correct prediction of the class that carries the cue
             findings[k] = f = _grown(f, table, carry & right, int(mine.sum()))
+            mine_rows = set(f.rows)
+            if any(g.kind == "strategy" and g.true_label == f.true_label and g.id not in dropped
+                   and len(mine_rows & set(g.rows)) > config.discovery.max_overlap * len(mine_rows)
+                   for g in findings[:k]):
+                dropped.add(f.id)   # the same cue as a better-ranked strategy of the class: one finding
+                continue
         worse_without = (cue_slice.accuracy_with or 0) > (cue_slice.accuracy_without or 0)
         for g in findings:
             if g.id == f.id or not g.rows:
@@ -109,7 +118,8 @@ def link(config: Config, run_dir: Path, predictions: pd.DataFrame, findings: lis
     by_id = {f.id: f for f in findings}   # with their slices: a root is a finding with a working detector
     out = []
     for f in findings:
-        if f.kind == "strategy" and not related[f.id] and not _shortcut(config, f):
+        related[f.id] = [(i, r) for i, r in related[f.id] if i not in dropped]
+        if f.id in dropped or f.kind == "strategy" and not related[f.id] and not _shortcut(config, f):
             continue   # a cue the class does as well without, explaining no error: not a shortcut
         f = dataclasses.replace(f, related=tuple(related[f.id]))
         roots = [by_id[i] for i, r in f.related
