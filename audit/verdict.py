@@ -55,6 +55,8 @@ def phrase(finding: dict) -> str:
     true, predicted, text = finding.get("true_label"), finding.get("predicted_label"), cue_text(finding)
     if kind(finding) == "strategy":
         return f"{true} relies on {text}" if text else f"{true} relies on a cue at {where(finding) or 'one place'}"
+    if text and text.startswith("without "):   # a missing-cue group (audit.stages.link) says what it lacks
+        return f"{true} {text} called {predicted}"
     return f"{true} with {text} called {predicted}" if text else f"{true} called {predicted}"
 
 

@@ -261,7 +261,8 @@ def test_demo_report_in_browser(browser, demo_run, capsys):
         figures = summary["trust"]["methods"][method]
         assert rows[method].get_attribute("data-sanity") == str(figures["badge"]["sanity"]).lower()
         auc = f"{figures['faithfulness']['deletion_auc']:.3f}"
-        assert auc in rows[method].inner_text(), (method, auc, rows[method].inner_text())
+        # the figures sit behind the "details" toggle: read the row whether it is open or not
+        assert auc in rows[method].text_content(), (method, auc, rows[method].text_content())
     assert trust.locator("img").count() >= 3
     trust.scroll_into_view_if_needed()
     w.page.screenshot(path=str(SHOTS / "demo-trust.png"))
