@@ -36,9 +36,11 @@ def _run(case, out, timeout=600):
 
 
 def _summary(out: Path) -> dict:
-    """summary.json without what differs between two runs of the same inputs (timestamps)."""
+    """summary.json without what differs between two runs of the same inputs (timestamps, the report's path
+    in its own run folder)."""
     summary = json.loads((out / "summary.json").read_text())
     summary.pop("created", None)
+    summary.pop("report", None)
     return summary
 
 
