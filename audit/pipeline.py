@@ -161,9 +161,9 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
             integrity.record(run_dir, recorded_files(run_dir, paths))
             feature_rows, features = artifacts.read_cams(run_dir, "features",
                                                          rows=selection["row"].to_numpy(np.int64))
-            if len(feature_rows) < len(selection):   # a model without a target layer has no cams
+            if len(feature_rows) < len(selection):   # a model without a target layer has no cams: no features
                 feature_rows = selection["row"].to_numpy(np.int64)
-                features = np.zeros((len(feature_rows), 1), np.float32)
+                features = np.zeros((len(feature_rows), 0), np.float32)
             artifacts.write_npz(run_dir / artifacts.FEATURES, row=feature_rows, features=features)
         written.flush()
 
