@@ -133,10 +133,11 @@ def apply_baseline(findings: list[Finding], baseline: Run | None, tolerance: flo
         As in ``match``.
     """
     # each finding starts from its own content ID, whatever an earlier matching named it
+    given = [f.id for f in findings]
     findings = [dataclasses.replace(f, id=(f.cue.id if f.cue is not None and f.cue.id else f.id), status="new",
                                     baseline=None) for f in findings]
     if baseline is None:
-        return findings, []
+        return _renamed_links(findings, given), []
     old = baseline_findings(baseline)
     matched = match(findings, old, tolerance, focus_tolerance, min_overlap)
     taken = {b.id for b in old} | {old[j].id for j in matched.values()}
@@ -156,4 +157,11 @@ def apply_baseline(findings: list[Finding], baseline: Run | None, tolerance: flo
     used = set(matched.values())
     resolved = [{"id": b.id, "true_label": b.true_label, "predicted_label": b.predicted_label, "size": b.size,
                  "score": b.score} for j, b in enumerate(old) if j not in used]
-    return out, resolved
+    return _renamed_links(out, given, [f.id for f in findings]), resolved
+
+
+def _renamed_links(findings: list[Finding], *names: list[str]) -> list[Finding]:
+    """``findings`` whose ``related`` links follow their renaming: every earlier ID in ``names`` (lists
+    parallel to ``findings``) maps to the finding's ID now."""
+    now = {old: f.id for ids in names for old, f in zip(ids, findings)}
+    return [dataclasses.replace(f, related=tuple((now.get(i, i), r) for i, r in f.related)) for f in findings]

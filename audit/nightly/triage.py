@@ -108,10 +108,20 @@ def read_triage_entries(path: str | Path | None, today: _dt.date | None = None) 
 
 def apply_triage(findings: list[Finding], triage: dict[str, dict]) -> list[Finding]:
     """Each of ``findings`` with its ``triage`` (``acknowledged``, ``suppressed`` or None) and ``triage_note``
-    from the ``triage`` entries (``read_triage``)."""
+    from the ``triage`` entries (``read_triage``).
+
+    An entry covers the findings linked to its finding by the same cue (``related`` with ``same_cue``:
+    the victims and the strategy of one cue are one decision); their note names the entry's finding
+    (``via``). A finding's own entry wins."""
     out = []
     for f in findings:
         entry = triage.get(f.id)
+        via = None
+        if entry is None:
+            via = next((i for i, relation in f.related if relation == "same_cue" and i in triage), None)
+            entry = triage.get(via) if via else None
         note = {k: entry[k] for k in ("reason", "owner", "expires")} if entry else None
+        if note is not None and via is not None:
+            note["via"] = via
         out.append(dataclasses.replace(f, triage=entry["status"] if entry else None, triage_note=note))
     return out
