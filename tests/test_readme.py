@@ -98,7 +98,7 @@ def test_the_demos_nightly_story_runs_as_told(block, tmp_path):
     # errors up, a cue found, lower accuracy, and the gates pass
     one, two = (json.loads((cwd / "reports" / n / "summary.json").read_text()) for n in ("night1", "night2"))
     assert two["status"] == "pass" and two["verdict"]["state"] == "cue_found"
-    assert [r["id"] for r in two["resolved"]] == ["F-dd24e18e"]
+    assert "F-dd24e18e" in [r["id"] for r in two["resolved"]]   # (with the bathroom strategy of the same cue)
     assert any(f["id"] == "F-dd24e18e-2" and f["status"] == "new" and f["true_label"] == "pool"
                and f["predicted_label"] == "bathroom" for f in two["findings"])
     rates = {(p["true_label"], p["predicted_label"]): p for p in two["pairs"]}
