@@ -9,6 +9,11 @@ model itself is never modified outside tracing.
 
 Models never travel through the Dask graph: tasks receive the model path and call
 ``cached_classifier`` which loads each model once per process.
+
+Every traced function counts the model inputs it runs (``passes``): a counter in the
+graph adds each call's batch, by kind (``forward``: logits only; ``layer``: a
+backward pass to the target layer, Grad-CAM's; ``input``: a backward pass to the
+input). The production benchmark times these passes bare to find a run's floor.
 """
 from __future__ import annotations
 
@@ -25,10 +30,72 @@ from audit.errors import UsageError
 from audit.model_files import SignatureClassifier, SignatureModel, checked_path, load_model, one_line, pick_output
 
 __all__ = ["Classifier", "SignatureClassifier", "cached_classifier", "classifier_for", "classifier_of_model",
-           "file_sha256", "find_target_layer", "flat_layers", "keras_of", "load_model", "spatial_layers"]
+           "file_sha256", "find_target_layer", "flat_layers", "keras_of", "halving", "load_model", "passes",
+           "spatial_layers"]
 
 _CACHE: dict[tuple, "Classifier"] = {}
 _CACHE_LOCK = threading.Lock()
+_COUNTERS: list[tuple[Any, str, Any]] = []   # (function key, kind, tf.Variable of model inputs), every classifier's
+LAYER_KEYS = ("fused", "gradcam", "gradcam_plus_plus")   # their backward pass stops at the target layer
+
+
+def passes() -> dict[str, dict[str, int]]:
+    """Model inputs run so far in this process by every classifier's traced functions.
+
+    Returns
+    -------
+    dict
+        ``{kind: {function key: inputs}}`` with ``kind`` one of ``forward`` (a forward
+        pass), ``layer`` (forward plus a backward pass to the target layer) and ``input``
+        (forward plus a backward pass to the input); keys as ``str``. A function that
+        calls the model twice counts both calls.
+    """
+    out: dict[str, dict[str, int]] = {"forward": {}, "layer": {}, "input": {}}
+    for key, kind, counter in list(_COUNTERS):
+        name = key if isinstance(key, str) else "/".join(map(str, key))
+        out[kind][name] = out[kind].get(name, 0) + int(counter.numpy())
+    return out
+
+
+def halving(run: Callable, images: "np.ndarray") -> tuple["np.ndarray", ...]:
+    """``run(images)``, retried in two halves (and so on) while the device runs out of memory.
+
+    Parameters
+    ----------
+    run : callable
+        ``images -> tuple of arrays [n, ...]``, e.g. ``Classifier.logits_and_cam``.
+    images : np.ndarray
+        float32 ``[N, H, W, C]``, model input.
+
+    Returns
+    -------
+    tuple of np.ndarray
+        ``run``'s arrays for all ``N`` images, the halves concatenated. A single image
+        that does not fit raises ``tf.errors.ResourceExhaustedError``; each retry is logged
+        (``audit.progress.note``).
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from audit.progress import note
+
+    try:
+        return tuple(run(images))
+    except tf.errors.ResourceExhaustedError:
+        if len(images) <= 1:
+            raise
+    half = (len(images) + 1) // 2
+    note(f"warning: out of memory at {len(images)} images per call; retrying with {half}")
+    first, second = halving(run, images[:half]), halving(run, images[half:])
+    return tuple(np.concatenate(pair) for pair in zip(first, second))
+
+
+def _pass_kind(key: Any, graph) -> str:
+    """``forward``, ``layer`` or ``input`` (see ``passes``) of the traced ``graph`` under ``key``."""
+    backward = any(op.name.startswith("gradient_tape/") for op in graph.get_operations())
+    if not backward:
+        return "forward"
+    return "layer" if key in LAYER_KEYS else "input"
 
 
 def keras_of(model):
@@ -189,6 +256,7 @@ class Classifier:
         self._captured: dict[str, Any] = {}
         self._lock = threading.RLock()
         self._functions: dict[Any, Callable] = {}
+        self._counter = None   # while tracing: the variable the traced forward passes add their batch to
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -244,6 +312,10 @@ class Classifier:
     def forward(self, images):
         """Inside a traced function: ``(logits [N, K], activations [N, h, w, c])`` of ``images``."""
         logits = self.model(images, training=False)
+        if self._counter is not None:
+            import tensorflow as tf
+
+            self._counter.assign_add(tf.cast(tf.shape(images)[0], tf.int64))
         return logits, self._captured["activations"]
 
     def function(self, key: Any, fn: Callable, *specs) -> Callable:
@@ -256,9 +328,15 @@ class Classifier:
 
         with self._lock:
             if key not in self._functions:
-                with self._patched():
-                    self._functions[key] = tf.function(fn).get_concrete_function(*specs)
-                self._captured.clear()
+                self._counter = tf.Variable(0, dtype=tf.int64, trainable=False)
+                try:
+                    with self._patched():
+                        traced = tf.function(fn).get_concrete_function(*specs)
+                finally:
+                    counter, self._counter = self._counter, None
+                    self._captured.clear()
+                _COUNTERS.append((key, _pass_kind(key, traced.graph), counter))
+                self._functions[key] = traced
             return self._functions[key]
 
     def image_spec(self):

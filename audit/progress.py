@@ -126,6 +126,17 @@ def _duration(seconds: float) -> str:
         else f"{seconds / 3600:.1f} h"
 
 
+def note(msg: str) -> None:
+    """Log ``msg`` in this process's running stage (the ``warning: ...`` of a retried chunk), else through
+    the ``audit`` logger (an ``explain`` call outside a run)."""
+    if _ACTIVE:
+        _ACTIVE[-1].progress(msg)
+    else:
+        import logging
+
+        logging.getLogger("audit").warning(msg)
+
+
 def advance(n: int) -> None:
     """Count ``n`` units of work done in this process's running stage (no-op when none runs)."""
     if _ACTIVE:

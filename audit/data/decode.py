@@ -15,7 +15,9 @@ them), or a record ``file#index`` of a TFRecord or Parquet file.
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -114,6 +116,35 @@ def load_images(root: str | Path, paths: list[str], size: tuple[int, int],
         except Exception as exc:  # any read or decode failure is recorded, never fatal
             errors.append(f"{type(exc).__name__}: {exc}".splitlines()[0])
     return out, errors
+
+
+def prefetched(root: str | Path, paths: list[str], size: tuple[int, int], batch: int, max_pixels: int | None = None,
+               channels: int = 3) -> Iterator[tuple[slice, np.ndarray, list[str | None]]]:
+    """``load_images`` batch by batch, the next batch decoded in a reader thread while the caller runs the model
+    on this one (Pillow releases the GIL while it decodes).
+
+    Parameters
+    ----------
+    root, paths, size, max_pixels, channels
+        As in ``load_images``.
+    batch : int
+        Images per batch (the last one may be smaller).
+
+    Yields
+    ------
+    (slice, images, errors)
+        The batch's positions in ``paths``, float32 ``[n, H, W, channels]`` 0..255 and its errors
+        (``load_images``'s).
+    """
+    starts = range(0, len(paths), batch)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-reader") as reader:
+        pending = reader.submit(load_images, root, paths[:batch], size, max_pixels, channels) if len(starts) else None
+        for start in starts:
+            images, errors = pending.result()
+            after = start + batch
+            if after < len(paths):
+                pending = reader.submit(load_images, root, paths[after:after + batch], size, max_pixels, channels)
+            yield slice(start, start + len(errors)), images, errors
 
 
 def grey(image: np.ndarray) -> np.ndarray:

@@ -232,7 +232,7 @@ def run_flat(fn: Callable, owner: np.ndarray, per_image: Sequence[np.ndarray], p
         Arrays ``[T, ...]`` or callables ``(start, stop) -> [stop - start, ...]`` that build a chunk's items on
         demand (e.g. noise).
     batch_size : int
-        Items per call (the memory bound).
+        Items per call (the memory bound; halved while the device runs out of memory).
     n_images : int
         N.
     reduce : bool
@@ -241,34 +241,43 @@ def run_flat(fn: Callable, owner: np.ndarray, per_image: Sequence[np.ndarray], p
     """
     import tensorflow as tf
 
+    from audit.progress import note
+
     owner = np.asarray(owner, np.int64)
     total = len(owner)
-    starts = range(0, total, batch_size)
 
-    def prepare(start: int):
-        stop = min(start + batch_size, total)
+    def prepare(start: int, size: int):
+        stop = min(start + size, total)
         lo, hi = int(owner[start]), int(owner[stop - 1]) + 1
         index = (owner[start:stop] - lo).astype(np.int32)
         items = [np.asarray(a(start, stop) if callable(a) else a[start:stop]) for a in per_item]
         args = [tf.constant(a[lo:hi]) for a in per_image] + [tf.constant(index)] + [tf.constant(a) for a in items]
-        return lo, hi, args
+        return stop, lo, hi, args
 
-    acc = None
-    parts = []
-    # the host side of chunk k + 1 (slicing, noise, copies) runs while the model runs chunk k
+    acc, parts, start = None, [], 0
+    # the host side of the next chunk (slicing, noise, copies) runs while the model runs this one; out of
+    # device memory, the chunk is retried in halves and the batch size stays halved for the rest of the call
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(prepare, starts[0]) if len(starts) else None
-        for k in range(len(starts)):
-            lo, hi, args = pending.result()
-            if k + 1 < len(starts):
-                pending = pool.submit(prepare, starts[k + 1])
-            result = fn(*args).numpy()
+        pending = pool.submit(prepare, 0, batch_size) if total else None
+        while start < total:
+            stop, lo, hi, args = pending.result()
+            pending = pool.submit(prepare, stop, batch_size) if stop < total else None
+            try:
+                result = fn(*args).numpy()
+            except tf.errors.ResourceExhaustedError:
+                if stop - start == 1:
+                    raise
+                batch_size = (stop - start + 1) // 2
+                note(f"warning: out of memory at {stop - start} model inputs per call; retrying with {batch_size}")
+                pending = pool.submit(prepare, start, batch_size)
+                continue
             if reduce:
                 if acc is None:
                     acc = np.zeros((n_images, *result.shape[1:]), np.float64)
                 acc[lo:hi] += result
             else:
                 parts.append(result)
+            start = stop
     if reduce:
         return acc
     return np.concatenate(parts) if parts else np.zeros((0,), np.float32)

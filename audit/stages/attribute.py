@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +22,11 @@ import pandas as pd
 from audit import progress
 from audit.artifacts import write_map_chunk
 from audit.config import Config
-from audit.data import load_images, preprocess
+from audit.data import prefetched, preprocess
 from audit.errors import UsageError
 from audit.explainers import IntegratedGradients, get
 from audit.explainers.base import Explainer
 from audit.model_io import classifier_for
-
-
-def _counted(result, n: int):
-    """``result``, after counting ``n`` images as done (``audit.progress.advance``)."""
-    progress.advance(n)
-    return result
 
 
 def attribute_partition(config: Config, root: Path, classes: list[str], part: pd.DataFrame,
@@ -54,31 +49,40 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
     Returns
     -------
     dict
-        ``{"rows": [prediction row ids]}`` (the semantic features come from the predict
-        stage's fused pass, ``audit.stages.predict``).
+        ``{"rows": [prediction row ids], "seconds": {method: seconds spent explaining}}`` (the
+        semantic features come from the predict stage's fused pass, ``audit.stages.predict``).
     """
     classifier = classifier_for(config)
-    images, _ = load_images(root, part["path"].tolist(), classifier.input_size,
-                                 config.data.max_pixels, classifier.input_shape[2])
-    images = preprocess(images, config.data.preprocess)
     lookup = {name: i for i, name in enumerate(classes)}
     targets = part["pair_label"].map(lookup).to_numpy(np.int32)
     rows = part["row"].to_numpy(np.int64)
-    batch = config.attribution.batch_size
-    for method, explainer in explainers(config).items():
-        # explained batch by batch (the explainer batches inside too) so that progress.advance
-        # counts images as they are done: a long stage logs its ETA (audit.progress)
-        slices = [slice(i, i + batch) for i in range(0, len(images), batch)] or [slice(0, 0)]
-        if isinstance(explainer, IntegratedGradients):  # its completeness gap costs 2 passes here, not a re-read later
-            done = [_counted(explainer.explain_with_gap(classifier, images[s], targets[s]), len(targets[s])) for s in slices]
-            maps, gap = (np.concatenate([d[k] for d in done]) for k in (0, 1))
+    methods = explainers(config)
+    done: dict[str, list] = {method: [] for method in methods}
+    seconds = dict.fromkeys(methods, 0.0)
+    # batch by batch, the reader thread decoding the next batch while every method explains this one;
+    # progress.advance counts images as they are done: a long stage logs its ETA (audit.progress)
+    for where, images, _ in prefetched(root, part["path"].tolist(), classifier.input_size,
+                                       config.attribution.batch_size, config.data.max_pixels,
+                                       classifier.input_shape[2]):
+        images = preprocess(images, config.data.preprocess)
+        for method, explainer in methods.items():
+            start = time.perf_counter()
+            if isinstance(explainer, IntegratedGradients):  # its completeness gap costs 2 passes here, not a re-read
+                done[method].append(explainer.explain_with_gap(classifier, images, targets[where]))
+            else:
+                done[method].append((explainer.explain(classifier, images, targets[where]),))
+            seconds[method] += time.perf_counter() - start
+            progress.advance(len(images))
+    for method, explainer in methods.items():
+        maps = np.concatenate([d[0] for d in done[method]]) if done[method] else \
+            np.zeros((0, *classifier.input_size), np.float32)
+        if isinstance(explainer, IntegratedGradients):
+            gap = np.concatenate([d[1] for d in done[method]]) if done[method] else np.zeros(0)
             write_map_chunk(config.run_dir, method, chunk, rows, maps, gap=gap,
                             difference=maps.sum(axis=(1, 2), dtype=np.float64) - gap)
         else:
-            maps = np.concatenate([_counted(explainer.explain(classifier, images[s], targets[s]), len(targets[s]))
-                                   for s in slices])
             write_map_chunk(config.run_dir, method, chunk, rows, maps)
-    return {"rows": rows.tolist()}
+    return {"rows": rows.tolist(), "seconds": {m: round(t, 3) for m, t in seconds.items()}}
 
 
 def explainers(config: Config) -> dict[str, Explainer]:
@@ -151,7 +155,8 @@ def without_layers(config: Config, classifier) -> tuple[Config, list[str]]:
 
 def check_methods(config: Config, classifier) -> None:
     """Build every configured method and explain one blank image with it, so that a bad
-    parameter (say an occlusion patch larger than the image) stops the run before any work.
+    parameter (say an occlusion patch larger than the image) stops the run before any work
+    (and every method, like the predict stage's fused pass run on it too, is traced once, here).
 
     Parameters
     ----------
@@ -166,6 +171,8 @@ def check_methods(config: Config, classifier) -> None:
         Naming ``attribution.params.<method>.<param>``.
     """
     blank = np.zeros((1, *classifier.input_shape), np.float32)
+    if classifier.layer is not None:   # the predict stage's fused pass, traced here too: before any work, once
+        classifier.logits_and_cam(blank)
     for method, explainer in explainers(config).items():
         try:
             explainer.explain(classifier, blank, np.zeros(1, np.int32))

@@ -22,8 +22,8 @@ import pandas as pd
 
 from audit.config import Config
 from audit.artifacts import write_cam_chunk
-from audit.data import load_images, preprocess
-from audit.model_io import classifier_for
+from audit.data import prefetched, preprocess
+from audit.model_io import classifier_for, halving
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -47,7 +47,8 @@ def predict_partition(config: Config, root: Path, classes: list[str], part: pd.D
     Parameters
     ----------
     config : Config
-        ``model.*``, ``data.*`` and ``predict.batch_size``.
+        ``model.*``, ``data.*`` and ``predict.batch_size`` (halved for a batch the device has not the
+        memory for, ``audit.model_io.halving``).
     root : Path
         Folder the manifest paths are relative to.
     classes : list of str
@@ -56,22 +57,24 @@ def predict_partition(config: Config, root: Path, classes: list[str], part: pd.D
         Manifest rows (``row``, ``path``, ``label``, metadata).
     """
     classifier = classifier_for(config)
-    images, errors = load_images(root, part["path"].tolist(), classifier.input_size,
-                                 config.data.max_pixels, classifier.input_shape[2])
-    ok = np.array([e is None for e in errors])
     logits = np.full((len(part), classifier.n_classes), np.nan, np.float32)
-    batch = config.predict.batch_size
-    index = np.flatnonzero(ok)
+    errors: list[str | None] = []
     fused = chunk is not None and getattr(classifier, "layer", None) is not None
+    run = classifier.logits_and_cam if fused else lambda x: (classifier.logits(x),)
     kept: list[tuple[np.ndarray, ...]] = []
-    for start in range(0, len(index), batch):
-        at = index[start:start + batch]
-        x = preprocess(images[at], config.data.preprocess)
+    # the reader thread decodes the next batch while the model runs this one
+    for where, images, batch_errors in prefetched(root, part["path"].tolist(), classifier.input_size,
+                                                  config.predict.batch_size, config.data.max_pixels,
+                                                  classifier.input_shape[2]):
+        errors.extend(batch_errors)
+        ok = np.flatnonzero([e is None for e in batch_errors])
+        if not len(ok):
+            continue
+        at = where.start + ok
+        logits[at], *extra = halving(run, preprocess(images[ok], config.data.preprocess))
         if fused:
-            logits[at], *extra = classifier.logits_and_cam(x)
             kept.append((at, *extra))
-        else:
-            logits[at] = classifier.logits(x)
+    ok = np.array([e is None for e in errors], bool)
     if fused and kept:
         at = np.concatenate([k[0] for k in kept])
         write_cam_chunk(config.run_dir, chunk, part["row"].to_numpy(np.int64)[at],

@@ -1,0 +1,123 @@
+"""Production behaviour of the model passes: counted passes, decoding ahead of the model, and
+batches halved when the device runs out of memory."""
+import logging
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from audit.data import load_images, prefetched
+from audit.explainers import get
+from audit.explainers.base import run_flat
+from audit.model_io import Classifier, halving, passes
+from tests.conftest import build_model
+
+
+def _kinds_delta(before: dict, after: dict) -> dict:
+    return {kind: sum(after[kind].values()) - sum(before[kind].values()) for kind in after}
+
+
+def test_passes_count_every_model_input_by_kind():
+    clf = Classifier(build_model("plain"))
+    images = np.random.default_rng(0).uniform(0, 1, (5, 20, 24, 3)).astype(np.float32)
+    targets = np.zeros(5, np.int32)
+    before = passes()
+    clf.logits(images)
+    clf.logits_and_cam(images)
+    get("integrated_gradients")(batch_size=7, steps=4).explain(clf, images, targets)
+    get("occlusion")(batch_size=16, patch=8, stride=8).explain(clf, images, targets)
+    counted = _kinds_delta(before, passes())
+    # occlusion: corners 0, 8, 12 down and 0, 8, 16 across = 9 patches plus the unoccluded image
+    assert counted == {"forward": 5 + 5 * 10, "layer": 5, "input": 5 * 4}
+
+
+def test_prefetched_decodes_the_next_batch_in_a_reader_thread(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(7):
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        paths.append(f"{i}.png")
+    paths.append("missing.png")
+    decoded_in = []
+    from audit.data import decode
+
+    original = decode.load_images
+
+    def spy(*args, **kwargs):
+        decoded_in.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(decode, "load_images", spy)
+    whole, errors = load_images(tmp_path, paths, (20, 24))
+    got = list(prefetched(tmp_path, paths, (20, 24), batch=3))
+    assert [g[0] for g in got] == [slice(0, 3), slice(3, 6), slice(6, 8)]
+    np.testing.assert_array_equal(np.concatenate([g[1] for g in got]), whole)
+    assert sum((g[2] for g in got), []) == errors and errors[-1] is not None
+    assert len(decoded_in) == 3 and all(name.startswith("audit-reader") for name in decoded_in)
+
+
+def _exhausted_above(limit: int, fn):
+    import tensorflow as tf
+
+    calls = []
+
+    def run(*args):
+        size = len(args[-1]) if not isinstance(args[0], np.ndarray) else len(args[0])
+        calls.append(size)
+        if size > limit:
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        return fn(*args)
+
+    return run, calls
+
+
+def test_run_flat_halves_the_batch_on_out_of_memory_and_keeps_every_item(caplog):
+    import tensorflow as tf
+
+    def double(index, values):
+        return tf.cast(values, tf.float32) * 2.0
+
+    values = np.arange(20, dtype=np.int32)
+    run, calls = _exhausted_above(5, double)
+    with caplog.at_level(logging.WARNING, logger="audit"):
+        out = run_flat(run, np.arange(20), [], [values], 16, 20, reduce=False)
+    np.testing.assert_array_equal(out, values * 2.0)
+    assert calls[:3] == [16, 8, 4] and max(calls[3:]) <= 4
+    assert "out of memory at 16 model inputs per call; retrying with 8" in caplog.text
+
+
+def test_explainer_maps_unchanged_when_the_device_runs_out_of_memory(monkeypatch):
+    import tensorflow as tf
+
+    clf = Classifier(build_model("plain"))
+    images = np.random.default_rng(1).uniform(0, 1, (6, 20, 24, 3)).astype(np.float32)
+    targets = np.array([0, 1, 2, 0, 1, 2], np.int32)
+    method = get("integrated_gradients")(batch_size=12, steps=4)
+    expected = method.explain(clf, images, targets)
+    traced = clf._functions["integrated_gradients"]
+    sizes = []
+
+    def limited(*args):
+        sizes.append(int(tf.shape(args[3])[0]))
+        if sizes[-1] > 3:
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM")
+        return traced(*args)
+
+    monkeypatch.setitem(clf._functions, "integrated_gradients", limited)
+    np.testing.assert_allclose(method.explain(clf, images, targets), expected, rtol=1e-5, atol=1e-6)
+    assert sizes[0] == 12 and max(sizes[-3:]) <= 3
+
+
+def test_halving_splits_the_predict_batch_until_it_fits(caplog):
+    import tensorflow as tf
+
+    images = np.arange(10, dtype=np.float32)[:, None]
+    run, calls = _exhausted_above(3, lambda x: (x * 2, x + 1))
+    with caplog.at_level(logging.WARNING, logger="audit"):
+        doubled, plus = halving(run, images)
+    np.testing.assert_array_equal(doubled, images * 2)
+    np.testing.assert_array_equal(plus, images + 1)
+    assert calls[0] == 10 and "retrying with 5" in caplog.text
+    with pytest.raises(tf.errors.ResourceExhaustedError):
+        halving(_exhausted_above(0, lambda x: (x,))[0], images)
