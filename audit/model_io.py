@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 from audit.errors import UsageError
+from audit.passes import count_passes, halving, mixed_policy, passes
 from audit.model_files import SignatureClassifier, SignatureModel, checked_path, load_model, one_line, pick_output
 
 __all__ = ["Classifier", "SignatureClassifier", "cached_classifier", "classifier_for", "classifier_of_model",
@@ -35,67 +36,6 @@ __all__ = ["Classifier", "SignatureClassifier", "cached_classifier", "classifier
 
 _CACHE: dict[tuple, "Classifier"] = {}
 _CACHE_LOCK = threading.Lock()
-_COUNTERS: list[tuple[Any, str, Any]] = []   # (function key, kind, tf.Variable of model inputs), every classifier's
-LAYER_KEYS = ("fused", "gradcam", "gradcam_plus_plus")   # their backward pass stops at the target layer
-
-
-def passes() -> dict[str, dict[str, int]]:
-    """Model inputs run so far in this process by every classifier's traced functions.
-
-    Returns
-    -------
-    dict
-        ``{kind: {function key: inputs}}`` with ``kind`` one of ``forward`` (a forward
-        pass), ``layer`` (forward plus a backward pass to the target layer) and ``input``
-        (forward plus a backward pass to the input); keys as ``str``. A function that
-        calls the model twice counts both calls.
-    """
-    out: dict[str, dict[str, int]] = {"forward": {}, "layer": {}, "input": {}}
-    for key, kind, counter in list(_COUNTERS):
-        name = key if isinstance(key, str) else "/".join(map(str, key))
-        out[kind][name] = out[kind].get(name, 0) + int(counter.numpy())
-    return out
-
-
-def halving(run: Callable, images: "np.ndarray") -> tuple["np.ndarray", ...]:
-    """``run(images)``, retried in two halves (and so on) while the device runs out of memory.
-
-    Parameters
-    ----------
-    run : callable
-        ``images -> tuple of arrays [n, ...]``, e.g. ``Classifier.logits_and_cam``.
-    images : np.ndarray
-        float32 ``[N, H, W, C]``, model input.
-
-    Returns
-    -------
-    tuple of np.ndarray
-        ``run``'s arrays for all ``N`` images, the halves concatenated. A single image
-        that does not fit raises ``tf.errors.ResourceExhaustedError``; each retry is logged
-        (``audit.progress.note``).
-    """
-    import numpy as np
-    import tensorflow as tf
-
-    from audit.progress import note
-
-    try:
-        return tuple(run(images))
-    except tf.errors.ResourceExhaustedError:
-        if len(images) <= 1:
-            raise
-    half = (len(images) + 1) // 2
-    note(f"warning: out of memory at {len(images)} images per call; retrying with {half}")
-    first, second = halving(run, images[:half]), halving(run, images[half:])
-    return tuple(np.concatenate(pair) for pair in zip(first, second))
-
-
-def _pass_kind(key: Any, graph) -> str:
-    """``forward``, ``layer`` or ``input`` (see ``passes``) of the traced ``graph`` under ``key``."""
-    backward = any(op.name.startswith("gradient_tape/") for op in graph.get_operations())
-    if not backward:
-        return "forward"
-    return "layer" if key in LAYER_KEYS else "input"
 
 
 def keras_of(model):
@@ -257,6 +197,7 @@ class Classifier:
         self._lock = threading.RLock()
         self._functions: dict[Any, Callable] = {}
         self._counter = None   # while tracing: the variable the traced forward passes add their batch to
+        self._precision = threading.local()   # per thread: what ``precision`` set
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -284,9 +225,12 @@ class Classifier:
         original_call = self.layer.call
 
         def capturing_call(*args, **kwargs):
+            import tensorflow as tf
+
             out = original_call(*args, **kwargs)
-            self._captured["activations"] = out
-            return out
+            # float32 even where the layers compute in float16 (mixed precision); the model goes on from it
+            self._captured["activations"] = tf.cast(out, tf.float32)
+            return tf.cast(self._captured["activations"], out.dtype)
 
         self.layer.call = capturing_call
         restore = None
@@ -311,33 +255,55 @@ class Classifier:
 
     def forward(self, images):
         """Inside a traced function: ``(logits [N, K], activations [N, h, w, c])`` of ``images``."""
-        logits = self.model(images, training=False)
-        if self._counter is not None:
-            import tensorflow as tf
+        import tensorflow as tf
 
+        logits = tf.cast(self.model(images, training=False), tf.float32)
+        if self._counter is not None:
             self._counter.assign_add(tf.cast(tf.shape(images)[0], tf.int64))
         return logits, self._captured["activations"]
 
     def function(self, key: Any, fn: Callable, *specs) -> Callable:
-        """``fn`` traced once per (classifier, ``key``) with the patches active; cached for reuse.
+        """``fn`` traced once per (classifier, ``key``, precision) with the patches active; cached for reuse.
 
         ``fn`` calls ``self.forward``; ``specs`` are ``tf.TensorSpec`` with a ``None``
-        batch dimension so that no batch size ever re-traces.
+        batch dimension so that no batch size ever re-traces. Under ``precision("mixed_float16")``
+        the layers compute in float16 (``audit.passes.mixed_policy``), cached under ``(key, "mixed_float16")``.
         """
         import tensorflow as tf
 
+        mixed = getattr(self._precision, "name", "float32") == "mixed_float16"
+        key = (key, "mixed_float16") if mixed else key
         with self._lock:
             if key not in self._functions:
                 self._counter = tf.Variable(0, dtype=tf.int64, trainable=False)
+                # mixed precision: every layer but the output layer, which stays float32 (Keras's advice)
+                policy = mixed_policy(flat_layers(self.model)[:-1]) if mixed else contextlib.nullcontext()
                 try:
-                    with self._patched():
+                    with self._patched(), policy:
                         traced = tf.function(fn).get_concrete_function(*specs)
                 finally:
                     counter, self._counter = self._counter, None
                     self._captured.clear()
-                _COUNTERS.append((key, _pass_kind(key, traced.graph), counter))
+                count_passes(key, traced.graph, counter)
                 self._functions[key] = traced
             return self._functions[key]
+
+    @contextlib.contextmanager
+    def precision(self, name: str) -> Iterator[None]:
+        """Within the block, in this thread, functions are traced and run in precision ``name``.
+
+        Parameters
+        ----------
+        name : str
+            ``float32`` or ``mixed_float16`` (``attribution.precision``: float16 compute, float32
+            weights, logits and activations; for GPUs, whose float16 units make it faster).
+        """
+        before = getattr(self._precision, "name", "float32")
+        self._precision.name = name
+        try:
+            yield
+        finally:
+            self._precision.name = before
 
     def image_spec(self):
         """``tf.TensorSpec`` of a float32 image batch ``[None, H, W, C]``."""

@@ -268,7 +268,7 @@ def test_occlusion_equals_a_brute_force_loop(patch, stride, baseline):
     fill = {"constant": np.full_like(x, 0.3), "mean": np.broadcast_to(x.mean(axis=(1, 2), keepdims=True), x.shape),
             "blur": blur(x, 2.0)}[baseline]
     maps = audit.explain(model, x, targets, method="occlusion", patch=patch, stride=stride, baseline=baseline,
-                         value=0.3, sigma=2.0, batch_size=5)
+                         value=0.3, sigma=2.0, batch_size=5, adaptive=False)
     np.testing.assert_allclose(maps, brute_force_occlusion(model, x, targets, patch, stride, fill), atol=1e-5)
 
 
@@ -278,12 +278,24 @@ def test_occlusion_default_geometry_covers_the_border():
     assert Occlusion().geometry((224, 224)) == ((28, 28), (14, 14))
 
 
+def test_occlusion_patch_as_a_fraction_scales_with_the_input():
+    assert Occlusion(patch=0.25).geometry((224, 224)) == ((56, 56), (28, 28))
+    assert Occlusion(patch=0.25).geometry((64, 80)) == ((16, 16), (8, 8))
+    assert Occlusion().geometry((64, 64)) == ((8, 8), (4, 4))   # the default: 1/8 of the shorter side
+    with pytest.raises(ValueError, match=r"`occlusion.patch` must be a number in \(0.0, 1.0\]"):
+        Occlusion(patch=1.5)
+
+
+def test_occlusion_default_is_adaptive():
+    assert Occlusion().adaptive and Occlusion().budget == 0.33
+
+
 def test_adaptive_occlusion_with_full_budget_is_the_full_grid():
     model = build_model("logits")
     clf = Classifier(model)
     x = rng_images((20, 24, 3), n=2, low=0, high=1)
     targets = np.array([0, 2])
-    full = Occlusion(patch=4, stride=2)
+    full = Occlusion(patch=4, stride=2, adaptive=False)
     expected = full.explain(clf, x, targets)
     adaptive = Occlusion(patch=4, stride=2, adaptive=True, budget=1.0)
     np.testing.assert_allclose(adaptive.explain(clf, x, targets), expected, atol=1e-5)
@@ -297,7 +309,7 @@ def test_adaptive_occlusion_is_exact_on_the_coarse_grid_and_refines_the_highest(
     clf = Classifier(model)
     x = rng_images((20, 24, 3), n=2, low=0, high=1)
     targets = np.array([0, 2])
-    full = Occlusion(patch=4, stride=2)
+    full = Occlusion(patch=4, stride=2, adaptive=False)
     full_maps = full.explain(clf, x, targets)
     coarse_only = Occlusion(patch=4, stride=2, adaptive=True, budget=0.3)
     cheap = Occlusion(patch=4, stride=2, adaptive=True, budget=0.45)
@@ -354,6 +366,7 @@ def test_agrees_with_xplique_where_the_definitions_coincide():
     theirs = np.asarray(xa.IntegratedGradients(model, steps=10, reducer=None).explain(x, onehot)).sum(-1)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
-    ours = audit.explain(model, x, targets, method="occlusion", patch=4, stride=4, baseline="constant", value=0.0)
+    ours = audit.explain(model, x, targets, method="occlusion", patch=4, stride=4, baseline="constant", value=0.0,
+                         adaptive=False)
     theirs = np.asarray(xa.Occlusion(model, patch_size=4, patch_stride=4, occlusion_value=0.0).explain(x, onehot))
     np.testing.assert_allclose(ours, theirs.reshape(ours.shape), atol=1e-5)

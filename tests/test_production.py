@@ -26,7 +26,7 @@ def test_passes_count_every_model_input_by_kind():
     clf.logits(images)
     clf.logits_and_cam(images)
     get("integrated_gradients")(batch_size=7, steps=4).explain(clf, images, targets)
-    get("occlusion")(batch_size=16, patch=8, stride=8).explain(clf, images, targets)
+    get("occlusion")(batch_size=16, patch=8, stride=8, adaptive=False).explain(clf, images, targets)
     counted = _kinds_delta(before, passes())
     # occlusion: corners 0, 8, 12 down and 0, 8, 16 across = 9 patches plus the unoccluded image
     assert counted == {"forward": 5 + 5 * 10, "layer": 5, "input": 5 * 4}
@@ -121,3 +121,28 @@ def test_halving_splits_the_predict_batch_until_it_fits(caplog):
     assert calls[0] == 10 and "retrying with 5" in caplog.text
     with pytest.raises(tf.errors.ResourceExhaustedError):
         halving(_exhausted_above(0, lambda x: (x,))[0], images)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "integrated_gradients", "occlusion"])
+def test_mixed_precision_maps_stay_within_tolerance_of_float32(method):
+    import tensorflow as tf
+
+    model = build_model("preprocess", input_shape=(32, 32, 3))
+    head = model.layers[-1]
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel * 100, bias])   # logits of a trained model's scale (about 20), not about 0.2
+    clf = Classifier(model)
+    images = np.random.default_rng(2).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    targets = np.array([0, 1, 2, 0], np.int32)
+    explainer = get(method)(batch_size=8)
+    full = explainer.explain(clf, images, targets)
+    with clf.precision("mixed_float16"):
+        mixed = explainer.explain(clf, images, targets)
+    key = next(k for k in clf._functions if isinstance(k, tuple) and k[-1] == "mixed_float16")
+    halves = [op for op in clf._functions[key].graph.get_operations()
+              if op.type == "Conv2D" and op.get_attr("T") == tf.float16]
+    assert halves, "the mixed-precision trace computes its convolutions in float16"
+    assert mixed.dtype == np.float32 and np.isfinite(mixed).all()
+    scale = np.abs(full).max()
+    assert np.abs(mixed - full).max() <= 0.1 * scale
+    assert np.corrcoef(mixed.ravel(), full.ravel())[0, 1] > 0.99

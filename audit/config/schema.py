@@ -94,6 +94,8 @@ class Attribution:
                           "per method: {occlusion: {patch: 8}, integrated_gradients: {steps: 16}}", mapping=True)
     batch_size: int = setting(32, POSITIVE_INT, "model inputs per model call: the memory bound")
     partition_size: int = setting(256, POSITIVE_INT, "images per Dask task")
+    precision: str = setting("float32", choice("float32", "mixed_float16"),
+                             "mixed_float16: layers compute in float16 (for GPUs; slower on CPUs)")
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,9 @@ class IntegratedGradients(Explainer):
     batch_size : int, default 32
         Model inputs (images x steps) per model call.
     steps : int, default 32
-        Quadrature nodes per image (model passes per image).
+        Quadrature nodes per image (model passes per image). 16 nodes would halve the cost but
+        miss the 1% completeness bound of ``tests/test_explainers_exact.py`` (a gap of 1.14% of
+        ``f(x) - f(baseline)`` there, 0.9% at 32), so 32 stays the default.
     rule : str, default "gauss_legendre"
         ``gauss_legendre``, ``mid``, ``left``, ``right`` or ``trapezoid``.
     baseline : str, float or np.ndarray, default "black"

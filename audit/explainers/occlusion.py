@@ -168,8 +168,10 @@ class Occlusion(Explainer):
     ----------
     batch_size : int, default 32
         Model inputs (images x patches) per model call.
-    patch : int or (int, int), optional
-        Patch size in pixels, (height, width); default ``ceil(min(H, W) / 8)``.
+    patch : int, float or (int, int), optional
+        Patch size in pixels, (height, width), or a float in (0, 1]: that fraction of the
+        shorter image side, so the patch scales with the input size; default ``1/8``
+        (``ceil(min(H, W) / 8)`` pixels: 28 at 224 px).
     stride : int or (int, int), optional
         Step between patches in pixels; default ``ceil(patch / 2)`` per axis.
     baseline : str, default "mean"
@@ -179,8 +181,9 @@ class Occlusion(Explainer):
         The fill of ``baseline="constant"``, in model input units.
     sigma : float, optional
         Blur radius in pixels for ``baseline="blur"`` (default ``max(patch) / 2``).
-    adaptive : bool, default False
-        Coarse-to-fine (see the module docstring).
+    adaptive : bool, default True
+        Coarse-to-fine (see the module docstring): about 3x fewer passes than the full
+        grid at a Spearman correlation of about 0.92 with its maps (``benchmarks/attribution.py``).
     coarse : int, default 2
         The coarse pass evaluates every ``coarse``-th patch position per axis (adaptive).
     budget : float, default 0.33
@@ -189,11 +192,14 @@ class Occlusion(Explainer):
         highest; 1 is the full grid.
     """
 
-    def __init__(self, batch_size: int = 32, patch: int | tuple[int, int] | None = None,
+    def __init__(self, batch_size: int = 32, patch: int | float | tuple[int, int] | None = None,
                  stride: int | tuple[int, int] | None = None, baseline: str = "mean", value: float = 0.0,
-                 sigma: float | None = None, adaptive: bool = False, coarse: int = 2, budget: float = 0.33):
+                 sigma: float | None = None, adaptive: bool = True, coarse: int = 2, budget: float = 0.33):
         super().__init__(batch_size)
-        self.patch = None if patch is None else self._pair("patch", patch)
+        if isinstance(patch, float):
+            self.patch = check_float(self, "patch", patch, 0.0, 1.0)
+        else:
+            self.patch = None if patch is None else self._pair("patch", patch)
         self.stride = None if stride is None else self._pair("stride", stride)
         self.baseline = check_choice(self, "baseline", baseline, BASELINES)
         self.value = float(value)
@@ -222,8 +228,9 @@ class Occlusion(Explainer):
         ValueError
             If the patch is larger than the image.
         """
-        side = math.ceil(min(shape) / 8)
-        patch = self.patch or (side, side)
+        fraction = self.patch if isinstance(self.patch, float) else 1 / 8
+        side = math.ceil(min(shape) * fraction)
+        patch = self.patch if isinstance(self.patch, tuple) else (side, side)
         if patch[0] > shape[0] or patch[1] > shape[1]:
             raise self.fail("patch", f"at most the image size {shape[0]}x{shape[1]}", patch)
         stride = self.stride or (math.ceil(patch[0] / 2), math.ceil(patch[1] / 2))

@@ -11,6 +11,7 @@ partition returns only the rows it explained. The semantic features discovery re
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import time
@@ -61,18 +62,19 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
     seconds = dict.fromkeys(methods, 0.0)
     # batch by batch, the reader thread decoding the next batch while every method explains this one;
     # progress.advance counts images as they are done: a long stage logs its ETA (audit.progress)
-    for where, images, _ in prefetched(root, part["path"].tolist(), classifier.input_size,
-                                       config.attribution.batch_size, config.data.max_pixels,
-                                       classifier.input_shape[2]):
-        images = preprocess(images, config.data.preprocess)
-        for method, explainer in methods.items():
-            start = time.perf_counter()
-            if isinstance(explainer, IntegratedGradients):  # its completeness gap costs 2 passes here, not a re-read
-                done[method].append(explainer.explain_with_gap(classifier, images, targets[where]))
-            else:
-                done[method].append((explainer.explain(classifier, images, targets[where]),))
-            seconds[method] += time.perf_counter() - start
-            progress.advance(len(images))
+    reader = prefetched(root, part["path"].tolist(), classifier.input_size, config.attribution.batch_size,
+                        config.data.max_pixels, classifier.input_shape[2])
+    with precision(classifier, config.attribution.precision):
+        for where, images, _ in reader:
+            images = preprocess(images, config.data.preprocess)
+            for method, explainer in methods.items():
+                start = time.perf_counter()
+                if isinstance(explainer, IntegratedGradients):  # its completeness gap costs 2 passes here
+                    done[method].append(explainer.explain_with_gap(classifier, images, targets[where]))
+                else:
+                    done[method].append((explainer.explain(classifier, images, targets[where]),))
+                seconds[method] += time.perf_counter() - start
+                progress.advance(len(images))
     for method, explainer in methods.items():
         maps = np.concatenate([d[0] for d in done[method]]) if done[method] else \
             np.zeros((0, *classifier.input_size), np.float32)
@@ -83,6 +85,24 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
         else:
             write_map_chunk(config.run_dir, method, chunk, rows, maps)
     return {"rows": rows.tolist(), "seconds": {m: round(t, 3) for m, t in seconds.items()}}
+
+
+def precision(classifier, name: str):
+    """``classifier.precision(name)`` (``attribution.precision``); a model loaded by signature runs float32.
+
+    Parameters
+    ----------
+    classifier : audit.model_io.Classifier or SignatureClassifier
+        The model.
+    name : str
+        ``float32`` or ``mixed_float16`` (a ``UsageError`` for a model without Keras layers).
+    """
+    if getattr(classifier, "layer", None) is None:
+        if name != "float32":
+            raise UsageError(f"`attribution.precision` {name} needs the model's Keras layers; this model was "
+                             "loaded by signature: use float32")
+        return contextlib.nullcontext()
+    return classifier.precision(name)
 
 
 def explainers(config: Config) -> dict[str, Explainer]:
@@ -175,6 +195,7 @@ def check_methods(config: Config, classifier) -> None:
         classifier.logits_and_cam(blank)
     for method, explainer in explainers(config).items():
         try:
-            explainer.explain(classifier, blank, np.zeros(1, np.int32))
+            with precision(classifier, config.attribution.precision):
+                explainer.explain(classifier, blank, np.zeros(1, np.int32))
         except ValueError as exc:
             raise UsageError(str(exc).replace(f"`{method}.", f"`attribution.params.{method}.", 1)) from None
