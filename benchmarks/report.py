@@ -54,22 +54,37 @@ from audit.report.render import render, report_size  # noqa: E402
 CLASSES = [f"class_{i}" for i in range(10)]
 METHODS = ["gradcam", "integrated_gradients", "occlusion"]
 ORIGINAL = (96, 128)
-LIMIT_S = 30.0
+LIMIT_S = 30.0          # s, one render
+MAX_BYTES = 10_000_000  # the single-file report's budget (report.max_bytes default)
+TTI_S = 3.0             # s, navigation start to the load event in headless Chromium
+MEMORY_RATIO = 1.2      # peak render memory, large run / baseline run
 
 
-def build(work: Path, n_selected: int, input_size: int = 32, seed: int = 0) -> Path:
-    """The synthetic run folder (reused when ``work/built.json`` records the same sizes)."""
+def build(work: Path, n_selected: int, n_rows: int | None = None, input_size: int = 32, seed: int = 0,
+          n_classes: int = len(CLASSES), n_findings: int = 10) -> Path:
+    """The synthetic run folder (reused when ``work/built.json`` records the same sizes).
+
+    ``n_rows`` images in the data set (default ``n_selected + 1000``), the first ``n_selected``
+    of them selected. Every selected image has a PNG file of its own; the correctly classified
+    ones, which the report never draws, share 1,000 files through hard links (so 100,000 rows
+    build in seconds). ``n_classes`` (<= 10) and ``n_findings`` (of 100 members each) make smaller runs
+    for the browser test.
+    """
+    n_rows = n_selected + 1000 if n_rows is None else n_rows
+    if n_rows <= n_selected:
+        raise ValueError(f"the data set ({n_rows} rows) must be larger than the selection ({n_selected})")
     run_dir, data_root = work / "run", work / "data"
     stamp = work / "built.json"
-    built = {"n_selected": n_selected, "input_size": input_size}
+    built = {"n_selected": n_selected, "n_rows": n_rows, "input_size": input_size, "n_classes": n_classes,
+             "n_findings": n_findings}
+    classes = CLASSES[:n_classes]
     if stamp.is_file() and json.loads(stamp.read_text()) == built:
         return run_dir
     shutil.rmtree(work, ignore_errors=True)
     run_dir.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    n_correct = 1000
-    n = n_selected + n_correct
-    k = len(CLASSES)
+    n = n_rows
+    k = len(classes)
     label_idx = rng.integers(0, k, n)
     n_mis = int(0.8 * n_selected)
     predicted_idx = label_idx.copy()
@@ -82,19 +97,23 @@ def build(work: Path, n_selected: int, input_size: int = 32, seed: int = 0) -> P
     paths = []
     (data_root / "images").mkdir(parents=True)
     base = np.linspace(40, 220, ORIGINAL[1], dtype=np.float32)[None, :, None]
+    n_files = min(n, n_selected + 1000)
     for i in range(n):
+        path = f"images/{i:06d}.png"
+        paths.append(path)
+        if i >= n_files:   # a correctly classified image: a hard link to one of the 1,000 files
+            os.link(data_root / paths[n_selected + (i - n_selected) % 1000], data_root / path)
+            continue
         arr = np.clip(base + rng.normal(0, 25, (ORIGINAL[0], 1, 3)) + 20 * label_idx[i] % 60, 0, 255).astype(np.uint8)
         arr = np.broadcast_to(arr, (*ORIGINAL, 3)).copy()
         y, x = rng.integers(0, ORIGINAL[0] - 20), rng.integers(0, ORIGINAL[1] - 20)
         arr[y:y + 20, x:x + 4] = 210
-        path = f"images/{i:06d}.png"
         Image.fromarray(arr).save(data_root / path, compress_level=1)
-        paths.append(path)
     pred = pd.DataFrame({
-        "row": np.arange(n), "path": paths, "label": [CLASSES[j] for j in label_idx], "label_idx": label_idx,
-        "predicted_idx": predicted_idx, "predicted": [CLASSES[j] for j in predicted_idx],
+        "row": np.arange(n), "path": paths, "label": [classes[j] for j in label_idx], "label_idx": label_idx,
+        "predicted_idx": predicted_idx, "predicted": [classes[j] for j in predicted_idx],
         "confidence": top2[:, 1], "margin": top2[:, 1] - top2[:, 0],
-        "runner_up": [CLASSES[j] for j in np.argsort(probs, 1)[:, -2]], "probs": list(probs.round(5)),
+        "runner_up": [classes[j] for j in np.argsort(probs, 1)[:, -2]], "probs": list(probs.round(5)),
         "error": [None] * n, "site": rng.choice(["north", "south", "east"], n), "camera": rng.integers(0, 4, n),
     })
     artifacts.write_table(run_dir / artifacts.PREDICTIONS, pred)
@@ -115,9 +134,9 @@ def build(work: Path, n_selected: int, input_size: int = 32, seed: int = 0) -> P
             maps += rng.normal(0, 0.05, (len(rows), side, side))
             artifacts.write_map_chunk(run_dir, method, chunk, rows, maps.astype(np.float32))
     findings, disc_rows = [], []
-    for f in range(10):
+    for f in range(n_findings):
         members = np.arange(f * 100, f * 100 + 100)   # misclassified rows
-        t, p = CLASSES[label_idx[members[0]]], CLASSES[predicted_idx[members[0]]]
+        t, p = classes[label_idx[members[0]]], classes[predicted_idx[members[0]]]
         fid = f"F-{f:08x}"
         findings.append({"id": fid, "rank": f + 1, "true_label": t, "predicted_label": p, "size": 100,
                          "score": round(1.0 / (f + 1), 4), "members": [paths[r] for r in members],
@@ -141,12 +160,12 @@ def build(work: Path, n_selected: int, input_size: int = 32, seed: int = 0) -> P
         "versions": {"python": platform.python_version()},
         "model": {"path": "model.keras", "input_size": [side, side]},
         "data": {"path": str(data_root / "manifest.csv"), "root": str(data_root), "n_rows": n},
-        "classes": CLASSES, "timings": {"predict": 1.0}})
+        "classes": classes, "timings": {"predict": 1.0}})
     history = []
     for night in range(14):
         for a in range(3):
             history.append({"run_id": f"night-{night:02d}", "created": f"2025-01-{night + 1:02d}T03:00:00+00:00",
-                            "true_label": CLASSES[a], "predicted_label": CLASSES[a + 1], "n_true": 500,
+                            "true_label": classes[a % k], "predicted_label": classes[(a + 1) % k], "n_true": 500,
                             "n_confused": 10 + night * a, "error_rate": (10 + night * a) / 500,
                             "n_findings": a % 2, "top_score": 0.5, "accuracy": 0.8, "status": "fail"})
     pd.DataFrame(history).to_parquet(work / "history.parquet", index=False)
@@ -195,46 +214,146 @@ def time_render_in_child(run_dir: Path, layout: str, repeats: int) -> dict:
         return pool.apply(time_render, (run_dir, layout, repeats))
 
 
+# navigation timing of the page (ms from the start of navigation), read after the load event
+_TIMING = """() => { const t = performance.getEntriesByType('navigation')[0];
+  return {dom_interactive: t.domInteractive, dom_content_loaded: t.domContentLoadedEventEnd,
+          load: t.loadEventEnd}; }"""
+
+
+def open_in_browser(run_dir: Path, repeats: int, shots: Path | None = None) -> dict:
+    """Open ``run_dir/index.html`` in headless Debian chromium (playwright), ``repeats`` times, each in a
+    fresh browser context (no cache): the median of the navigation timing's ``domInteractive``,
+    ``domContentLoadedEventEnd`` (the gallery script has run: the page answers clicks) and
+    ``loadEventEnd`` (every embedded picture loaded), in seconds. Then checks that the page works:
+    the gallery drew its first page with its thumbnails decoded, the next page draws, a click on a
+    tile opens the image view; screenshots into ``shots`` when given."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = os.environ.get("AUDIT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        raise SystemExit("benchmarks/report.py: Debian chromium is not installed (make install installs it)")
+    url = (run_dir / "index.html").as_uri()
+    timings = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        for _ in range(repeats):
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url, wait_until="load", timeout=120_000)
+            timings.append(page.evaluate(_TIMING))
+            if len(timings) < repeats:
+                context.close()
+        gallery = page.locator("#gallery")
+        gallery.scroll_into_view_if_needed()
+        tiles = page.locator("#gallery-grid .tile")
+        decoded = page.evaluate("Array.from(document.querySelectorAll('#gallery-grid .tile img'))"
+                                ".filter(i => i.complete && i.naturalWidth > 0).length")
+        works = {"tiles": tiles.count(), "thumbnails_decoded": decoded}
+        if shots is not None:
+            shots.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shots / "gallery.png"))
+        page.click(".pager button[data-page='1']")
+        works["page_2"] = page.inner_text("#gallery-info")
+        tiles.first.click()
+        works["view_opens"] = page.locator("#image-view").is_visible()
+        if shots is not None:
+            page.screenshot(path=str(shots / "image-view.png"))
+        works["errors"] = errors
+        browser.close()
+
+    def median(key: str) -> float:
+        return round(float(np.median([t[key] for t in timings])) / 1000, 3)
+
+    return {"dom_interactive_s": median("dom_interactive"), "interactive_s": median("dom_content_loaded"),
+            "load_s": median("load"), "runs": len(timings), **works}
+
+
+def measure(run_dir: Path, layouts: list[str], repeats: int, browser_repeats: int, shots: Path | None) -> list[dict]:
+    """Render ``run_dir`` in each layout (a fresh child process each, ``time_render``); the single-file
+    report is then opened in the browser (``open_in_browser``)."""
+    results = []
+    for layout in layouts:
+        r = time_render_in_child(run_dir, layout, repeats)
+        if layout == "single":
+            r["browser"] = open_in_browser(run_dir, browser_repeats, shots)
+            r["pass"] = r["pass"] and r["browser"]["load_s"] <= TTI_S and r["bytes"] <= MAX_BYTES
+        results.append(r)
+        b = r.get("browser")
+        print(f"{layout:>6}: {r['seconds']:.2f} s wall ({r['cpu_seconds']:.2f} s CPU, load {r['load_average']}), "
+              f"peak {r['peak_mb']:.0f} MB ({r['start_mb']:.0f} MB before rendering), "
+              f"{r['bytes'] / 1e6:.2f} MB, {r['pictures']} pictures"
+              f"{' (size warning)' if r['size_warning'] else ''}"
+              + (f", browser: interactive {b['interactive_s']:.2f} s, loaded {b['load_s']:.2f} s" if b else "")
+              + f": {'PASS' if r['pass'] else 'FAIL'}", flush=True)
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--images", type=int, default=10_000, help="selected images of the large run")
+    parser.add_argument("--rows", type=int, default=100_000, help="images in the large run's data set")
+    parser.add_argument("--baseline-images", type=int, default=5000,
+                        help="selected images of the comparison run (its data set: 1,000 more)")
     parser.add_argument("--input-size", type=int, default=32, help="model input side = map side, px")
+    parser.add_argument("--layouts", default="single,folder", help="comma-separated layouts to render")
     parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--work", default=None, help="where the synthetic run is built (default <out>/report-run)")
+    parser.add_argument("--work", default=None, help="where the synthetic runs are built (default <out>/report-run)")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--browser-repeats", type=int, default=3)
+    parser.add_argument("--shots", default=None, help="folder for browser screenshots (default: none)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work) if args.work else out / "report-run"
-    t0 = time.perf_counter()
-    run_dir = build(work, args.images, args.input_size)
-    print(f"synthetic run: {run_dir} ({time.perf_counter() - t0:.1f} s to build or reuse)", flush=True)
-    results = []
-    maps_mb = args.images * len(METHODS) * args.input_size ** 2 * 4 / 2 ** 20
-    for layout in ("single", "folder"):
-        r = time_render_in_child(run_dir, layout, args.repeats)
-        results.append(r)
-        print(f"{layout:>6}: {r['seconds']:.2f} s wall ({r['cpu_seconds']:.2f} s CPU, load {r['load_average']}), "
-              f"peak {r['peak_mb']:.0f} MB ({r['start_mb']:.0f} MB before rendering), "
-              f"{r['bytes'] / 1e6:.1f} MB, {r['pictures']} pictures"
-              f"{' (size warning)' if r['size_warning'] else ''}: {'PASS' if r['pass'] else 'FAIL'} (<= {LIMIT_S:.0f} s)",
-              flush=True)
-    report = {"benchmark": "report", "n_selected": args.images, "input_size": args.input_size,
-              "methods": METHODS, "maps_mb": round(maps_mb, 1), "limit_seconds": LIMIT_S,
+    layouts = [x for x in args.layouts.split(",") if x]
+    configs = [("baseline", args.baseline_images, args.baseline_images + 1000), ("large", args.images, args.rows)]
+    runs = []
+    for name, n_selected, n_rows in configs:
+        t0 = time.perf_counter()
+        run_dir = build(work / f"{n_selected}-of-{n_rows}", n_selected, n_rows, args.input_size)
+        print(f"{name}: {n_selected} selected of {n_rows} images: {run_dir} "
+              f"({time.perf_counter() - t0:.1f} s to build or reuse)", flush=True)
+        shots = Path(args.shots) / name if args.shots else None
+        maps_mb = n_selected * len(METHODS) * args.input_size ** 2 * 4 / 2 ** 20
+        runs.append({"name": name, "n_selected": n_selected, "n_rows": n_rows, "maps_mb": round(maps_mb, 1),
+                     "results": measure(run_dir, layouts, args.repeats, args.browser_repeats, shots)})
+    peak = {r["name"]: next((x["peak_mb"] for x in r["results"] if x["layout"] == "single"), None) for r in runs}
+    ratio = round(peak["large"] / peak["baseline"], 3) if peak["large"] and peak["baseline"] else None
+    passed = all(x["pass"] for r in runs for x in r["results"]) and (ratio is None or ratio <= MEMORY_RATIO)
+    report = {"benchmark": "report", "input_size": args.input_size, "methods": METHODS,
+              "limits": {"render_seconds": LIMIT_S, "max_bytes": MAX_BYTES, "load_seconds": TTI_S,
+                         "peak_memory_ratio": MEMORY_RATIO},
               "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
-              "results": results}
+              "runs": runs, "peak_memory_ratio": ratio, "pass": passed}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# Report rendering: {args.images} selected images, maps of {len(METHODS)} methods "
-             f"at {args.input_size}x{args.input_size} ({maps_mb:.0f} MB as float32)", "",
-             "| layout | wall s | CPU s | load avg | peak MB | MB before rendering | size (MB) | pictures "
-             "| size warning | <= 30 s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
-    for r in results:
-        lines.append(f"| {r['layout']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['load_average']} "
-                     f"| {r['peak_mb']:.0f} | {r['start_mb']:.0f} | {r['bytes'] / 1e6:.1f} | {r['pictures']} "
-                     f"| {'yes' if r['size_warning'] else 'no'} | {'PASS' if r['pass'] else 'FAIL'} |")
+    lines = [f"# Report rendering and opening: maps of {len(METHODS)} methods at {args.input_size}x{args.input_size}", "",
+             f"Limits: render <= {LIMIT_S:.0f} s per layout; single file <= {MAX_BYTES / 1e6:.0f} MB and loaded in "
+             f"headless Chromium within {TTI_S:.0f} s (navigation timing, median of {args.browser_repeats}); "
+             f"peak render memory of the large run <= {MEMORY_RATIO}x the baseline's.", "",
+             "| run | selected | images | layout | wall s | CPU s | load avg | peak MB | MB before rendering "
+             "| size (MB) | pictures | DOM interactive s | interactive s | loaded s | pass |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in runs:
+        for x in r["results"]:
+            b = x.get("browser") or {}
+            cells = [f"{b[k]:.2f}" if k in b else "" for k in ("dom_interactive_s", "interactive_s", "load_s")]
+            lines.append(f"| {r['name']} | {r['n_selected']} | {r['n_rows']} | {x['layout']} | {x['seconds']:.2f} "
+                         f"| {x['cpu_seconds']:.2f} | {x['load_average']} | {x['peak_mb']:.0f} | {x['start_mb']:.0f} "
+                         f"| {x['bytes'] / 1e6:.2f} | {x['pictures']} | {' | '.join(cells)} "
+                         f"| {'PASS' if x['pass'] else 'FAIL'} |")
+    lines += ["", f"Peak render memory (single layout), large / baseline: {ratio} "
+                  f"({'PASS' if ratio is not None and ratio <= MEMORY_RATIO else 'FAIL'}, <= {MEMORY_RATIO})."]
+    for r in runs:
+        b = next((x["browser"] for x in r["results"] if "browser" in x), None)
+        if b:
+            lines.append(f"{r['name']}: the gallery drew {b['tiles']} tiles ({b['thumbnails_decoded']} thumbnails "
+                         f"decoded), the next page reads \"{b['page_2']}\", a click opens the image view: "
+                         f"{'yes' if b['view_opens'] else 'NO'}; script errors: {len(b['errors'])}.")
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    return 0 if all(r["pass"] for r in results) else 1
+    print(f"peak memory ratio {ratio}: {'PASS' if passed else 'FAIL'}")
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

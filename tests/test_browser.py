@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -133,7 +134,7 @@ def _check_report(w: Watched, run_dir: Path, shots: str, methods: list[str]) -> 
     # gallery: every page loads; the image view shows the original and one overlay per method
     w.open(url)
     n_tiles = _walk_gallery(w)
-    n_items = len(json.loads(page.inner_text("#gallery-data")))
+    n_items = len(json.loads(page.inner_text("#gallery-data"))["items"])
     assert n_tiles == n_items
     page.select_option("#gallery-controls select[name=size]", "48")
     page.locator("#gallery-grid .tile").first.click()
@@ -217,6 +218,63 @@ def test_folder_layout_in_browser(browser, tmp_path):
     w = Watched(browser)
     state = _check_report(w, run_dir, "folder", ["gradcam"])
     assert any(i["src"].startswith("assets/") for i in state["images"])
+
+
+# ---------------------------------------------------------------- the size budget
+
+def test_single_file_stays_within_its_budget(browser, tmp_path, capsys):
+    """A run whose gallery alone is many times ``report.max_bytes`` (the benchmark's synthetic run, small):
+    the single file stays within the budget, drawing the first pages' thumbnails and views and saying how
+    to get the rest; in the browser the gallery pages, its thumbnails (cells of sprite sheets) decode at
+    their size, tiles past the budget say so, and a click opens the image view."""
+    from audit.report.render import render
+    from benchmarks.report import build
+    from tests.test_report import set_report_config
+
+    run_dir = build(tmp_path / "big", n_selected=1200, n_rows=1300, n_classes=3, n_findings=2)
+    budget = 2_000_000   # the findings, pair strips and plots of this run take 1.25 MB
+    set_report_config(run_dir, max_bytes=budget)
+    warnings: list[str] = []
+    render(run_dir, warn=warnings.append)
+    size = (run_dir / "index.html").stat().st_size
+    assert size <= budget and not warnings, (size, warnings)
+    assert size > 0.8 * budget            # what the budget leaves is spent on pictures, not left empty
+    data = json.loads(next(iter(re.findall(r'id="gallery-data">(.*?)</script>',
+                                           (run_dir / "index.html").read_text(encoding="utf-8"), re.S))))
+    n_items, n_thumbs = len(data["items"]), sum(1 for it in data["items"] if it[-1])
+    assert n_items == 1200 and 48 <= n_thumbs < n_items and 1 <= len(data["views"]) < 300
+
+    w = Watched(browser)
+    w.open((run_dir / "index.html").as_uri())
+    page = w.page
+    assert "report.max_bytes" in page.inner_text("#gallery-budget")
+    assert page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd") > 0
+    page.locator("#gallery").scroll_into_view_if_needed()
+    tiles = page.locator("#gallery-grid .tile")
+    assert tiles.count() == 48
+    assert page.evaluate("Array.from(document.querySelectorAll('#gallery-grid .tile img'))"
+                         ".filter(i => i.complete && i.naturalWidth > 0).length") == 48
+    box = tiles.first.locator(".thumb").bounding_box()
+    assert (round(box["width"]), round(box["height"])) == (96, 96)   # one cell of its sheet, not the sheet
+    page.screenshot(path=str(SHOTS / "budget-gallery.png"))
+    tiles.first.click()
+    assert page.locator("#image-view").is_visible()
+    assert page.locator("#image-view figcaption.panels span").all_inner_texts() == ["image"] + METHODS
+    _assert_clean(w, "image view of a report at its budget")
+    page.screenshot(path=str(SHOTS / "budget-image-view.png"))
+    page.keyboard.press("Escape")
+    # past the thumbnails the file holds, a tile says so; paging still works
+    page.select_option("#gallery-controls select[name=size]", "240")
+    last = -(-n_items // 240)
+    for _ in range(last - 1):
+        page.click(".pager button[data-page='1']")
+    assert page.inner_text("#gallery-info").startswith(f"page {last} of {last}")
+    assert page.locator("#gallery-grid .tile img").count() == max(0, n_thumbs - (last - 1) * 240)
+    assert "thumbnail not in this file" in page.locator("#gallery-grid .tile").last.inner_text()
+    _assert_clean(w, "last gallery page")
+    with capsys.disabled():
+        print(f"\n  report at its budget: {size / 1e6:.2f} MB of {budget / 1e6:.2f} MB, {n_thumbs} thumbnails and "
+              f"{len(data['views'])} views of {n_items} images; screenshots: {SHOTS}/budget-*.png")
 
 
 # ---------------------------------------------------------------- the demo report

@@ -223,8 +223,28 @@ class _Page(HTMLParser):
     def find(self, tag: str, **attrs) -> list[dict]:
         return [a for t, a in self.tags if t == tag and all(a.get(k.replace("_", "-")) == v for k, v in attrs.items())]
 
-    def gallery(self) -> list[dict]:
+    def gallery_data(self) -> dict:
         return json.loads(next(d for a, d in self.scripts if a.get("id") == "gallery-data"))
+
+    def gallery(self) -> list[dict]:
+        """The gallery's items as the page's script reads them: names for indexes, ``thumb`` the src of the
+        item's sprite sheet (``cell``: its [x, y, w, h] there), ``view`` and ``error`` by row."""
+        data = self.gallery_data()
+        items = []
+        for a in data["items"]:
+            f = dict(zip(data["fields"], a))
+            name = (lambda i: None if i is None else data["classes"][i])
+            items.append({"row": f["row"], "path": f["path"], "label": name(f["label"]),
+                          "predicted": name(f["predicted"]), "confidence": f["confidence"], "margin": f["margin"],
+                          "reason": data["reasons"][f["reason"]], "pair": f"{name(f['true'])}\u2192{name(f['other'])}",
+                          "pair_anchor": data["pair_anchors"].get(f"{f['true']},{f['other']}"),
+                          "finding": None if f["finding"] is None else data["findings"][f["finding"]][0],
+                          "finding_anchor": None if f["finding"] is None else data["findings"][f["finding"]][1],
+                          "top": [[name(c), p] for c, p in zip(f["top"][::2], f["top"][1::2])],
+                          "thumb": data["sheets"][f["thumb"][0]] if f["thumb"] else None,
+                          "cell": f["thumb"][1:] if f["thumb"] else None,
+                          "view": data["views"].get(str(f["row"])), "error": data["errors"].get(str(f["row"]))})
+        return items
 
 
 def _decode(src: str, run_dir: Path | None = None) -> Image.Image:

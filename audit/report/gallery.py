@@ -7,76 +7,164 @@ a small inline script draws one page at a time with ``textContent`` (never
 image opens the per-image view: the original, one overlay per attribution method
 and the top-k probabilities.
 
-Per-image views are drawn for every gallery image in the folder layout; in the
-single-file layout for the first ``report.max_image_views`` by priority (finding
-members by finding rank, then misclassified by confidence, then low confidence):
-the page says how many and how to get the rest (``--layout folder``).
+The JSON is compact, so 10,000 images cost about a megabyte: one array per image
+(``FIELDS``), class names, reasons and findings as indexes into lists beside it.
+Thumbnails come in sprite sheets of ``PAGE_SIZE`` (one picture per page of the
+default order, ``images.sheet``); an item's ``thumb`` is ``[sheet, x, y, w, h]``.
+
+What the single-file report draws is what a reader can look at within
+``report.max_bytes``: ``section`` lists the images (at most ``max_bytes / DATA_SHARE``
+of JSON, by priority: finding members by finding rank, then misclassified by
+confidence, then low confidence), then, once the rest of the page is known,
+``fill`` spends the bytes it leaves: image views for the first
+``report.max_image_views`` images (at most half of those bytes), then thumbnail
+sheets page by page. The page says how many and how to get the rest
+(``audit render RUN_DIR --layout folder`` draws every thumbnail and view).
 """
 from __future__ import annotations
+
+import json
+import math
 
 import numpy as np
 import pandas as pd
 
 from audit.report import plots
-from audit.report.assets import Assets
-from audit.report.fmt import readable_mask
-from audit.report.images import image_view, thumb
+from audit.report.assets import Assets, encode
+from audit.report.fmt import finite, readable_mask, str_or_none
+from audit.report.images import QUALITY, sheet, strip, top_k, view_name
 from audit.report.loading import Run
 
 REASONS = ("misclassified", "low_confidence")
-PAGE_SIZE = 48
-ARROW = "\u2192"
+PAGE_SIZE = 48        # images per page, and per thumbnail sheet
+SHEET_COLS = 8        # thumbnails per line of a sheet
+DATA_SHARE = 4        # the item list takes at most report.max_bytes / DATA_SHARE of the single file
+FIELDS = ("row", "path", "label", "predicted", "true", "other", "confidence", "margin", "reason", "finding",
+          "top", "thumb")
+_DATA_URI = len("data:image/jpeg;base64,")
 
 
 def section(run: Run, assets: Assets) -> dict | None:
-    """The gallery's items (thumbnails, per-image views by priority), pages of ``PAGE_SIZE``; None when no
-    image is misclassified or low-confidence.
+    """The gallery's items, without pictures (``fill`` draws them); None when no image is misclassified or
+    low-confidence.
 
     Parameters
     ----------
     run : Run
         The loaded run folder.
     assets : Assets
-        Where the pictures go; its ``layout`` decides how many views are drawn.
+        Where the pictures go; in the ``single`` layout the item list is capped at
+        ``report.max_bytes / DATA_SHARE`` bytes of JSON.
     """
     frame = _candidates(run)
     if frame is None or frame.empty:
         return None
-    finding_of: dict[int, dict] = {}
-    for f in run.findings:
+    finding_of: dict[int, int] = {}
+    for i, f in enumerate(run.findings):
         for r in f["rows"]:
-            finding_of.setdefault(int(r), f)
-    frame = frame.assign(_rank=[finding_of[r]["rank"] if r in finding_of else np.inf for r in frame["row"]],
+            finding_of.setdefault(int(r), i)
+    rank = [run.findings[finding_of[r]]["rank"] if r in finding_of else np.inf for r in frame["row"]]
+    frame = frame.assign(_rank=pd.to_numeric(pd.Series(rank, index=frame.index), errors="coerce").fillna(np.inf),
                          _mis=(frame["reason"] == "misclassified"),
                          _conf=pd.to_numeric(frame["confidence"], errors="coerce") if "confidence" in frame else np.nan)
     frame = frame.sort_values(["_rank", "_mis", "_conf"], ascending=[True, False, False], kind="stable")
-    limit = None if assets.layout == "folder" else run.config.report.max_image_views
-    lut = plots.colour_table()
-    anchors = {p["anchor"] for p in run.pairs}
-    items = []
-    for i, rec in enumerate(frame.itertuples(index=False)):
+    classes: dict[str, int] = {}
+
+    def cls(name) -> int | None:
+        name = str_or_none(name)
+        return None if name is None else classes.setdefault(name, len(classes))
+
+    budget = None if assets.layout == "folder" else run.config.report.max_bytes // DATA_SHARE
+    items, used, pair_anchors = [], 0, {}
+    anchors = {(p["true_label"], p["predicted_label"]): p["anchor"] for p in run.pairs}
+    for rec in frame.itertuples(index=False):
         row = int(rec.row)
-        with_view = limit is None or i < limit
-        view = image_view(run, assets, row, lut=lut, with_pictures=with_view)
-        f = finding_of.get(row)
-        true, other = str(rec.true_label), str(rec.pair_label)
-        pair_anchor = next((p["anchor"] for p in run.pairs
-                            if p["true_label"] == true and p["predicted_label"] == other), None)
-        items.append({
-            "row": row, "path": view["path"], "label": view["label"], "predicted": view["predicted"],
-            "confidence": view["confidence"], "margin": view["margin"], "reason": str(rec.reason),
-            "pair": f"{true}{ARROW}{other}", "pair_anchor": pair_anchor if pair_anchor in anchors else None,
-            "finding": f["id"] if f else None, "finding_anchor": f["anchor"] if f else None,
-            "thumb": thumb(run, assets, row),
-            "view": ({"src": view["strip"], "panels": view["panels"], "width": view["width"],
-                      "height": view["height"]} if with_view and view["strip"] else None),
-            "top": [[t["label"], t["p"]] for t in view["top"]],
-            "error": view["error"] if view["strip"] is None and with_view else None,
-        })
-    n_views = sum(1 for it in items if it["view"])
-    return {"items": items, "n": len(items), "n_views": n_views, "limit": limit,
-            "page_size": PAGE_SIZE, "methods": run.methods,
-            "capped": limit is not None and len(items) > limit}
+        info = run.info(row) or {}
+        true, other = cls(rec.true_label), cls(rec.pair_label)
+        anchor = anchors.get((str(rec.true_label), str(rec.pair_label)))
+        if anchor is not None:
+            pair_anchors[f"{true},{other}"] = anchor
+        item = [row, run.path(row), cls(info.get("label")), cls(info.get("predicted")), true, other,
+                _round(info.get("confidence"), 4), _round(info.get("margin"), 4), REASONS.index(rec.reason),
+                finding_of.get(row), [x for t in top_k(run, row) for x in (cls(t["label"]), round(t["p"], 3))], None]
+        if budget is not None:
+            used += len(json.dumps(item, ensure_ascii=False)) + 1
+            if used > budget:
+                break
+        items.append(item)
+    data = {"fields": FIELDS, "classes": list(classes), "reasons": REASONS, "items": items,
+            "findings": [[f["id"], f["anchor"]] for f in run.findings], "pair_anchors": pair_anchors,
+            "sheets": [], "views": {}, "errors": {}}
+    return {"data": data, "n": len(items), "n_total": len(frame), "n_thumbs": 0, "n_views": 0,
+            "page_size": PAGE_SIZE, "methods": run.methods, "layout": assets.layout,
+            "max_image_views": run.config.report.max_image_views}
+
+
+def fill(ctx: dict, run: Run, assets: Assets, spare: int | None) -> None:
+    """Draw the gallery's pictures into ``ctx`` (a ``section`` result), within ``spare`` bytes of the page.
+
+    Image views first, in item order, for at most ``report.max_image_views`` images and half of
+    ``spare``; then thumbnail sheets of ``PAGE_SIZE`` items, in item order, while they fit.
+    ``spare`` None (the folder layout): every view and every sheet. Sets ``ctx["n_thumbs"]`` and
+    ``ctx["n_views"]``.
+
+    Parameters
+    ----------
+    ctx : dict
+        The gallery section's context, filled in place.
+    run : Run
+        The loaded run folder.
+    assets : Assets
+        Where the pictures go.
+    spare : int or None
+        Bytes of the single-file report left for the gallery's pictures (base64 and JSON).
+    """
+    data = ctx["data"]
+    items, views, errors = data["items"], data["views"], data["errors"]
+    lut = plots.colour_table()
+    spent = 0
+    n_views = len(items) if spare is None else min(len(items), run.config.report.max_image_views)
+    for item in items[:n_views]:
+        row = item[0]
+        picture, panels = strip(run, row, lut)
+        if picture is None:
+            errors[str(row)] = run.image_errors.get(row) or "image unavailable"
+            continue
+        raw, _ = encode(picture, QUALITY)
+        height, width = picture.shape[0], (picture.shape[1] - (len(panels) - 1) * plots.GAP) // len(panels)
+        entry = {"src": "", "panels": panels, "width": width, "height": height}
+        cost = _DATA_URI + 4 * math.ceil(len(raw) / 3) + len(json.dumps({str(row): entry})) if spare is not None else 0
+        if spare is not None and spent + cost > spare // 2:
+            break
+        entry["src"] = assets.image(view_name(row), raw)
+        views[str(row)] = entry
+        spent += cost
+    sheets = data["sheets"]
+    for start in range(0, len(items), PAGE_SIZE):
+        page = items[start:start + PAGE_SIZE]
+        picture, cells = sheet(run, [it[0] for it in page], SHEET_COLS)
+        if picture is None:
+            for it in page:
+                errors.setdefault(str(it[0]), run.image_errors.get(it[0]) or "image unavailable")
+            continue
+        raw, _ = encode(picture, QUALITY)
+        cost = _DATA_URI + 4 * math.ceil(len(raw) / 3) + 3 + sum(len(json.dumps([len(sheets), *c])) for c in cells if c)
+        if spare is not None and spent + cost > spare:
+            break
+        sheets.append(assets.image(f"gallery-{start // PAGE_SIZE}", raw))
+        spent += cost
+        for it, cell in zip(page, cells):
+            if cell is None:
+                errors.setdefault(str(it[0]), run.image_errors.get(it[0]) or "image unavailable")
+            else:
+                it[-1] = [len(sheets) - 1, *cell]
+    ctx["n_thumbs"] = sum(1 for it in items if it[-1] is not None)
+    ctx["n_views"] = len(views)
+
+
+def _round(x, digits: int) -> float | None:
+    v = finite(x)
+    return None if v is None else round(v, digits)
 
 
 def _candidates(run: Run) -> pd.DataFrame | None:
@@ -98,4 +186,3 @@ def _candidates(run: Run) -> pd.DataFrame | None:
     frame = frame.assign(row=frame["row"].astype(int), reason=frame["reason"].astype(str))
     return frame.drop_duplicates("row", keep="first")[
         ["row", "reason", "true_label", "pair_label"] + (["confidence"] if "confidence" in frame.columns else [])]
-

@@ -1,8 +1,9 @@
 """One image of the run as the report shows it: original, one overlay per attribution method, top-k.
 
-``image_view`` is shared by the finding exemplars, the pair sections and the
-gallery's per-image view, so an image looks the same wherever it appears (and,
-asked twice with the same size, is encoded once: asset names are keyed by row).
+``strip`` (the view's picture) is shared by the finding exemplars (``image_view``) and
+the gallery's per-image view, so an image looks the same wherever it appears (and is
+encoded once: asset names are keyed by row, ``view_name``). ``sheet`` packs many
+thumbnails into one picture (the gallery's pages, a confusion pair's strip).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from audit.report.loading import Run
 
 THUMB = 96      # px, gallery and pair-strip thumbnails (box side)
 VIEW = 160      # px, per-image view and exemplars (box side; small originals are not upscaled)
+QUALITY = 70    # JPEG quality of thumbnails, sheets and image views: smooth overlays lose nothing visible
 TOP_K = 5
 
 
@@ -33,16 +35,61 @@ def _sized(run: Run, row: int, img: np.ndarray, box: int) -> np.ndarray:
     return plots.thumbnail(img, display_hw(run, row, img), box)
 
 
-def thumb(run: Run, assets: Assets, row: int) -> str | None:
-    """``src`` (from ``assets``) of the ``THUMB``-px thumbnail of prediction row ``row`` of ``run``, or None when
-    its image cannot be read."""
-    name = f"row-{row}-thumb"
-    if assets.has(name):
-        return assets.image(name, None)
+def thumbnail(run: Run, row: int) -> np.ndarray | None:
+    """The thumbnail of one image, as the model saw it.
+
+    Parameters
+    ----------
+    run : Run
+        The loaded run folder.
+    row : int
+        Prediction row id of the image.
+
+    Returns
+    -------
+    np.ndarray or None
+        uint8 ``[h, w, 3]``, h and w <= ``THUMB`` px; None when the image cannot be read.
+    """
     img = run.image(row)
-    if img is None:
-        return None
-    return assets.image(name, _sized(run, row, img, THUMB), quality=70)
+    return None if img is None else _sized(run, row, img, THUMB)
+
+
+def sheet(run: Run, rows: list[int], cols: int, gap: int = 0) -> tuple[np.ndarray | None, list[list[int] | None]]:
+    """The thumbnails of many images as one picture (a sprite sheet): one JPEG shares its headers and
+    compresses neighbours together, so a page of thumbnails costs about half the bytes of separate files.
+
+    Parameters
+    ----------
+    run : Run
+        The loaded run folder.
+    rows : list of int
+        Prediction row ids, in cell order (left to right, then down).
+    cols : int
+        Cells per line, each ``THUMB`` px square.
+    gap : int, default 0
+        px of white between cells.
+
+    Returns
+    -------
+    (np.ndarray or None, list)
+        The sheet, uint8 ``[H, W, 3]`` (None when no image could be read), and per row its cell
+        ``[x, y, w, h]`` in px (the thumbnail at the cell's top left), None when unreadable.
+    """
+    pictures = [thumbnail(run, r) for r in rows]
+    if all(p is None for p in pictures):
+        return None, [None] * len(rows)
+    lines = -(-len(rows) // cols)
+    width = min(cols, len(rows))
+    out = np.full((lines * (THUMB + gap) - gap, width * (THUMB + gap) - gap, 3), 255, np.uint8)
+    cells: list[list[int] | None] = []
+    for i, p in enumerate(pictures):
+        if p is None:
+            cells.append(None)
+            continue
+        x, y = (i % cols) * (THUMB + gap), (i // cols) * (THUMB + gap)
+        out[y:y + p.shape[0], x:x + p.shape[1]] = p
+        cells.append([x, y, int(p.shape[1]), int(p.shape[0])])
+    return out, cells
 
 
 def top_k(run: Run, row: int, k: int = TOP_K) -> list[dict]:
@@ -63,16 +110,55 @@ def top_k(run: Run, row: int, k: int = TOP_K) -> list[dict]:
             for i in order if np.isfinite(probs[i])]
 
 
-def image_view(run: Run, assets: Assets, row: int, lut: np.ndarray | None = None,
-               box_method: str | None = None, with_pictures: bool = True) -> dict:
-    """Everything the report shows of one image; the picture only when ``with_pictures``.
+def strip(run: Run, row: int, lut: np.ndarray | None = None,
+          box_method: str | None = None) -> tuple[np.ndarray | None, list[str]]:
+    """The picture of one image's view: the image as the model saw it (``VIEW``-px box), then one overlay per
+    stored attribution method, side by side (``plots.GAP`` px apart).
 
-    The picture is one strip: the image as the model saw it, then one overlay per
-    stored attribution method, side by side (one file per image in the folder
-    layout). Returns ``{"row", "path", "label", "predicted", "confidence",
-    "margin", "error", "strip": src|None, "panels": ["image", "<method>", ...],
-    "width", "height" (of one panel), "top": [...]}``. ``box_method``: outline
-    that method's peak box (the cue patch of the montage).
+    Parameters
+    ----------
+    run : Run
+        The loaded run folder.
+    row : int
+        Prediction row id of the image.
+    lut : np.ndarray, optional
+        uint8 ``[256, 3]`` colour table (``plots.colour_table``), reused across images.
+    box_method : str, optional
+        Method whose peak box is outlined.
+
+    Returns
+    -------
+    (np.ndarray or None, list of str)
+        uint8 ``[h, n * w + (n - 1) * GAP, 3]`` and the panel names (``"image"``, then the methods),
+        or (None, []) when the image cannot be read.
+    """
+    img = run.image(row)
+    if img is None:
+        return None, []
+    base = _sized(run, row, img, VIEW)
+    panels, names = [base], ["image"]
+    for method in run.methods:
+        cam = run.cam(method, row)
+        if cam is not None:
+            box = plots.peak_box(cam) if method == box_method else None
+            panels.append(plots.overlay(base, cam, box=box, lut=lut))
+            names.append(method)
+    return plots.montage(panels, cols=len(panels), gap=plots.GAP), names
+
+
+def view_name(row: int, box_method: str | None = None) -> str:
+    """The asset name of the view picture of ``row`` (with ``box_method``'s peak box outlined), shared by every
+    section that shows it."""
+    return f"row-{row}-view" + (f"-box-{box_method}" if box_method else "")
+
+
+def image_view(run: Run, assets: Assets, row: int, lut: np.ndarray | None = None,
+               box_method: str | None = None) -> dict:
+    """Everything the report shows of one image, its picture (``strip``) included.
+
+    Returns ``{"row", "path", "label", "predicted", "confidence", "margin", "error",
+    "strip": src|None, "panels": ["image", "<method>", ...], "width", "height" (of one
+    panel), "top": [...]}``.
 
     Parameters
     ----------
@@ -86,8 +172,6 @@ def image_view(run: Run, assets: Assets, row: int, lut: np.ndarray | None = None
         uint8 ``[256, 3]`` colour table (``plots.colour_table``), reused across images.
     box_method : str, optional
         Method whose peak box is outlined.
-    with_pictures : bool, default True
-        Draw the strip (else ``strip`` is None).
     """
     info = run.info(row)
     view = {"row": int(row), "path": run.path(row), "label": None, "predicted": None, "confidence": None,
@@ -97,22 +181,12 @@ def image_view(run: Run, assets: Assets, row: int, lut: np.ndarray | None = None
         view.update(label=str_or_none(info["label"]), predicted=str_or_none(info["predicted"]),
                     confidence=finite(info.get("confidence")), margin=finite(info.get("margin")),
                     error=str_or_none(info.get("error")))
-    if not with_pictures:
-        return view
-    img = run.image(row)
-    if img is None:
+    picture, names = strip(run, row, lut, box_method)
+    if picture is None:
         view["error"] = view["error"] or run.image_errors.get(row) or "image unavailable"
         return view
-    base = _sized(run, row, img, VIEW)
-    view["height"], view["width"] = base.shape[:2]
-    panels, names = [base], ["image"]
-    for method in run.methods:
-        cam = run.cam(method, row)
-        if cam is not None:
-            box = plots.peak_box(cam) if method == box_method else None
-            panels.append(plots.overlay(base, cam, box=box, lut=lut))
-            names.append(method)
-    name = f"row-{row}-view" + (f"-box-{box_method}" if box_method else "")
-    view["strip"] = assets.image(name, plots.montage(panels, cols=len(panels), gap=plots.GAP))
+    view["height"] = picture.shape[0]
+    view["width"] = (picture.shape[1] - (len(names) - 1) * plots.GAP) // len(names)
+    view["strip"] = assets.image(view_name(row, box_method), picture, quality=QUALITY)
     view["panels"] = names
     return view

@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from audit import artifacts, integrity
 from audit import data as audit_data
@@ -31,6 +34,40 @@ from audit.report.fmt import class_slugs, finding_key, finite, pair_anchor, read
 
 HISTORY = "history.parquet"   # in the run folder's parent: one row per (run, confusion pair)
 MAX_PAIRS = 60                # confusion pairs with a section of their own (most confused first)
+
+
+def read_predictions(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """``predictions.parquet`` read lean, for runs of 100,000 images: text columns (but ``path``) as
+    categoricals, and ``probs`` (a list per image) out of the frame as one float32 ``[n, k]`` block
+    (NaN rows where it is null; None when the lists differ in length: then it stays a column).
+
+    Parameters
+    ----------
+    path : Path
+        The parquet file.
+
+    Returns
+    -------
+    (pd.DataFrame, np.ndarray or None)
+        The predictions and their softmax probabilities (0..1, class order of the model).
+    """
+    schema = pq.read_schema(path)
+    text = [f.name for f in schema if f.name != "path" and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
+    table = pq.read_table(path, read_dictionary=text)
+    probs = None
+    if "probs" in schema.names and pa.types.is_list(schema.field("probs").type):
+        column = table.column("probs").combine_chunks()
+        lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy()
+        present = column.is_valid().to_numpy(zero_copy_only=False)
+        k = int(lengths[present][0]) if present.any() else 0
+        if k and (lengths[present] == k).all():
+            probs = np.full((len(column), k), np.nan, np.float32)
+            probs[present] = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, k)
+            table = table.drop(["probs"])
+    frame = table.to_pandas(self_destruct=True)
+    del table
+    pa.default_memory_pool().release_unused()   # give the table's buffers back before the report grows
+    return frame, probs
 
 
 @dataclass
@@ -57,8 +94,6 @@ class Run:
         Class names (model order, then any the data adds) and their anchor slugs.
     findings, pairs : list of dict
         Findings in rank order, and the confusion pairs with a section (``MAX_PAIRS``).
-    rows : dict
-        Manifest row id -> its predictions record.
     image_errors : dict
         Row -> why its original could not be read.
     cache : dict
@@ -86,7 +121,8 @@ class Run:
     slugs: dict[str, str] = field(default_factory=dict)
     findings: list[dict] = field(default_factory=list)
     pairs: list[dict] = field(default_factory=list)
-    rows: dict[int, dict] = field(default_factory=dict)    # manifest row id -> its predictions record
+    _positions: pd.Index | None = None                     # manifest row id -> position in predictions
+    _columns: dict[str, Any] = field(default_factory=dict)   # predictions' column arrays, to read one row
     image_errors: dict[int, str] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)   # per-render results sections share
     _images: dict[int, np.ndarray] = field(default_factory=dict)
@@ -100,7 +136,7 @@ class Run:
         r.run = r._read(artifacts.RUN_JSON, artifacts.read_json) or {}
         r.config = recorded(r.run.get("config"))
         r.summary = r._read(artifacts.SUMMARY, artifacts.read_json) or {}
-        r.predictions = r._read(artifacts.PREDICTIONS, artifacts.read_table)
+        r.predictions, probs = r._read(artifacts.PREDICTIONS, read_predictions) or (None, None)
         r.selection = r._read(artifacts.SELECTION, artifacts.read_table)
         r.discovery = r._read(artifacts.DISCOVERY, artifacts.read_table)
         history = r.dir.parent / HISTORY
@@ -112,11 +148,30 @@ class Run:
                 r.notes.append(f"{artifacts.PREDICTIONS} lacks column(s) {', '.join(missing)}")
                 r.predictions = None
             else:
-                for rec in r.predictions.to_dict("records"):
-                    r.rows.setdefault(int(rec["row"]), rec)
+                r._index_rows(probs)
         r._load_maps()
         r._derive()
         return r
+
+    def _index_rows(self, probs: np.ndarray | None) -> None:
+        """Index predictions by row id (the first record of a row id stored twice) without a record per row:
+        100,000 rows as dicts would cost more memory than everything else the report reads. ``probs``: the
+        ``probs`` column as a ``[n, k]`` block (``read_predictions``)."""
+        pred = self.predictions
+        first = ~pred["row"].astype(int).duplicated(keep="first").to_numpy()
+        columns = {}
+        for c in pred.columns:   # no per-row copy: numbers as they are, a categorical as codes and names
+            values = pred[c].array
+            if isinstance(values, pd.Categorical):
+                columns[str(c)] = (values.codes, list(values.categories))
+            elif values.dtype.kind in "biuf":
+                columns[str(c)] = (values.to_numpy(), None)
+            else:
+                columns[str(c)] = (values, None)
+        if probs is not None:
+            columns["probs"] = (probs, None)
+        self._positions = pd.Index(pred["row"].astype(int).to_numpy()[first])
+        self._columns = columns if first.all() else {c: (v[first], n) for c, (v, n) in columns.items()}
 
     def _read(self, name, reader):
         path = self.dir / name if not isinstance(name, Path) else name
@@ -173,9 +228,12 @@ class Run:
     def _parse_findings(self) -> list[dict]:
         raw = sorted((f for f in self.summary.get("findings") or [] if isinstance(f, dict)),
                      key=lambda f: math.inf if finite(f.get("rank")) is None else finite(f.get("rank")))
-        path_to_row: dict[str, int] = {}
-        if self.predictions is not None:
-            for p, r in zip(self.predictions["path"].astype(str), self.predictions["row"].astype(int)):
+        wanted = {str(p) for f in raw for key in ("members", "exemplars") for p in f.get(key) or []}
+        path_to_row: dict[str, int] = {}   # only the paths the findings name, not one entry per image
+        if self.predictions is not None and wanted:
+            paths = self.predictions["path"].astype(str)
+            named = paths.isin(wanted).to_numpy()
+            for p, r in zip(paths[named], self.predictions["row"].astype(int)[named]):
                 path_to_row.setdefault(p, int(r))
         used: set[str] = set()
         out = []
@@ -190,7 +248,7 @@ class Run:
             if len(rows) != len(members):
                 if members:
                     rows = [path_to_row.get(p, -1) for p in members]
-                elif self.rows:
+                elif self._columns:
                     members = [self.path(r) for r in rows]
             exemplars = []
             member_row = dict(zip(members, rows))
@@ -291,8 +349,20 @@ class Run:
         return None if at is None else at[0].hw
 
     def info(self, row: int) -> dict | None:
-        """The predictions record of manifest row ``row`` (column -> value), or None."""
-        return self.rows.get(int(row))
+        """The predictions record of manifest row ``row`` (column -> value, numpy scalars as Python's), or None."""
+        if self._positions is None:
+            return None
+        try:
+            at = self._positions.get_loc(int(row))
+        except KeyError:
+            return None
+        record = {}
+        for c, (values, names) in self._columns.items():
+            v = values[at]
+            if names is not None:
+                v = names[v] if v >= 0 else None
+            record[c] = v.item() if isinstance(v, np.generic) else v
+        return record
 
     def path(self, row: int) -> str:
         """The manifest path of ``row``, "?" when it has no predictions record."""

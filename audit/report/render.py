@@ -8,7 +8,10 @@ re-rendered anywhere (``audit render RUN_DIR``). Writes into the run folder:
   self-contained file, CSS, script and pictures inline (compressed JPEG/PNG
   ``data:`` URIs), no external URL, no storage or fetch, so it works offline and
   in a sandboxed iframe. ``folder`` layout: pictures in ``assets/`` beside it.
-  When the report exceeds ``report.max_bytes`` one warning line is printed.
+  The single file stays within ``report.max_bytes``: the page is rendered once without the
+  pictures a section draws only when there is room (``Section.fill``: the gallery's
+  thumbnails and image views), which then get the bytes left; when the report still exceeds
+  the budget one warning line is printed.
   Every file is written atomically and recorded in ``artifacts.json``; an artifact that
   no longer matches its checksum is left out with a note atop the report and one
   warning line naming it.
@@ -44,16 +47,21 @@ from audit.report.jinja import environment
 from audit.report.loading import Run
 
 INDEX = "index.html"
+_MARGIN = 16_384   # bytes of the budget kept free: JSON and markup the fills add beyond their estimate
 
 
 @dataclass(frozen=True)
 class Section:
     """One section of the page: ``key`` (element id and template name), ``title`` (heading and navigation
-    text) and ``context`` (``(run, assets) -> dict | None``; None leaves the section out)."""
+    text), ``context`` (``(run, assets) -> dict | None``; None leaves the section out) and ``fill``
+    (optional: ``(context, run, assets, spare)`` draws the section's optional pictures into its context
+    once the rest of the page is rendered, within ``spare`` bytes of the single file; None in the folder
+    layout: all of them)."""
 
     key: str                                        # element id, template sections/<key>.html.j2
     title: str                                      # heading and navigation text
     context: Callable[[Run, Assets], dict | None]   # None: the section is left out
+    fill: Callable[[dict, Run, Assets, int | None], None] | None = None   # pictures within the bytes left
 
 
 SECTIONS: list[Section] = [
@@ -63,7 +71,7 @@ SECTIONS: list[Section] = [
     Section("trust", "Trust", lambda run, assets: trust.context(run.summary, run.dir, assets.image)),
     Section("internals", "Model internals", internals.section),
     Section("confusion", "Confusion pairs", tables.confusion),
-    Section("gallery", "Gallery", gallery.section),
+    Section("gallery", "Gallery", gallery.section, gallery.fill),
     Section("slices", "Metrics by metadata", tables.slices),
     Section("calibration", "Confidence and calibration", tables.calibration),
     Section("trend", "Trend", trend.section),
@@ -111,24 +119,37 @@ def _render(run_dir: Path, layout: str | None, warn: Callable[[str], None], temp
     if layout not in LAYOUTS:
         raise ValueError(f"report layout must be one of {', '.join(LAYOUTS)} (got {layout!r})")
     assets = Assets(run_dir, layout)
-    shown = []
+    shown, fills = [], []
     for sec in SECTIONS:  # in page order: later sections may reuse pictures of earlier ones
         ctx = sec.context(run, assets)
         if ctx is not None:
             shown.append({"key": sec.key, "title": sec.title, "template": f"sections/{sec.key}.html.j2", "s": ctx})
+            if sec.fill is not None:
+                fills.append((sec.fill, ctx))
     head = summary.summary_view(run)
     overrides = templates or run.config.report.templates
     if overrides is not None and not Path(overrides).is_dir():
         raise UsageError(f"`report.templates` {overrides}: no such folder")
-    html = environment(overrides).get_template("index.html.j2").render(
-        sections=shown, run_id=head["run_id"], status=head["status"], notes=run.notes, layout=layout,
-        n_pictures=assets.count)
+    page = environment(overrides).get_template("index.html.j2")
+
+    def html() -> str:
+        return page.render(sections=shown, run_id=head["run_id"], status=head["status"], notes=run.notes,
+                           layout=layout, n_pictures=assets.count)
+
+    budget = run.config.report.max_bytes
+    if fills:   # the optional pictures get what the rest of the page leaves of the budget
+        spare = None if layout == "folder" else budget - len(html().encode("utf-8")) - _MARGIN
+        for fill, ctx in fills:
+            before = assets.bytes
+            fill(ctx, run, assets, None if spare is None else max(0, spare))
+            if spare is not None:
+                spare -= 4 * (assets.bytes - before) // 3
+    text = html()
     out = run_dir / INDEX
-    integrity.write_atomic(out, html)
+    integrity.write_atomic(out, text)
     assets.prune()
     outputs.write(run_dir, head, INDEX, run.config.report.summary_format, run.config.report.url)
     size = out.stat().st_size + (assets.bytes if layout == "folder" else 0)
-    budget = run.config.report.max_bytes
     if size > budget:
         hint = "; try --layout folder" if layout == "single" else ""
         warn(f"audit: warning: report is {size / 1e6:.1f} MB, over report.max_bytes "

@@ -13,11 +13,12 @@ from audit import data as audit_data
 from audit.report import plots
 from audit.report.assets import Assets
 from audit.report.fmt import correct_mask, finite, fmt_value, readable_mask, str_or_none
-from audit.report.images import thumb
+from audit.report.images import QUALITY, sheet
 from audit.report.loading import Run
 
 MAX_SLICE_VALUES = 20        # a metadata column with more distinct values is not sliced
-PAIR_STRIP = 12              # thumbnails per confusion-pair section
+PAIR_STRIP = 12              # thumbnails per confusion-pair section (one picture: a sprite sheet)
+STRIP_GAP = 4               # px between the thumbnails of a pair's strip
 REASONS = ("misclassified", "low_confidence", "contrast")
 _NOT_METADATA = set(audit_data.RESERVED_COLUMNS) | {"path", "label"}
 
@@ -63,7 +64,12 @@ def confusion(run: Run, assets: Assets) -> dict | None:
                           "dark": alpha > 0.55, "n_findings": len(pair["findings"]) if pair else 0})
         rows.append({"label": t, "n": n, "cells": cells, "unreadable": int(unreadable.get(t, 0)),
                      "recall": (int(counts.at[t, t]) / n) if n and t in counts.columns else None})
-    pairs = [_pair_view(run, assets, p) for p in run.pairs]
+    errors = pred[readable & (labels != predicted)]   # once, not per pair: 100,000 rows are common
+    if "confidence" in errors.columns:
+        errors = errors.assign(_c=pd.to_numeric(errors["confidence"], errors="coerce")).sort_values(
+            "_c", ascending=False, kind="stable")
+    by_pair = errors.groupby([errors["label"].astype(str), errors["predicted"].astype(str)], sort=False)
+    pairs = [_pair_view(run, assets, p, by_pair) for p in run.pairs]
     n_off = int(sum(1 for t in counts.index for p in counts.columns if t != p and counts.at[t, p]))
     return {"columns": classes, "rows": rows, "vertical": len(classes) > 8,
             "has_unreadable": bool((~readable).any()),
@@ -71,23 +77,28 @@ def confusion(run: Run, assets: Assets) -> dict | None:
             "pairs": pairs, "n_pairs_total": n_off, "selection": _selection(run.selection)}
 
 
-def _pair_view(run: Run, assets: Assets, pair: dict) -> dict:
-    pred = run.predictions
-    hit = pred[(pred["label"].astype(str) == pair["true_label"]) & (pred["predicted"].astype(str) == pair["predicted_label"])
-               & readable_mask(pred)]
-    if "confidence" in hit.columns:
-        hit = hit.assign(_c=pd.to_numeric(hit["confidence"], errors="coerce")).sort_values("_c", ascending=False, kind="stable")
-    strip = []
-    for r, p, c in zip(hit["row"].astype(int).tolist()[:PAIR_STRIP], hit["path"].astype(str),
-                       hit["confidence"] if "confidence" in hit.columns else [None] * len(hit)):
-        strip.append({"row": r, "path": p, "confidence": finite(c), "src": thumb(run, assets, r)})
+def _pair_view(run: Run, assets: Assets, pair: dict, by_pair) -> dict:
+    """The view of one confusion pair: its ``PAIR_STRIP`` most confident errors as one sprite sheet (``sheet``;
+    ``by_pair``: the readable errors grouped by (label, predicted), most confident first)."""
+    key = (pair["true_label"], pair["predicted_label"])
+    hit = by_pair.get_group(key).head(PAIR_STRIP) if key in by_pair.groups else None
+    strip, src, size = [], None, None
+    if hit is not None and len(hit):
+        rows = hit["row"].astype(int).tolist()
+        picture, cells = sheet(run, rows, cols=len(rows), gap=STRIP_GAP)
+        if picture is not None:
+            src = assets.image(f"{pair['anchor']}-strip", picture, quality=QUALITY)
+            size = [int(picture.shape[1]), int(picture.shape[0])]
+        confidence = hit["confidence"] if "confidence" in hit.columns else [None] * len(hit)
+        strip = [{"row": r, "path": p, "confidence": finite(c), "cell": cell}
+                 for r, p, c, cell in zip(rows, hit["path"].astype(str), confidence, cells)]
     sel = run.selection
     n_selected = None
     if sel is not None and {"true_label", "pair_label", "reason"} <= set(sel.columns):
         m = (sel["true_label"].astype(str) == pair["true_label"]) & (sel["pair_label"].astype(str) == pair["predicted_label"])
         n_selected = int((m & (sel["reason"].astype(str) != "contrast")).sum())
     delta = (pair["error_rate"] - pair["baseline_error_rate"]) if pair["baseline_error_rate"] is not None else None
-    return {**pair, "strip": strip, "n_selected": n_selected, "delta": delta,
+    return {**pair, "strip": strip, "sheet": src, "sheet_size": size, "n_selected": n_selected, "delta": delta,
             "filter": f"{pair['true_label']}\u2192{pair['predicted_label']}"}
 
 
