@@ -962,3 +962,29 @@ def test_verification_bars_say_not_run_instead_of_zero():
     fig = plots.verification_bars([("occlusion", 0.5, 0.25), ("transplant", None, None)])
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert texts == ["50%", "25%", "not run"]
+
+
+def test_predictions_are_read_lean(tmp_path):
+    """100,000 rows must not become 100,000 dicts: text columns arrive as categoricals, ``probs`` as one float32
+    block (NaN where an image was unreadable), and a row's record is built when asked for."""
+    from audit.report.images import top_k
+    from audit.report.loading import read_predictions
+
+    pred = pd.DataFrame({"row": [0, 1, 2], "path": ["a.png", "b.png", "c.png"], "label": ["x", "y", "x"],
+                         "predicted": ["y", None, "x"], "confidence": [0.7, None, 0.9],
+                         "probs": [[0.3, 0.7], None, [0.9, 0.1]], "error": [None, "unreadable", None]})
+    artifacts.write_table(tmp_path / "predictions.parquet", pred)
+    frame, probs = read_predictions(tmp_path / "predictions.parquet")
+    assert isinstance(frame["label"].dtype, pd.CategoricalDtype) and "probs" not in frame.columns
+    assert probs.dtype == np.float32 and probs.shape == (3, 2) and np.isnan(probs[1]).all()
+    np.testing.assert_allclose(probs[2], [0.9, 0.1], rtol=1e-6)
+    run = Run(dir=tmp_path, predictions=frame)
+    run._index_rows(probs)
+    assert run.info(0)["label"] == "x" and run.info(1)["predicted"] is None and run.info(7) is None
+    assert run.info(2)["confidence"] == 0.9 and type(run.info(2)["row"]) is int
+    assert [t["label"] for t in top_k(run, 0)] == ["class 1", "class 0"] and top_k(run, 1) == []
+    # lists of different lengths stay a column
+    pred["probs"] = [[0.3, 0.7], None, [0.9, 0.05, 0.05]]
+    artifacts.write_table(tmp_path / "predictions.parquet", pred)
+    frame, probs = read_predictions(tmp_path / "predictions.parquet")
+    assert probs is None and list(frame["probs"][2]) == [0.9, 0.05, 0.05]

@@ -287,9 +287,11 @@ class Report:
     layout: str = setting("single", Check(lambda v: v in ("single", "folder"), "single or folder"),
                           "single: one self-contained index.html | folder: index.html + assets/")
     max_bytes: int = setting(10_000_000, integer(1, text="a positive int (bytes)"),
-                             "size budget of the report; a warning line when exceeded")
+                             "size budget of the single-file report (the gallery's thumbnails and image views "
+                             "fill what the rest leaves); a warning line when exceeded")
     max_image_views: int = setting(300, NON_NEGATIVE_INT,
-                                   "single layout: gallery images with embedded overlays (folder: all)")
+                                   "single layout: at most this many gallery images with embedded overlays, "
+                                   "within max_bytes (folder: all)")
     templates: str | None = setting(None, optional(text("a folder path"), "a folder path or null"),
                                     "folder of template overrides searched before the shipped templates/",
                                     path=True)
