@@ -21,8 +21,9 @@ architecture takes) and reports:
 * the model passes of every stage, counted by the traced functions themselves
   (``audit.model_io.passes``): forward passes, passes with a backward pass to the target
   layer (Grad-CAM, the fused predict pass) and with a backward pass to the input;
-* the floor: those passes timed bare in the same process right after the run (the same
-  traced model, decoded inputs already on the device, the default batch sizes): a
+* the floor: those passes timed bare in the same process just before and after the run (the
+  faster of the two; the same traced model, decoded inputs already on the device, the
+  default batch sizes): a
   forward pass per forward or target-layer pass (the short backward pass to the target
   layer is not in the floor), a forward and backward pass to the input per input pass;
   wall/floor per stage and for the run (target <= 1.3), predict's against its bare
@@ -155,7 +156,8 @@ def production_model(arch: str, preprocess: str, root: Path, names: list[str], s
 
 def floors(clf, images: np.ndarray, predict_batch: int, attribution_batch: int, repeats: int) -> dict:
     """Bare seconds per model input: forward (at ``predict_batch`` and at ``attribution_batch``) and
-    forward + backward to the input (``attribution_batch``), the best of ``repeats`` passes over ``images``."""
+    forward + backward to the input (``attribution_batch``), the best of ``repeats`` passes over ``images``
+    after a warm-up call."""
     import tensorflow as tf
 
     spec_t = tf.TensorSpec((None,), tf.int32)
@@ -177,8 +179,9 @@ def floors(clf, images: np.ndarray, predict_batch: int, attribution_batch: int, 
                               ("forward", "forward", attribution_batch), ("input", "input", attribution_batch)):
         chunks = [(tf.constant(images[s:s + batch]), tf.constant(targets[s:s + batch]))
                   for s in range(0, len(images), batch)]
+        fns[kind](*chunks[0]).numpy()   # warm-up
         best = np.inf
-        for _ in range(repeats + 1):   # the first pass warms up
+        for _ in range(repeats):
             start = time.perf_counter()
             for x, t in chunks:
                 fns[kind](x, t).numpy()
@@ -235,6 +238,11 @@ def run_one(name: str, n: int, work: Path) -> dict:
             current.update(stage=text[1:-1], at=now)
         print(f"[{name}] {msg}", flush=True)
 
+    clf = classifier_for(config)
+    sample, _ = load_images(data, names[:64], clf.input_size)
+    sample = prep(sample, preprocess)
+    batches = (config.predict.batch_size, config.attribution.batch_size)
+    before = floors(clf, sample, *batches, repeats=1)
     load = os.getloadavg()
     start = time.perf_counter()
     summary = pipeline.run(config, log=log)
@@ -243,9 +251,8 @@ def run_one(name: str, n: int, work: Path) -> dict:
     record = json.loads((run_dir / "run.json").read_text())
     timings = record["timings"]
 
-    clf = classifier_for(config)
-    sample, _ = load_images(data, names[:128], clf.input_size)
-    bare = floors(clf, prep(sample, preprocess), config.predict.batch_size, config.attribution.batch_size, 2)
+    after = floors(clf, sample, *batches, repeats=1)
+    bare = {k: min(before[k], after[k]) for k in before}   # the faster of before and after the run: load drifts
     start = time.perf_counter()
     load_images(data, names, clf.input_size)
     decode = time.perf_counter() - start
@@ -332,7 +339,7 @@ def fused_row(work: Path, n: int, repeats: int) -> dict:
 def markdown(result: dict) -> str:
     rows = result["rows"]
     lines = ["# Production architectures: a default audit against its floor", "",
-             f"{result['machine']}; {result['images']} JPEGs of 1-2 megapixels; default settings. "
+             f"{result['machine']}; JPEGs of 1-2 megapixels (images per model in the table); default settings. "
              f"Load average (1, 5, 15 min) at the start of each model's run in the table.", "",
              "| model | images | selected | wall s | floor s | wall/floor | predict img/s | predict/forward | "
              "decode s | fwd-equiv./image | peak MB | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -366,7 +373,8 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "results"))
-    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--images", default="2000",
+                        help="images per model: one count, or one per model in --models order (e.g. 100,60,30)")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--work", default=None, help="folder for the photos, models and runs (default: a temporary one)")
     parser.add_argument("--fused-images", type=int, default=128)
@@ -374,7 +382,9 @@ def main() -> None:
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(run_one(args.one, args.images, Path(args.work))), flush=True)
+        row = run_one(args.one, int(args.images), Path(args.work))
+        (Path(args.work) / args.one / "result.json").write_text(json.dumps(row, indent=2) + "\n")
+        print("RESULT " + json.dumps(row), flush=True)
         return
     if args.one is None and args.work is None:
         with tempfile.TemporaryDirectory(prefix="production-bench-") as tmp:
@@ -386,17 +396,29 @@ def _all(args, work: Path) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in args.models.split(","):
-        done = subprocess.run([sys.executable, __file__, "--one", name, "--images", str(args.images),
-                               "--work", str(work)], stdout=subprocess.PIPE, text=True, check=True)
-        lines = done.stdout.splitlines()
-        print("\n".join(line for line in lines if not line.startswith("RESULT ")), flush=True)
-        rows.append(json.loads(next(line for line in lines if line.startswith("RESULT "))[7:]))
+    models = args.models.split(",")
+    counts = [int(c) for c in args.images.split(",")]
+    counts = counts * len(models) if len(counts) == 1 else counts
+    if len(counts) != len(models):
+        raise SystemExit(f"--images: one count or one per model ({len(models)}), got {args.images}")
+    photos(work / "photos", max(counts))
+    for name, n in zip(models, counts):
+        child = subprocess.Popen([sys.executable, __file__, "--one", name, "--images", str(n),
+                                  "--work", str(work)], stdout=subprocess.PIPE, text=True)
+        result = None
+        for line in child.stdout:   # its log as it goes; its row on the line starting "RESULT "
+            if line.startswith("RESULT "):
+                result = json.loads(line[7:])
+            else:
+                print(line, end="", flush=True)
+        if child.wait() != 0 or result is None:
+            raise SystemExit(f"the {name} run failed (exit {child.returncode})")
+        rows.append(result)
         print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("stages", "methods")}), flush=True)
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU (GPU figures not measured)",
               "images": args.images, "rows": rows}
-    if "mobilenetv2" in args.models:
-        result["fused"] = fused_row(work, min(args.fused_images, args.images), args.repeats)
+    if "mobilenetv2" in models:
+        result["fused"] = fused_row(work, min(args.fused_images, counts[models.index("mobilenetv2")]), args.repeats)
     (out / "production.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)
     (out / "production.md").write_text(text)

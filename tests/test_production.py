@@ -52,9 +52,10 @@ def test_prefetched_decodes_the_next_batch_in_a_reader_thread(tmp_path, monkeypa
     whole, errors = load_images(tmp_path, paths, (20, 24))
     got = list(prefetched(tmp_path, paths, (20, 24), batch=3))
     assert [g[0] for g in got] == [slice(0, 3), slice(3, 6), slice(6, 8)]
+    assert [g[0] for g in prefetched(tmp_path, paths, (20, 24), batch=20)] == [slice(0, 8)]
     np.testing.assert_array_equal(np.concatenate([g[1] for g in got]), whole)
     assert sum((g[2] for g in got), []) == errors and errors[-1] is not None
-    assert len(decoded_in) == 3 and all(name.startswith("audit-reader") for name in decoded_in)
+    assert len(decoded_in) == 4 and all(name.startswith("audit-reader") for name in decoded_in)
 
 
 def _exhausted_above(limit: int, fn):

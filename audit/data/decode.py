@@ -118,6 +118,9 @@ def load_images(root: str | Path, paths: list[str], size: tuple[int, int],
     return out, errors
 
 
+FIRST_BATCH = 8   # images decoded before the model starts on a partition
+
+
 def prefetched(root: str | Path, paths: list[str], size: tuple[int, int], batch: int, max_pixels: int | None = None,
                channels: int = 3) -> Iterator[tuple[slice, np.ndarray, list[str | None]]]:
     """``load_images`` batch by batch, the next batch decoded in a reader thread while the caller runs the model
@@ -128,7 +131,7 @@ def prefetched(root: str | Path, paths: list[str], size: tuple[int, int], batch:
     root, paths, size, max_pixels, channels
         As in ``load_images``.
     batch : int
-        Images per batch (the last one may be smaller).
+        Images per batch (the first is at most ``FIRST_BATCH``, the last may be smaller).
 
     Yields
     ------
@@ -136,15 +139,19 @@ def prefetched(root: str | Path, paths: list[str], size: tuple[int, int], batch:
         The batch's positions in ``paths``, float32 ``[n, H, W, channels]`` 0..255 and its errors
         (``load_images``'s).
     """
-    starts = range(0, len(paths), batch)
+    # a short first batch: the model starts after FIRST_BATCH decodes, not a whole batch's
+    bounds = [0, *range(min(batch, FIRST_BATCH), len(paths), batch), len(paths)] if paths else []
+    spans = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-reader") as reader:
-        pending = reader.submit(load_images, root, paths[:batch], size, max_pixels, channels) if len(starts) else None
-        for start in starts:
+        def read(span):
+            return reader.submit(load_images, root, paths[span[0]:span[1]], size, max_pixels, channels)
+
+        pending = read(spans[0]) if spans else None
+        for k, (start, stop) in enumerate(spans):
             images, errors = pending.result()
-            after = start + batch
-            if after < len(paths):
-                pending = reader.submit(load_images, root, paths[after:after + batch], size, max_pixels, channels)
-            yield slice(start, start + len(errors)), images, errors
+            if k + 1 < len(spans):
+                pending = read(spans[k + 1])
+            yield slice(start, stop), images, errors
 
 
 def grey(image: np.ndarray) -> np.ndarray:
