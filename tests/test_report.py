@@ -988,3 +988,18 @@ def test_predictions_are_read_lean(tmp_path):
     artifacts.write_table(tmp_path / "predictions.parquet", pred)
     frame, probs = read_predictions(tmp_path / "predictions.parquet")
     assert probs is None and list(frame["probs"][2]) == [0.9, 0.05, 0.05]
+
+
+def test_gallery_list_and_pictures_follow_the_budget(tmp_path):
+    """The single file lists at most report.max_bytes / 4 of gallery JSON, by priority, and draws pictures only
+    in what the rest of the page leaves: a budget smaller than the fixed sections leaves none (and warns)."""
+    run_dir = build_run(tmp_path)
+    set_report_config(run_dir, max_bytes=1200)
+    warnings: list[str] = []
+    page = _Page(render(run_dir, warn=warnings.append).read_text(encoding="utf-8"))
+    items = page.gallery()
+    assert 1 <= len(items) < 5 and [it["row"] for it in items] == [0, 1, 2, 13][:len(items)]
+    assert not any(it["thumb"] or it["view"] for it in items)
+    text = " ".join("".join(page.text).split())
+    assert f"lists the first {len(items)} of them" in text and "thumbnails of the first 0" in text
+    assert len(warnings) == 1 and "over report.max_bytes" in warnings[0]
