@@ -54,7 +54,8 @@ def thumbnail(run: Run, row: int) -> np.ndarray | None:
     return None if img is None else _sized(run, row, img, THUMB)
 
 
-def sheet(run: Run, rows: list[int], cols: int, gap: int = 0) -> tuple[np.ndarray | None, list[list[int] | None]]:
+def sheet(run: Run, rows: list[int], cols: int, gap: int = 0,
+          max_width: int | None = None) -> tuple[np.ndarray | None, list[list[int] | None]]:
     """The thumbnails of many images as one picture (a sprite sheet): one JPEG shares its headers and
     compresses neighbours together, so a page of thumbnails costs about half the bytes of separate files.
 
@@ -65,9 +66,11 @@ def sheet(run: Run, rows: list[int], cols: int, gap: int = 0) -> tuple[np.ndarra
     rows : list of int
         Prediction row ids, in cell order (left to right, then down).
     cols : int
-        Cells per line, each ``THUMB`` px square.
+        Cells per line; a cell is as large as the largest thumbnail (at most ``THUMB`` px square).
     gap : int, default 0
         px of white between cells.
+    max_width : int, optional
+        px the sheet may span: fewer cells per line when ``cols`` of them would not fit.
 
     Returns
     -------
@@ -76,17 +79,21 @@ def sheet(run: Run, rows: list[int], cols: int, gap: int = 0) -> tuple[np.ndarra
         ``[x, y, w, h]`` in px (the thumbnail at the cell's top left), None when unreadable.
     """
     pictures = [thumbnail(run, r) for r in rows]
-    if all(p is None for p in pictures):
+    drawn = [p for p in pictures if p is not None]
+    if not drawn:
         return None, [None] * len(rows)
+    cell_w, cell_h = max(p.shape[1] for p in drawn), max(p.shape[0] for p in drawn)
+    if max_width is not None:
+        cols = max(1, min(cols, (max_width + gap) // (cell_w + gap)))
     lines = -(-len(rows) // cols)
     width = min(cols, len(rows))
-    out = np.full((lines * (THUMB + gap) - gap, width * (THUMB + gap) - gap, 3), 255, np.uint8)
+    out = np.full((lines * (cell_h + gap) - gap, width * (cell_w + gap) - gap, 3), 255, np.uint8)
     cells: list[list[int] | None] = []
     for i, p in enumerate(pictures):
         if p is None:
             cells.append(None)
             continue
-        x, y = (i % cols) * (THUMB + gap), (i // cols) * (THUMB + gap)
+        x, y = (i % cols) * (cell_w + gap), (i // cols) * (cell_h + gap)
         out[y:y + p.shape[0], x:x + p.shape[1]] = p
         cells.append([x, y, int(p.shape[1]), int(p.shape[0])])
     return out, cells

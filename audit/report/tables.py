@@ -19,6 +19,7 @@ from audit.report.loading import Run
 MAX_SLICE_VALUES = 20        # a metadata column with more distinct values is not sliced
 PAIR_STRIP = 12              # thumbnails per confusion-pair section (one picture: a sprite sheet)
 STRIP_GAP = 4               # px between the thumbnails of a pair's strip
+STRIP_WIDTH = 1080           # px a pair's strip may span (the page's width): more thumbnails wrap
 REASONS = ("misclassified", "low_confidence", "contrast")
 _NOT_METADATA = set(audit_data.RESERVED_COLUMNS) | {"path", "label"}
 
@@ -85,7 +86,7 @@ def _pair_view(run: Run, assets: Assets, pair: dict, by_pair) -> dict:
     strip, src, size = [], None, None
     if hit is not None and len(hit):
         rows = hit["row"].astype(int).tolist()
-        picture, cells = sheet(run, rows, cols=len(rows), gap=STRIP_GAP)
+        picture, cells = sheet(run, rows, cols=len(rows), gap=STRIP_GAP, max_width=STRIP_WIDTH)
         if picture is not None:
             src = assets.image(f"{pair['anchor']}-strip", picture, quality=QUALITY)
             size = [int(picture.shape[1]), int(picture.shape[0])]
