@@ -51,7 +51,7 @@ bench: install
 	$(BIN)/python benchmarks/report.py --out benchmarks/results
 	$(BIN)/python benchmarks/internals.py --out benchmarks/results
 	$(BIN)/python benchmarks/decode.py --out benchmarks/results
-	$(BIN)/python benchmarks/production.py --out benchmarks/results --images 400
+	$(BIN)/python benchmarks/production.py --out benchmarks/results --images 100,30,16
 
 clean:
 	rm -rf $(VENV) reports/demo reports/.cache build *.egg-info

@@ -39,7 +39,8 @@ architecture takes) and reports:
 Writes ``production.json`` and ``production.md`` into ``--out`` and prints them. GPU
 figures are not measured here.
 
-    python benchmarks/production.py --out benchmarks/results [--images 2000] [--models mobilenetv2,efficientnetb0,resnet50]
+    python benchmarks/production.py --out benchmarks/results [--images 2000 | --images 100,30,16]
+        [--models mobilenetv2,efficientnetb0,resnet50] [--work DIR [--reuse]]
 """
 from __future__ import annotations
 
@@ -379,6 +380,8 @@ def main() -> None:
     parser.add_argument("--work", default=None, help="folder for the photos, models and runs (default: a temporary one)")
     parser.add_argument("--fused-images", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--reuse", action="store_true",
+                        help="take a model's row from <work>/<model>/result.json when it has the same image count")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -403,6 +406,10 @@ def _all(args, work: Path) -> None:
         raise SystemExit(f"--images: one count or one per model ({len(models)}), got {args.images}")
     photos(work / "photos", max(counts))
     for name, n in zip(models, counts):
+        stored = work / name / "result.json"
+        if args.reuse and stored.exists() and json.loads(stored.read_text())["images"] == n:
+            rows.append(json.loads(stored.read_text()))   # this model's run, measured earlier in --work
+            continue
         child = subprocess.Popen([sys.executable, __file__, "--one", name, "--images", str(n),
                                   "--work", str(work)], stdout=subprocess.PIPE, text=True)
         result = None
