@@ -15,7 +15,8 @@ of the 3 x 3 grid cell that holds the centre of mass of its members' mean positi
 attribution map (``cue_descriptor``). It depends neither on which images are members
 nor on the model's scores, so the same cue keeps its ID across nights, retrained
 models and slightly different data; findings of one pair whose cues share a cell
-get ``-2``, ``-3``, ... in rank order (``assign_ids``).
+get ``-2``, ``-3``, ... in rank order (``assign_ids``); ``audit.stages.locate`` then places
+the ``cue`` at the size of the evidence (the ID keeps naming the discover-time cell).
 
 Score
 -----
@@ -32,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from audit.cues import Cue, cue_descriptor
-
 
 
 def _json(record: Any) -> Any:

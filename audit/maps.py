@@ -124,7 +124,28 @@ def top_regions(cams: np.ndarray, grid: int, max_area: float,
             cells[np.argsort(-values, kind="stable")[:cap]] = True
         cells = cells.reshape(grid, grid)
         for _ in range(dilate):
-            padded = np.pad(cells, 1)
-            cells = np.max([padded[dy:dy + grid, dx:dx + grid] for dy in range(3) for dx in range(3)], axis=0)
+            cells = grown(cells)
         out.append(cells[rows][:, cols])
     return out
+
+
+def grown(cells: np.ndarray) -> np.ndarray:
+    """The bool mask ``cells`` ``[h, w]`` grown by one cell in every direction (8-connected)."""
+    h, w = cells.shape
+    padded = np.pad(cells, 1)
+    return np.max([padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=0)
+
+
+def peak_part(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The 8-connected part of the bool ``mask`` ``[h, w]`` that holds its highest cell of ``values`` ``[h, w]``.
+
+    A top region may fall apart in several blobs (a cue and the object beside it); the
+    part holding the peak is where the map points most.
+    """
+    part = np.zeros_like(mask, dtype=bool)
+    part[np.unravel_index(int(np.argmax(np.where(mask, values, -np.inf))), mask.shape)] = True
+    while True:
+        more = grown(part) & mask
+        if (more == part).all():
+            return part
+        part = more

@@ -9,7 +9,8 @@ the run folder (``audit.artifacts`` names the files):
 2. select: misclassified, low-confidence and contrast images (in the driver).
 3. attribute: the selection in partitions; each task writes its map chunks.
 4. trust: faithfulness, sanity checks and agreement of the maps (in the driver).
-5. discover, verify: on the collected, small results, in the driver; then the
+5. discover, verify, locate: on the collected, small results, in the driver (locate
+   places each cue at its verified region or finest faithful map); then the
    finish step (``_finish``) matches the findings to the baseline
    (``audit.nightly``), applies triage, gates, writes ``summary.json`` and appends
    the history. A complete run asked again with the same inputs and settings only
@@ -91,6 +92,7 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
     from audit.stages.attribute import attribute_partition
     from audit.stages.discover import discover
     from audit.stages.link import link
+    from audit.stages.locate import locate
     from audit.stages.strategies import kept
     from audit.stages.predict import predict_partition
     from audit.stages.select import select
@@ -188,6 +190,7 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
         if strategies:
             log(f"  {len(strategies)} strategy candidate(s) tested, {len(strategies) - dropped} confirmed")
         findings = with_trust(config, link(config, run_dir, predictions, findings), trusted)
+        findings = locate(config, run_dir, findings, trusted, map_rows, cells)
         summary, findings = _finish(config, inputs, predictions, selection, table, findings,
                                     summary_figures(trusted), record["created"], log)
     log(f"  {len(findings)} finding(s)")

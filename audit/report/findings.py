@@ -1,7 +1,8 @@
 """The findings section: one ``<section id="F-...">`` per finding, with its evidence.
 
 Per finding: statistics, baseline status and triage, the causal tests (table and
-bars), the cue montage (a patch around each member's map peak), the mean map, the
+bars), the cue montage (a patch around each member's located cue: ``cue.boxes``,
+see ``audit.stages.locate``; older runs: around its map peak), the mean map, the
 pair's Laplacian eigenvalues, exemplars with an overlay per attribution method,
 and the member list. ``views(run, assets)`` builds them once per render (the
 summary section shows the top ones again, reusing the same pictures).
@@ -43,8 +44,7 @@ def section(run: Run, assets: Assets) -> dict | None:
     """
     found = views(run, assets)
     return {"findings": found, "method": cue_method(run), "methods": run.methods, "input_hw": run.input_hw,
-            "n_detailed": min(len(found), MAX_DETAILED_FINDINGS), "embedding": _embedding(run, assets),
-            "limits": {"fraction": plots.CUE_FRACTION}}
+            "n_detailed": min(len(found), MAX_DETAILED_FINDINGS), "embedding": _embedding(run, assets)}
 
 
 def strategies(run: Run, assets: Assets) -> dict | None:
@@ -83,7 +83,7 @@ def views(run: Run, assets: Assets) -> list[dict]:
                                     "confidence": finite(info.get("confidence")) if info is not None else None,
                                     "exemplar": r in exemplars})
         if view["detailed"]:
-            _pictures(run, view, f["rows"], exemplars, assets, lut)
+            _pictures(run, view, f["rows"], exemplars, assets, lut, raw.get("cue"))
             _plots(view, raw, assets)
         out.append(view)
     run.cache["findings"] = out
@@ -91,22 +91,30 @@ def views(run: Run, assets: Assets) -> list[dict]:
 
 
 def _pictures(run: Run, view: dict, rows: list[int], exemplars: list[int], assets: Assets,
-              lut: np.ndarray) -> None:
+              lut: np.ndarray, cue: dict | None) -> None:
     method = cue_method(run)
     if method is None:
         view["notes"].append("no attribution maps stored: no pictures")
+    located = cue_boxes(cue, rows)
     tiles: list[np.ndarray] = []
+    boxes: list[dict] = []
     for r in dict.fromkeys(r for r in rows if r >= 0):
-        if len(tiles) >= MAX_MONTAGE or method is None:
+        if len(tiles) >= MAX_MONTAGE or (method is None and located is None):
             break
-        cam = run.cam(method, r)
-        img = run.image(r) if cam is not None else None
+        if located is not None:
+            img, box = run.image(r), located.get(r) or (0.0, 0.0, 1.0, 1.0)
+        else:
+            cam = run.cam(method, r)
+            img = run.image(r) if cam is not None else None
+            box = fractions(plots.peak_box(cam), cam.shape) if cam is not None else None
         if img is not None:
-            tiles.append(plots.crop_tile(img, cam.shape, plots.peak_box(cam)))
+            tiles.append(plots.crop_tile(img, (1, 1), box))
+            boxes.append({"row": r, "box": box})
     if tiles:
         w, h = plots.montage_shape(len(tiles))
         view["montage"] = {"src": assets.image(f"{view['anchor']}-montage", plots.montage(tiles)),
-                           "width": w, "height": h, "n": len(tiles)}
+                           "width": w, "height": h, "n": len(tiles), "boxes": boxes,
+                           "crops": _crops(cue["source"] if located is not None else None, method)}
     total, n_maps, no_map = None, 0, 0
     for r in dict.fromkeys(r for r in rows if r >= 0):  # running sum: members may be many
         cam = run.cam(method, r) if method else None
@@ -120,10 +128,43 @@ def _pictures(run: Run, view: dict, rows: list[int], exemplars: list[int], asset
                         "n": n_maps}
     if method is not None and no_map:
         view["notes"].append(f"{no_map} member(s) have no stored {method} map")
-    view["exemplars"] = [image_view(run, assets, r, lut=lut, box_method=method) for r in exemplars]
+    view["exemplars"] = [image_view(run, assets, r, lut=lut, box_method=method,
+                                    box=located.get(r) if located is not None else None) for r in exemplars]
     unread = [r for r in rows if r in run.image_errors]
     if unread:
         view["notes"].append(f"{len(unread)} member image(s) could not be read now (moved or deleted?)")
+
+
+def _crops(source: str | None, method: str | None) -> str:
+    """What a montage tile shows, in words: by the located cue's ``source``, else the ``method`` map's peak."""
+    side = f"{plots.CUE_FRACTION:.0%} of the image side"
+    if source is None:
+        return f"a square patch ({side}) around the maximum of its {method} map"
+    if source.startswith("not located"):
+        return f"the whole image (the cue was {source})"
+    return f"a square patch (at least {side}) around its part of the cue, located by the {source}"
+
+
+def cue_boxes(cue: dict | None, rows: list[int]) -> dict[int, tuple[float, float, float, float] | None] | None:
+    """Each member row's located cue box ``(top, left, bottom, right)`` (fractions of the image; None: not
+    located) from a finding's ``summary.json`` ``cue`` (its ``boxes`` in member order, aligned with
+    ``rows``); None when the cue was never located (runs before ``audit.stages.locate``)."""
+    boxes = cue.get("boxes") if isinstance(cue, dict) and cue.get("source") else None
+    if not isinstance(boxes, list) or len(boxes) != len(rows):
+        return None
+    out = {}
+    for r, b in zip(rows, boxes):
+        ok = isinstance(b, list) and len(b) == 4 and all(finite(v) is not None for v in b)
+        out[int(r)] = tuple(float(v) for v in b) if ok else None
+    return out
+
+
+def fractions(box: tuple[int, int, int, int], hw: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The ``box`` ``(top, left, bottom, right)`` in pixels of a map of shape ``hw`` ``(h, w)`` as fractions of its
+    height and width."""
+    h, w = hw
+    top, left, bottom, right = box
+    return top / h, left / w, bottom / h, right / w
 
 
 def verification(finding: dict) -> dict | None:

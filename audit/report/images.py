@@ -117,8 +117,8 @@ def top_k(run: Run, row: int, k: int = TOP_K) -> list[dict]:
             for i in order if np.isfinite(probs[i])]
 
 
-def strip(run: Run, row: int, lut: np.ndarray | None = None,
-          box_method: str | None = None) -> tuple[np.ndarray | None, list[str]]:
+def strip(run: Run, row: int, lut: np.ndarray | None = None, box_method: str | None = None,
+          box: tuple[float, float, float, float] | None = None) -> tuple[np.ndarray | None, list[str]]:
     """The picture of one image's view: the image as the model saw it (``VIEW``-px box), then one overlay per
     stored attribution method, side by side (``plots.GAP`` px apart).
 
@@ -131,7 +131,10 @@ def strip(run: Run, row: int, lut: np.ndarray | None = None,
     lut : np.ndarray, optional
         uint8 ``[256, 3]`` colour table (``plots.colour_table``), reused across images.
     box_method : str, optional
-        Method whose peak box is outlined.
+        Method whose overlay gets the cue box outlined.
+    box : tuple of float, optional
+        The located cue box ``(top, left, bottom, right)``, fractions of the image
+        (``audit.cues.Cue.boxes``); default the ``box_method`` map's peak box.
 
     Returns
     -------
@@ -147,20 +150,24 @@ def strip(run: Run, row: int, lut: np.ndarray | None = None,
     for method in run.methods:
         cam = run.cam(method, row)
         if cam is not None:
-            box = plots.peak_box(cam) if method == box_method else None
-            panels.append(plots.overlay(base, cam, box=box, lut=lut))
+            outline = None
+            if method == box_method:
+                outline = plots.peak_box(cam) if box is None else \
+                    tuple(round(v * n) for v, n in zip(box, cam.shape * 2))
+            panels.append(plots.overlay(base, cam, box=outline, lut=lut))
             names.append(method)
     return plots.montage(panels, cols=len(panels), gap=plots.GAP), names
 
 
-def view_name(row: int, box_method: str | None = None) -> str:
-    """The asset name of the view picture of ``row`` (with ``box_method``'s peak box outlined), shared by every
-    section that shows it."""
-    return f"row-{row}-view" + (f"-box-{box_method}" if box_method else "")
+def view_name(row: int, box_method: str | None = None, box: tuple[float, float, float, float] | None = None) -> str:
+    """The asset name of the view picture of ``row`` (with ``box_method``'s peak box, or the cue ``box``
+    (fractions), outlined), shared by every section that shows it."""
+    return f"row-{row}-view" + (f"-box-{box_method}" if box_method else "") + \
+        ("-at-" + "-".join(f"{v:.4f}" for v in box) if box_method and box is not None else "")
 
 
 def image_view(run: Run, assets: Assets, row: int, lut: np.ndarray | None = None,
-               box_method: str | None = None) -> dict:
+               box_method: str | None = None, box: tuple[float, float, float, float] | None = None) -> dict:
     """Everything the report shows of one image, its picture (``strip``) included.
 
     Returns ``{"row", "path", "label", "predicted", "confidence", "margin", "error",
@@ -178,7 +185,9 @@ def image_view(run: Run, assets: Assets, row: int, lut: np.ndarray | None = None
     lut : np.ndarray, optional
         uint8 ``[256, 3]`` colour table (``plots.colour_table``), reused across images.
     box_method : str, optional
-        Method whose peak box is outlined.
+        Method whose overlay gets the cue box outlined.
+    box : tuple of float, optional
+        The located cue box (fractions of the image); default the map's peak box.
     """
     info = run.info(row)
     view = {"row": int(row), "path": run.path(row), "label": None, "predicted": None, "confidence": None,
@@ -188,12 +197,12 @@ def image_view(run: Run, assets: Assets, row: int, lut: np.ndarray | None = None
         view.update(label=str_or_none(info["label"]), predicted=str_or_none(info["predicted"]),
                     confidence=finite(info.get("confidence")), margin=finite(info.get("margin")),
                     error=str_or_none(info.get("error")))
-    picture, names = strip(run, row, lut, box_method)
+    picture, names = strip(run, row, lut, box_method, box)
     if picture is None:
         view["error"] = view["error"] or run.image_errors.get(row) or "image unavailable"
         return view
     view["height"] = picture.shape[0]
     view["width"] = (picture.shape[1] - (len(names) - 1) * plots.GAP) // len(names)
-    view["strip"] = assets.image(view_name(row, box_method), picture, quality=QUALITY)
+    view["strip"] = assets.image(view_name(row, box_method, box), picture, quality=QUALITY)
     view["panels"] = names
     return view
