@@ -10,6 +10,7 @@ import argparse
 import errno
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         The exit code: 0 all gates pass, 1 a gate failed, 2 bad usage/config/input
         (one line on stderr), 3 runtime failure (traceback in the run folder's ``error.log``).
     """
+    started = time.monotonic()   # run.budget counts from here (the demo: once its data and model are ready)
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     log = Progress(choose_mode(getattr(args, "log_format", "text"), args.quiet))
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         from audit.config import resolve
 
         nightly = {"baseline.run_dir": args.baseline, "triage.path": args.triage,
-                   "report.summary_format": args.summary_format}
+                   "report.summary_format": args.summary_format, "run.budget": args.budget}
         prepared = None
         if args.command == "demo":
             rail_rate = resolve(args.config, args.set, {"demo.rail_rate": args.rail_rate, **nightly}).demo.rail_rate
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             from audit import demo
 
             assets = demo.prepare(Path(args.cache), seed=args.seed, log=log, rail_rate=rail_rate)
+            started = time.monotonic()
             config = resolve(args.config, args.set, {
                 "model.path": str(assets.model_path), "data.path": str(assets.manifest),
                 "data.classes": str(assets.classes), "out": args.out, "run_id": _demo_run_id(args), "seed": args.seed,
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.mlflow is not None:
             from audit.trackers import check_mlflow, log_mlflow
             check_mlflow(args.mlflow or None)
-        summary = pipeline.run(config, log=log, prepared=prepared)
+        summary = pipeline.run(config, log=log, prepared=prepared, started=started)
         if args.command == "demo":
             _demo_epilogue(run_dir, log)
         if args.mlflow is not None:
@@ -193,6 +196,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="previous run folder (or 'latest' from the history): findings are marked "
                             "new / persisting / resolved and pair error rates compared")
         p.add_argument("--triage", metavar="TRIAGE.yaml", help="acknowledge or suppress finding IDs")
+        p.add_argument("--budget", metavar="DURATION",
+                       help="wall time for the run, e.g. 45m, 90s or 1.5h: the attribution is planned to fit "
+                            "(run.budget)")
         p.add_argument("--summary-format", choices=("md", "slack"),
                        help="summary.md with tables (md) or for a chat message (slack); report.summary_format")
         p.add_argument("--log-format", choices=("text", "json"), default="text",

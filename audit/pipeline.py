@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
-import platform
 import signal
 import threading
 import time
@@ -40,7 +38,6 @@ import pandas as pd
 
 from audit import artifacts, integrity, nightly, progress, runlock
 from audit.config import Config
-from audit.data import resolve
 from audit.errors import Terminated, UsageError
 from audit.urls import is_url
 from audit.findings import Finding
@@ -48,17 +45,20 @@ from audit.inputs import Prepared, prepare
 from audit.nightly.baseline import apply_baseline
 from audit.nightly.history import HistoryError, append_history, history_path, history_rows
 from audit.nightly.triage import apply_triage
+from audit.provenance import data_hash, versions
 from audit.resume import chunk_paths, recorded_files, resumable, stage_keys
 
 Log = Callable[[str], None]
 
 
-def run(config: Config, log: Log = print, prepared: Prepared | None = None) -> dict:
+def run(config: Config, log: Log = print, prepared: Prepared | None = None, started: float | None = None) -> dict:
     """Run the whole audit of ``config`` (resolved settings), progress to ``log`` (a ``Progress`` or any
     ``str -> None``); return the summary (also written to ``summary.json``). Bad input: ``UsageError``.
 
     ``prepared``: the inputs ``audit.inputs.prepare`` checked (the CLI does it before importing
-    TensorFlow); checked here when not given."""
+    TensorFlow); checked here when not given. ``started``: ``time.monotonic()`` when the run began,
+    for ``run.budget`` (default: now)."""
+    started = time.monotonic() if started is None else started
     from audit.model_io import classifier_for
     from audit.stages.attribute import check_methods, without_layers
 
@@ -79,11 +79,11 @@ def run(config: Config, log: Log = print, prepared: Prepared | None = None) -> d
         frame = frame[~duplicated].reset_index(drop=True)
     with _stop_on_sigterm(), runlock.hold(config.run_dir, log), integrity.recording(config.run_dir) as written:
         integrity.remove_temporaries(config.run_dir)
-        return _run_stages(config, frame, root, classes, classifier, log, inputs, not_computed, written)
+        return _run_stages(config, frame, root, classes, classifier, log, inputs, not_computed, written, started)
 
 
 def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[str], classifier, log: Log,
-                inputs: nightly.Inputs, not_computed: list[str], written: integrity.Recorder) -> dict:
+                inputs: nightly.Inputs, not_computed: list[str], written: integrity.Recorder, started: float) -> dict:
     import dask
 
     from audit.maps import area_pool
@@ -105,14 +105,14 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
         "run_id": config.run_id,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "config": config.to_dict(),
-        "versions": _versions(),
+        "versions": versions(),
         "model": {"path": str(config.model.path), "sha256": file_sha256(config.model.path),
                   "input_size": list(classifier.input_size),
                   "target_layer": None if classifier.layer is None else classifier.layer.name,
                   "logits": classifier.logits_kind},
         "not_computed": not_computed,
         "data": {"path": str(config.data.path), "root": root if is_url(str(root)) else str(Path(root).resolve()),
-                 "sha256": _data_hash(frame, root), "n_rows": len(frame)},
+                 "sha256": data_hash(frame, root), "n_rows": len(frame)},
         "classes": classes,
         "timings": {},
     }
@@ -153,12 +153,16 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
             f"{int((selection['reason'] == 'contrast').sum())} contrast")
 
         with _timed(timings, "attribute", log) as handle:
+            plan, probed = _plan(config, root, classes, predictions, selection, keys["attribute"], compute, started, log)
+            record["plan"] = plan.to_json()
+            planned = {m: plan.rows(m) for m in plan.methods}
             if handle is not None:
-                handle.expect(len(selection) * len(config.attribution.methods), "image maps")
-            parts = _partitions(selection, config.attribution.partition_size)
-            paths = chunk_paths(run_dir, "attribute", keys["attribute"], len(parts), ".json", log)
-            tasks = [dask.delayed(resumable)(path, attribute_partition, config, root, classes, part, i)
-                     for i, (path, part) in enumerate(zip(paths, parts))]
+                handle.expect(sum(len(r) for r in planned.values()), "image maps")
+            todo = selection["row"].isin(np.concatenate(list(planned.values()))) & ~selection["row"].isin(probed)
+            parts = _partitions(selection[todo], config.attribution.partition_size)
+            paths = chunk_paths(run_dir, "attribute", keys["attribute"], len(parts) + 1, ".json", log)
+            tasks = [dask.delayed(resumable)(path, attribute_partition, config, root, classes, part, i + 1, planned)
+                     for i, (path, part) in enumerate(zip(paths[1:], parts))]
             compute(tasks)
             integrity.record(run_dir, recorded_files(run_dir, paths))
             feature_rows, features = artifacts.read_cams(run_dir, "features",
@@ -206,6 +210,34 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
         render(run_dir)
     artifacts.write_json(run_dir / artifacts.RUN_JSON, record)
     return summary
+
+
+def _plan(config: Config, root: Path, classes: list[str], predictions: pd.DataFrame, selection: pd.DataFrame,
+          key: str, compute: Callable[[list], list], started: float, log: Log):
+    """Explain one batch of the selection with every method (the probe, chunk 0 of the attribute stage),
+    then plan the rest from its timings (``audit.stages.plan``); log the plan. A resumed run reuses the
+    probe and the plan stored under the same ``key``. Returns ``(plan, probe rows int64 [n])``."""
+    import dask
+
+    from audit.stages.attribute import attribute_partition
+    from audit.stages.plan import groups, make_plan, plan_from_json, probe_rows
+
+    ordered = groups(selection, predictions)
+    first = probe_rows(ordered, config.attribution.batch_size)
+    path = chunk_paths(config.run_dir, "attribute", key, 1, ".json", log)[0]
+    stored = path.with_name("plan.json")
+    if stored.exists():
+        plan = plan_from_json(artifacts.read_json(stored), ordered)
+    else:
+        part = selection.set_index("row", drop=False).loc[first].reset_index(drop=True)
+        probe = compute([dask.delayed(resumable)(path, attribute_partition, config, root, classes, part, 0, None,
+                                                 True)])[0] if len(first) else \
+            {"rows": [], "seconds": dict.fromkeys(config.attribution.methods, 0.0), "wall": 0.0, "forward": 0.0}
+        plan = make_plan(config, selection, predictions, probe, time.monotonic() - started)
+        artifacts.write_json(stored, plan.to_json())
+    for line in plan.lines():
+        log(f"  plan: {line}")
+    return plan, first
 
 
 def _strategies(config: Config, predictions: pd.DataFrame, map_rows: np.ndarray,
@@ -350,33 +382,3 @@ def _task_progress(handle: progress.Stage | None) -> Iterator[None]:
 
     with Callback(posttask=posttask):
         yield
-
-
-def _data_hash(frame: pd.DataFrame, root: str | Path) -> str:
-    """Hash of the manifest rows and each local file's size (cheap, catches changed files; a record
-    counts its container file's size; a URL is not fetched for this, -1)."""
-    digest = hashlib.sha256()
-    for path, label in zip(frame["path"], frame["label"]):
-        file = resolve(root, path)
-        if not isinstance(file, Path):
-            size = -1
-        else:
-            file = Path(str(file).split("#")[0]) if "#" in file.name else file
-            size = file.stat().st_size if file.exists() else -1
-        digest.update(f"{path}\t{label}\t{size}\n".encode())
-    return digest.hexdigest()
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in ("cnn-audit", "tensorflow", "keras", "dask", "numpy", "pandas", "scikit-learn"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    if out.get("tensorflow") is None:
-        with contextlib.suppress(PackageNotFoundError):
-            out["tensorflow"] = version("tensorflow-cpu")
-    return out

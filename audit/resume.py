@@ -33,7 +33,7 @@ def stage_keys(config: Config, record: dict) -> dict[str, str]:
     """Content keys of the stages: a stage's stored output is reused only under the same key.
 
     predict: model file, data, data/model settings and code; attribute: predict plus
-    the selection and attribution settings; trust: attribute plus the trust settings;
+    the selection, attribution and run (budget) settings; trust: attribute plus the trust settings;
     internals: attribute plus the settings that shape the findings and the
     ``internals`` section; run: everything in the config but its output, run id,
     scheduler and nightly settings (gates, baseline, triage, history: re-applied to a
@@ -55,7 +55,7 @@ def stage_keys(config: Config, record: dict) -> dict[str, str]:
     code = code_version()
     predict = digest(record["model"]["sha256"], record["data"]["sha256"], settings["data"],
                       settings["model"], code)
-    attribute = digest(predict, settings["select"], settings["attribution"], settings["seed"])
+    attribute = digest(predict, settings["select"], settings["attribution"], settings["run"], settings["seed"])
     rest = {k: v for k, v in settings.items()
             if k not in ("run_id", "out", "dask", "gates", "baseline", "triage", "history", "demo")}
     internals = digest(attribute, {k: settings[k] for k in ("discovery", "verify", "internals", "report")})

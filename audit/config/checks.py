@@ -147,3 +147,40 @@ def method_params() -> Check:
         return hasattr(v, "items") and all(m in available() and (p is None or hasattr(p, "items"))
                                            for m, p in v.items())
     return Check(test, "a mapping of registered method name to a mapping of its parameters")
+
+
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+DURATION_TEXT = "a duration such as 90s, 45m or 1.5h (a plain number: seconds) or null"
+
+
+def seconds_of(value: Any) -> float | None:
+    """Seconds of a duration: ``None`` stays ``None``; a positive number is seconds; a string is a
+    positive number with an optional unit ``s``, ``m`` or ``h`` ("45m", "1.5h", "90"). Raises
+    ``ValueError`` for anything else."""
+    if value is None:
+        return None
+    if _is_number(value):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip().lower()
+        unit = DURATION_UNITS.get(text[-1])
+        try:
+            seconds = float(text[:-1] if unit else text) * (unit or 1.0)
+        except ValueError:
+            raise ValueError(f"not a duration: {value!r}") from None
+    else:
+        raise ValueError(f"not a duration: {value!r}")
+    if not (seconds > 0 and seconds != float("inf")):
+        raise ValueError(f"not a positive duration: {value!r}")
+    return seconds
+
+
+def _is_duration(value: Any) -> bool:
+    try:
+        seconds_of(value)
+    except ValueError:
+        return False
+    return True
+
+
+DURATION = Check(_is_duration, DURATION_TEXT)

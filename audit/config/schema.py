@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from audit.config.checks import (FLAG, FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, Check, choice, integer,
+from audit.config.checks import (DURATION, FLAG, FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, Check, choice, integer,
                                  method_params, methods, names, number, optional, output_name, pair, run_id,
                                  text)
 
@@ -65,6 +65,14 @@ class Data:
 
 
 @dataclass(frozen=True)
+class Run:
+    """``run:`` limits of the whole run."""
+
+    budget: str | float | None = setting(None, DURATION, "wall time for the run, e.g. 45m: the attribution is "
+                                         "planned to fit (audit.stages.plan); null: no limit (--budget)")
+
+
+@dataclass(frozen=True)
 class Predict:
     """``predict:`` batching of the prediction pass over the whole dataset."""
 
@@ -96,6 +104,9 @@ class Attribution:
     partition_size: int = setting(256, POSITIVE_INT, "images per Dask task")
     precision: str = setting("float32", choice("float32", "mixed_float16"),
                              "mixed_float16: layers compute in float16 (for GPUs; slower on CPUs)")
+    sample_per_pair: int | None = setting(64, optional(POSITIVE_INT, "a positive int or null"),
+                                          "costly methods (measured) explain at most this many images per pair; "
+                                          "null: all")
 
 
 @dataclass(frozen=True)
@@ -342,6 +353,7 @@ class Settings:
     out: str | None = setting(None, optional(text("a folder path"), "a folder path"),
                               "run folder; default reports/<run_id>", path=True)
     seed: int = setting(0, NON_NEGATIVE_INT, "seeds every sample the audit draws")
+    run: Run = section(Run)
     model: Model = section(Model)
     data: Data = section(Data)
     predict: Predict = section(Predict)

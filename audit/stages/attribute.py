@@ -31,7 +31,7 @@ from audit.model_io import classifier_for
 
 
 def attribute_partition(config: Config, root: Path, classes: list[str], part: pd.DataFrame,
-                        chunk: int) -> dict:
+                        chunk: int, planned: dict[str, np.ndarray] | None = None, probe: bool = False) -> dict:
     """Write the maps of ``part`` (chunk number ``chunk``); return the rows explained.
 
     Parameters
@@ -46,20 +46,29 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
         Selected rows with ``row``, ``path`` and ``pair_label`` (the class explained).
     chunk : int
         Number of this partition's map chunk.
+    planned : dict of str to np.ndarray, optional
+        Per method, the prediction rows it explains (``audit.stages.plan.Plan.rows``); default:
+        every method explains every row of ``part``.
+    probe : bool
+        Also time one bare forward pass of each batch (the plan's unit of the later stages' work).
 
     Returns
     -------
     dict
-        ``{"rows": [prediction row ids], "seconds": {method: seconds spent explaining}}`` (the
+        ``{"rows": [prediction row ids], "seconds": {method: seconds spent explaining}, "wall": seconds
+        of the whole partition, "forward": seconds of the bare forward passes (0 unless probe)}`` (the
         semantic features come from the predict stage's fused pass, ``audit.stages.predict``).
     """
+    started = time.perf_counter()
     classifier = classifier_for(config)
     lookup = {name: i for i, name in enumerate(classes)}
     targets = part["pair_label"].map(lookup).to_numpy(np.int32)
     rows = part["row"].to_numpy(np.int64)
     methods = explainers(config)
+    chosen = {m: np.ones(len(rows), bool) if planned is None else np.isin(rows, planned[m]) for m in methods}
     done: dict[str, list] = {method: [] for method in methods}
     seconds = dict.fromkeys(methods, 0.0)
+    forward = 0.0
     # batch by batch, the reader thread decoding the next batch while every method explains this one;
     # progress.advance counts images as they are done: a long stage logs its ETA (audit.progress)
     reader = prefetched(root, part["path"].tolist(), classifier.input_size, config.attribution.batch_size,
@@ -67,24 +76,33 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
     with precision(classifier, config.attribution.precision):
         for where, images, _ in reader:
             images = preprocess(images, config.data.preprocess)
+            if probe:
+                start = time.perf_counter()
+                classifier.logits(images)
+                forward += time.perf_counter() - start
             for method, explainer in methods.items():
+                use = chosen[method][where]
+                if not use.any():
+                    continue
                 start = time.perf_counter()
                 if isinstance(explainer, IntegratedGradients):  # its completeness gap costs 2 passes here
-                    done[method].append(explainer.explain_with_gap(classifier, images, targets[where]))
+                    done[method].append(explainer.explain_with_gap(classifier, images[use], targets[where][use]))
                 else:
-                    done[method].append((explainer.explain(classifier, images, targets[where]),))
+                    done[method].append((explainer.explain(classifier, images[use], targets[where][use]),))
                 seconds[method] += time.perf_counter() - start
-                progress.advance(len(images))
+                progress.advance(int(use.sum()))
     for method, explainer in methods.items():
         maps = np.concatenate([d[0] for d in done[method]]) if done[method] else \
             np.zeros((0, *classifier.input_size), np.float32)
+        explained = rows[chosen[method]]
         if isinstance(explainer, IntegratedGradients):
             gap = np.concatenate([d[1] for d in done[method]]) if done[method] else np.zeros(0)
-            write_map_chunk(config.run_dir, method, chunk, rows, maps, gap=gap,
+            write_map_chunk(config.run_dir, method, chunk, explained, maps, gap=gap,
                             difference=maps.sum(axis=(1, 2), dtype=np.float64) - gap)
         else:
-            write_map_chunk(config.run_dir, method, chunk, rows, maps)
-    return {"rows": rows.tolist(), "seconds": {m: round(t, 3) for m, t in seconds.items()}}
+            write_map_chunk(config.run_dir, method, chunk, explained, maps)
+    return {"rows": rows.tolist(), "seconds": {m: round(t, 4) for m, t in seconds.items()},
+            "wall": round(time.perf_counter() - started, 4), "forward": round(forward, 4)}
 
 
 def precision(classifier, name: str):
@@ -193,6 +211,7 @@ def check_methods(config: Config, classifier) -> None:
     blank = np.zeros((1, *classifier.input_shape), np.float32)
     if classifier.layer is not None:   # the predict stage's fused pass, traced here too: before any work, once
         classifier.logits_and_cam(blank)
+    classifier.logits(blank)           # the plan's probe times the bare forward pass (audit.stages.plan)
     for method, explainer in explainers(config).items():
         try:
             with precision(classifier, config.attribution.precision):

@@ -1,0 +1,350 @@
+"""Plan: how many selected images of each group every attribution method explains.
+
+The attribute stage first explains one batch of the selection with every method
+(the probe: its maps are kept, like any other chunk's) and times each method per
+image. The plan then spends the attribution time where it matters:
+
+* groups: each confusion pair of the selection, most suspicious first (its error
+  rate ``errors(true -> predicted) / images(true)`` above the rate expected if
+  errors fell evenly on the other classes, ``error rate / (K - 1)``; then size),
+  then each class's contrast images;
+* inside a group, images in a stratified order: ranked (misclassified by
+  confidence, then low-confidence by margin), then visited along the golden-ratio
+  sequence, so that every prefix spreads over the ranking; a method explains a
+  prefix of that order, the probe's images being the first ones;
+* full methods (the first method, which drives discovery and verification, and
+  any method at most ``CHEAP`` times the cheapest one's measured cost) explain
+  every selected image, group by group, before the costly methods get any time;
+* costly methods (all the same images, so that trust compares them on one set)
+  explain a sample per group: first ``min_sample`` images in every group, most
+  suspicious first, then up to ``attribution.sample_per_pair``.
+
+Without ``run.budget`` only the sample cap applies. With it, the attribution time
+is the budget minus what the run already spent, minus the stages after
+attribution (estimated from their model-pass counts, ``later_seconds``), minus a
+``MARGIN`` share of the budget.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from audit.config import Config
+
+CHEAP = 3.0            # a method within this factor of the cheapest method's cost explains every image
+MARGIN = 0.05          # share of the budget kept unplanned (estimates are estimates)
+# fixed costs besides the model passes, measured on 2 CPU cores (the demo: internals 20 s, render 14 s)
+FIXED_INTERNALS = 20.0   # tracing the ascent functions, drawing the pictures
+FIXED_RENDER = 15.0      # discover, link, finish and render
+PER_SELECTED = 0.02      # seconds of discover/render work per selected image
+GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+@dataclass(frozen=True)
+class Group:
+    """One group of the selection the plan allocates images to.
+
+    Attributes
+    ----------
+    name : str
+        ``"true -> predicted"`` for a confusion pair, ``"class (contrast)"`` for contrast images.
+    rows : tuple of int
+        Its prediction row ids in stratified order (every prefix is a stratified sample).
+    why : str
+        Its priority in words, e.g. "error rate 37% (expected 4%)".
+    """
+
+    name: str
+    rows: tuple[int, ...]
+    why: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What each method explains, why, and the time it is expected to take.
+
+    Attributes
+    ----------
+    methods : tuple of str
+        The configured methods, in ``attribution.methods`` order.
+    full : tuple of str
+        The methods that explain every selected image (the rest explain a sample).
+    costs : tuple of (str, float)
+        Measured seconds per image of each method on the probe batch.
+    groups : tuple of Group
+        In priority order.
+    counts : tuple of tuple of int
+        ``counts[g][m]``: images of group ``g`` method ``m`` explains (a prefix of its rows).
+    budget : float or None
+        ``run.budget`` in seconds.
+    spent : float
+        Seconds the run had spent when the plan was made.
+    attribute : float
+        Estimated seconds of the attribution left to do.
+    later : tuple of (str, float)
+        Estimated seconds of each stage after attribution.
+    """
+
+    methods: tuple[str, ...]
+    full: tuple[str, ...]
+    costs: tuple[tuple[str, float], ...]
+    groups: tuple[Group, ...]
+    counts: tuple[tuple[int, ...], ...]
+    budget: float | None
+    spent: float
+    attribute: float
+    later: tuple[tuple[str, float], ...]
+
+    @property
+    def estimate(self) -> float:
+        """Seconds the whole run is expected to take: spent + attribution + later stages."""
+        return self.spent + self.attribute + sum(s for _, s in self.later)
+
+    def rows(self, method: str) -> np.ndarray:
+        """int64 ``[n]``: the prediction rows ``method`` explains (sorted)."""
+        j = self.methods.index(method)
+        picked = [r for g, c in zip(self.groups, self.counts) for r in g.rows[:c[j]]]
+        return np.sort(np.asarray(picked, np.int64))
+
+    def lines(self) -> list[str]:
+        """The plan in words, one line per group and a last line with the estimate."""
+        out = []
+        for group, count in zip(self.groups, self.counts):
+            parts = ", ".join(f"{c} x {m}" for m, c in zip(self.methods, count))
+            out.append(f"{group.name}: {len(group.rows)} images; {parts} ({group.why})")
+        costs = ", ".join(f"{m} {s:.3g} s" for m, s in self.costs)
+        budget = "no budget" if self.budget is None else f"budget {_minutes(self.budget)}"
+        out.append(f"per image: {costs}; costly methods on a sample: {', '.join(self.costly) or 'none'}; "
+                   f"estimated {_minutes(self.estimate)} ({budget})")
+        return out
+
+    @property
+    def costly(self) -> tuple[str, ...]:
+        """The methods that explain a sample per group."""
+        return tuple(m for m in self.methods if m not in self.full)
+
+    def to_json(self) -> dict:
+        """JSON-ready record for ``run.json`` and the report."""
+        return {"budget": self.budget, "spent": round(self.spent, 1), "attribute": round(self.attribute, 1),
+                "later": {k: round(v, 1) for k, v in self.later}, "estimate": round(self.estimate, 1),
+                "methods": list(self.methods), "full": list(self.full),
+                "costs": {m: round(s, 5) for m, s in self.costs},
+                "groups": [{"name": g.name, "images": len(g.rows), "why": g.why,
+                            "counts": dict(zip(self.methods, map(int, c)))} for g, c in zip(self.groups, self.counts)]}
+
+
+def plan_from_json(data: dict, ordered: list[Group]) -> Plan:
+    """The ``Plan`` that ``Plan.to_json`` wrote (``data``), over the same ``groups`` (``ordered``)."""
+    counts = {g["name"]: g["counts"] for g in data["groups"]}
+    methods = tuple(data["methods"])
+    return Plan(methods=methods, full=tuple(data["full"]), costs=tuple(data["costs"].items()),
+                groups=tuple(ordered),
+                counts=tuple(tuple(int(counts.get(g.name, {}).get(m, 0)) for m in methods) for g in ordered),
+                budget=data["budget"], spent=data["spent"], attribute=data["attribute"],
+                later=tuple(data["later"].items()))
+
+
+def groups(selection: pd.DataFrame, predictions: pd.DataFrame) -> list[Group]:
+    """The selection's groups, most suspicious first, each in stratified order.
+
+    Parameters
+    ----------
+    selection : pd.DataFrame
+        The select stage's table: ``row``, ``reason``, ``true_label``, ``pair_label``, ``pair``,
+        ``confidence``, ``margin``.
+    predictions : pd.DataFrame
+        The predict stage's table (``label``, ``predicted``, ``error``): the pairs' error rates.
+
+    Returns
+    -------
+    list of Group
+        Confusion pairs by excess error rate (descending), then size; then contrast classes.
+    """
+    valid = predictions[predictions["error"].isna()]
+    n_classes = max(valid["label"].nunique(), 2)
+    per_class = valid["label"].value_counts()
+    wrong = valid[valid["label"] != valid["predicted"]]
+    pair_errors = (wrong["label"] + " -> " + wrong["predicted"]).value_counts()
+    expected = len(wrong) / max(len(valid), 1) / (n_classes - 1)
+    ranked = []
+    errors = selection[selection["reason"] != "contrast"]
+    for name, part in errors.groupby("pair", sort=True):
+        rate = pair_errors.get(name, 0) / max(per_class.get(part["true_label"].iloc[0], 0), 1)
+        ranked.append((-(rate - expected), -len(part), name,
+                       Group(name, _stratified(part), f"error rate {rate:.0%}, expected {expected:.0%}")))
+    contrast = selection[selection["reason"] == "contrast"]
+    for name, part in contrast.groupby("true_label", sort=True):
+        ranked.append((math.inf, -len(part), name, Group(f"{name} (contrast)", _stratified(part),
+                                                          "correct and confident, compared against")))
+    return [g for *_, g in sorted(ranked, key=lambda t: t[:3])]
+
+
+def _stratified(part: pd.DataFrame) -> tuple[int, ...]:
+    """``part``'s rows ranked (misclassified by confidence descending, then low confidence by margin,
+    contrast by confidence), then visited along the golden-ratio sequence: every prefix is spread."""
+    order = part.assign(first=part["reason"] != "misclassified",
+                        key=np.where(part["reason"] == "low_confidence", part["margin"], -part["confidence"]))
+    rows = order.sort_values(["first", "key", "row"], kind="stable")["row"].to_numpy(np.int64)
+    visit = np.argsort((np.arange(len(rows)) * GOLDEN) % 1.0, kind="stable")
+    return tuple(int(r) for r in rows[visit])
+
+
+def probe_rows(ordered: list[Group], size: int) -> np.ndarray:
+    """int64 ``[<= size]``: the images the probe explains with every method: the first of each group's
+    stratified order, taken group by group from the most suspicious one (so the plan keeps them all)."""
+    picked: list[int] = []
+    for g in ordered:
+        picked.extend(g.rows[:size - len(picked)])
+    return np.asarray(picked, np.int64)
+
+
+def allocate(sizes: list[int], done: list[int], costs: dict[str, float], overhead: float, full: tuple[str, ...],
+             seconds: float | None, sample: int | None, min_sample: int) -> list[dict[str, int]]:
+    """Images per group and method: pure numbers.
+
+    Parameters
+    ----------
+    sizes : list of int
+        Images per group, groups in priority order.
+    done : list of int
+        Images per group already explained by every method (the probe; a prefix of each group).
+    costs : dict of str to float
+        Seconds per image of each method (the keys are the methods, in order).
+    overhead : float
+        Seconds per image besides the methods (decoding), paid once per image explained.
+    full : tuple of str
+        The methods that explain every image before the costly ones get any.
+    seconds : float or None
+        Time available for the images not yet done; None: unlimited.
+    sample : int or None
+        Costly methods' cap per group (``attribution.sample_per_pair``); None: no cap.
+    min_sample : int
+        Costly methods' first round: this many per group, most suspicious group first, before any
+        group gets more.
+
+    Returns
+    -------
+    list of dict
+        Per group, ``{method: images}``; a costly method's images are among the full methods'.
+    """
+    left = math.inf if seconds is None else max(seconds, 0.0)
+    per_full = overhead + sum(costs[m] for m in full)
+    per_costly = sum(c for m, c in costs.items() if m not in full)
+    covered = list(done)
+    for g, n in enumerate(sizes):
+        take = min(n - covered[g], _affordable(left, per_full))
+        covered[g] += take
+        left -= take * per_full
+    sampled = list(done)
+    cap = math.inf if sample is None else sample
+    for level in (min(min_sample, cap), cap):
+        for g in range(len(sizes)):
+            want = max(min(level, covered[g]) - sampled[g], 0)
+            take = min(want, _affordable(left, per_costly))
+            sampled[g] += take
+            left -= take * per_costly
+    return [{m: (covered[g] if m in full else sampled[g]) for m in costs} for g in range(len(sizes))]
+
+
+def _affordable(left: float, per_image: float) -> float:
+    if per_image <= 0 or math.isinf(left):
+        return math.inf
+    return math.floor(left / per_image + 1e-9)
+
+
+def full_methods(methods: tuple[str, ...], costs: dict[str, float]) -> tuple[str, ...]:
+    """The first method (discovery's) and every method within ``CHEAP`` times the cheapest measured cost."""
+    cheapest = min(costs.values())
+    return tuple(m for i, m in enumerate(methods) if i == 0 or costs[m] <= CHEAP * cheapest)
+
+
+def later_seconds(config: Config, n_images: int, n_selected: int, forward: float,
+                  costs: dict[str, float]) -> dict[str, float]:
+    """Estimated seconds of the stages after attribution, from their model-pass counts.
+
+    Parameters
+    ----------
+    config : Config
+        ``trust.*``, ``verify.*``, ``strategies.*``, ``internals.*``.
+    n_images : int
+        Readable images of the data set (the internals patch scan).
+    n_selected : int
+        Selected images (verification's pass allowance, discovery and render work).
+    forward : float
+        Seconds of one bare forward pass per image (a forward+backward counts 3).
+    costs : dict of str to float
+        Seconds per image of each method (the sanity checks explain again).
+
+    Returns
+    -------
+    dict of str to float
+        ``trust``, ``verify``, ``internals``, ``discover_render``.
+    """
+    t, v, i = config.trust, config.verify, config.internals
+    out = {"trust": 0.0, "verify": 0.0, "internals": 0.0}
+    if t.enabled:
+        methods = [m for m in costs if t.methods is None or m in t.methods]
+        curves = t.sample * (len(methods) + t.random_maps) * 2 * (t.steps + 1) * forward
+        sanity = t.sanity_sample * (t.randomization_steps + 2) * sum(costs[m] for m in methods)
+        out["trust"] = curves + sanity
+    if v.enabled:
+        strategies = 4 * v.max_samples * config.strategies.max_tested if config.strategies.enabled else 0
+        out["verify"] = (v.budget * n_selected + strategies) * 2 * forward
+    if i.enabled and i.findings:
+        ascent = (2 * i.findings + i.findings * i.finding_channels) * i.steps * 3 * forward
+        out["internals"] = FIXED_INTERNALS + ascent + min(i.max_images, n_images) * forward
+    out["discover_render"] = FIXED_RENDER + PER_SELECTED * n_selected
+    return out
+
+
+def make_plan(config: Config, selection: pd.DataFrame, predictions: pd.DataFrame, probe: dict,
+              spent: float) -> Plan:
+    """The plan of ``config``'s attribution from the probe's measurements.
+
+    Parameters
+    ----------
+    config : Config
+        ``attribution.methods``, ``attribution.sample_per_pair``, ``run.budget`` and the later
+        stages' settings.
+    selection, predictions : pd.DataFrame
+        The select and predict stages' tables.
+    probe : dict
+        The probe partition's result (``audit.stages.attribute.attribute_partition``): ``rows``,
+        ``seconds`` per method, ``wall`` and ``forward`` (seconds for the whole batch).
+    spent : float
+        Seconds the run has spent so far.
+
+    Returns
+    -------
+    Plan
+    """
+    from audit.config.checks import seconds_of
+
+    methods = tuple(config.attribution.methods)
+    n_probe = max(len(probe["rows"]), 1)
+    costs = {m: probe["seconds"][m] / n_probe for m in methods}
+    overhead = max(probe["wall"] - sum(probe["seconds"].values()) - probe["forward"], 0.0) / n_probe
+    forward = probe["forward"] / n_probe
+    ordered = groups(selection, predictions)
+    probed = set(probe["rows"])
+    done = [sum(r in probed for r in g.rows) for g in ordered]
+    full = full_methods(methods, costs)
+    n_images = int(predictions["error"].isna().sum())
+    later = later_seconds(config, n_images, len(selection), forward, costs)
+    budget = seconds_of(config.run.budget)
+    available = None if budget is None else budget * (1 - MARGIN) - spent - sum(later.values())
+    counts = allocate([len(g.rows) for g in ordered], done, costs, overhead, full, available,
+                      config.attribution.sample_per_pair, min(config.verify.max_samples, 16))
+    per_full = overhead + sum(costs[m] for m in full)
+    work = sum((c[full[0]] - d) * per_full + sum((c[m] - d) * costs[m] for m in methods if m not in full)
+               for c, d in zip(counts, done))
+    return Plan(methods=methods, full=full, costs=tuple(costs.items()), groups=tuple(ordered),
+                counts=tuple(tuple(c[m] for m in methods) for c in counts), budget=budget, spent=spent,
+                attribute=work, later=tuple(later.items()))
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
