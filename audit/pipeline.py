@@ -186,7 +186,9 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
         grid = config.discovery.grid
         map_rows, cells = artifacts.read_maps(run_dir, config.attribution.methods[0],
                                               each=lambda m: area_pool(np.maximum(m, 0.0), grid, grid))
-        table, findings = discover(config, predictions, selection, map_rows, cells, feature_rows, features)
+        # a budget too small for every selected image: discovery clusters those the first method explained
+        explained = selection[selection["row"].isin(map_rows)]
+        table, findings = discover(config, predictions, explained, map_rows, cells, feature_rows, features)
         strategies, map_rows, cells = _strategies(config, predictions, map_rows, cells)
     with _timed(timings, "verify", log):
         findings, dropped = kept(config, verify(config, root, classes, predictions, map_rows, cells,

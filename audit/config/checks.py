@@ -154,8 +154,8 @@ DURATION_TEXT = "a duration such as 90s, 45m or 1.5h (a plain number: seconds) o
 
 
 def seconds_of(value: Any) -> float | None:
-    """Seconds of a duration: ``None`` stays ``None``; a positive number is seconds; a string is a
-    positive number with an optional unit ``s``, ``m`` or ``h`` ("45m", "1.5h", "90"). Raises
+    """Seconds of the duration ``value``: ``None`` stays ``None``; a positive number is seconds; a string
+    is a positive number with an optional unit ``s``, ``m`` or ``h`` ("45m", "1.5h", "90"). Raises
     ``ValueError`` for anything else."""
     if value is None:
         return None

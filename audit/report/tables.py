@@ -243,7 +243,8 @@ def unreadable(run: Run, assets: Assets) -> dict | None:
 
 def meta(run: Run, assets: Assets) -> dict:
     """The run's metadata from ``run.json``: config (JSON text), versions, model, data, timings (seconds)
-    and their total, classes, methods and the loading notes.
+    and their total, classes, methods, the attribution plan (``audit.stages.plan.Plan.to_json``; None
+    for an older run) and the loading notes.
 
     Parameters
     ----------
@@ -265,5 +266,5 @@ def meta(run: Run, assets: Assets) -> dict:
         "versions": items(r.get("versions") or {}), "model": items(model), "data": items(data),
         "timings": list(timings.items()), "total_time": total if timings else None,
         "classes": [str(c) for c in r.get("classes") or []], "methods": run.methods,
-        "notes": run.notes,
+        "notes": run.notes, "plan": r.get("plan"),
     }

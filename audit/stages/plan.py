@@ -119,6 +119,10 @@ class Plan:
         budget = "no budget" if self.budget is None else f"budget {_minutes(self.budget)}"
         out.append(f"per image: {costs}; costly methods on a sample: {', '.join(self.costly) or 'none'}; "
                    f"estimated {_minutes(self.estimate)} ({budget})")
+        if self.budget is not None and self.estimate > self.budget:
+            later = ", ".join(f"{k} {_minutes(v)}" for k, v in self.later)
+            out.append(f"warning: the budget is too small: before attribution {_minutes(self.spent)}, after it "
+                       f"{later} (estimated)")
         return out
 
     @property
@@ -194,7 +198,8 @@ def _stratified(part: pd.DataFrame) -> tuple[int, ...]:
 
 def probe_rows(ordered: list[Group], size: int) -> np.ndarray:
     """int64 ``[<= size]``: the images the probe explains with every method: the first of each group's
-    stratified order, taken group by group from the most suspicious one (so the plan keeps them all)."""
+    stratified order, taken group by group from the most suspicious one of ``ordered`` (so the plan keeps
+    them all); ``size``: the attribution batch."""
     picked: list[int] = []
     for g in ordered:
         picked.extend(g.rows[:size - len(picked)])
@@ -256,7 +261,8 @@ def _affordable(left: float, per_image: float) -> float:
 
 
 def full_methods(methods: tuple[str, ...], costs: dict[str, float]) -> tuple[str, ...]:
-    """The first method (discovery's) and every method within ``CHEAP`` times the cheapest measured cost."""
+    """Of ``methods`` (in ``attribution.methods`` order), the first (discovery's) and every method whose
+    ``costs`` (seconds per image, measured) are within ``CHEAP`` times the cheapest one's."""
     cheapest = min(costs.values())
     return tuple(m for i, m in enumerate(methods) if i == 0 or costs[m] <= CHEAP * cheapest)
 
@@ -288,7 +294,8 @@ def later_seconds(config: Config, n_images: int, n_selected: int, forward: float
     if t.enabled:
         methods = [m for m in costs if t.methods is None or m in t.methods]
         curves = t.sample * (len(methods) + t.random_maps) * 2 * (t.steps + 1) * forward
-        sanity = t.sanity_sample * (t.randomization_steps + 2) * sum(costs[m] for m in methods)
+        n_sanity = min(t.sanity_sample, max(int(t.sanity_budget * n_selected / (t.randomization_steps + 1)), 2))
+        sanity = n_sanity * (t.randomization_steps + 2) * sum(costs[m] for m in methods)
         out["trust"] = curves + sanity
     if v.enabled:
         strategies = 4 * v.max_samples * config.strategies.max_tested if config.strategies.enabled else 0

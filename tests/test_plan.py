@@ -1,0 +1,167 @@
+"""The attribution plan (audit.stages.plan): pure numbers first, then the --budget flag and one run."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audit.config import resolve
+from audit.config.checks import seconds_of
+from audit.stages.plan import allocate, full_methods, groups, make_plan, probe_rows
+from tests.conftest import audit_command
+
+COSTS = {"gradcam": 0.01, "integrated_gradients": 0.5, "occlusion": 0.3}
+FULL = ("gradcam",)
+
+
+@pytest.mark.parametrize("text, seconds", [("45m", 2700), ("90s", 90), ("1.5h", 5400), ("600", 600), (120, 120),
+                                           (" 2M ", 120), (None, None)])
+def test_durations(text, seconds):
+    assert seconds_of(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["45x", "0", "-5m", "m", "", "inf", True, "1e999h"])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        seconds_of(text)
+
+
+def test_without_budget_costly_methods_are_capped_per_group():
+    counts = allocate([200, 40, 10], [32, 0, 0], COSTS, 0.0, FULL, None, 64, 16)
+    assert [c["gradcam"] for c in counts] == [200, 40, 10]
+    assert [c["integrated_gradients"] for c in counts] == [64, 40, 10]
+    assert all(c["occlusion"] == c["integrated_gradients"] for c in counts)
+    assert allocate([200], [0], COSTS, 0.0, FULL, None, None, 16)[0]["occlusion"] == 200   # null: no cap
+
+
+def _spent(sizes, done, counts, overhead=0.0):
+    return sum((c["gradcam"] - d) * (COSTS["gradcam"] + overhead)
+               + sum((c[m] - d) * COSTS[m] for m in ("integrated_gradients", "occlusion"))
+               for c, d in zip(counts, done))
+
+
+@pytest.mark.parametrize("seconds", [0.0, 1.0, 5.0, 30.0, 60.0, 200.0, 1e6])
+def test_budget_is_respected_and_priorities_hold(seconds):
+    sizes, done = [100, 60, 30, 30], [16, 0, 0, 0]
+    counts = allocate(sizes, done, COSTS, 0.002, FULL, seconds, 64, 16)
+    assert _spent(sizes, done, counts, 0.002) <= seconds + 1e-9
+    full = [c["gradcam"] for c in counts]
+    sample = [c["occlusion"] for c in counts]
+    assert all(d <= s <= f <= n for d, s, f, n in zip(done, sample, full, sizes))
+    # the full method covers every group before a costly method gets more than the probe
+    if any(s > d for s, d in zip(sample, done)):
+        assert full == sizes
+    # a less suspicious group never gets more than the minimum sample while a more suspicious one lacks it
+    for g in range(1, len(sizes)):
+        if sample[g] > max(16, done[g]):
+            assert all(sample[h] >= min(64, sizes[h]) for h in range(g))
+        if sample[g] > done[g]:
+            assert all(sample[h] >= min(16, sizes[h]) for h in range(g))
+
+
+def test_small_budget_gives_the_most_suspicious_groups_their_minimum_sample_first():
+    per = COSTS["integrated_gradients"] + COSTS["occlusion"]
+    gradcam_all = 220 * (COSTS["gradcam"])
+    counts = allocate([100, 60, 30, 30], [0, 0, 0, 0], COSTS, 0.0, FULL, gradcam_all + 20 * per, 64, 16)
+    assert [c["gradcam"] for c in counts] == [100, 60, 30, 30]
+    assert [c["occlusion"] for c in counts] == [16, 4, 0, 0]
+
+
+def test_cheap_methods_are_full_by_measured_cost():
+    costs = {"occlusion": 0.3, "gradcam": 0.01, "saliency": 0.02, "integrated_gradients": 0.5}
+    assert full_methods(tuple(costs), costs) == ("occlusion", "gradcam", "saliency")   # the first always
+
+
+def _tables():
+    rows, labels, predicted = [], [], []
+    # 100 images per class; a -> b: 30 errors (suspicious), c -> b: 6 errors, a -> c: 5 errors
+    for name, wrong in (("a", {"b": 30, "c": 5}), ("b", {}), ("c", {"b": 6})):
+        out = [p for p, n in wrong.items() for _ in range(n)]
+        labels += [name] * 100
+        predicted += out + [name] * (100 - len(out))
+    predictions = pd.DataFrame({"row": np.arange(300), "label": labels, "predicted": predicted,
+                                "confidence": np.linspace(0.5, 0.99, 300), "margin": np.linspace(0, 1, 300),
+                                "error": None})
+    wrong = predictions[predictions["label"] != predictions["predicted"]]
+    selection = wrong.assign(reason="misclassified", true_label=wrong["label"], pair_label=wrong["predicted"])
+    right = predictions[predictions["label"] == "b"].iloc[:10]
+    contrast = right.assign(reason="contrast", true_label="b", pair_label="b")
+    selection = pd.concat([selection, contrast])
+    selection["pair"] = selection["true_label"] + " -> " + selection["pair_label"]
+    return predictions, selection.reset_index(drop=True)
+
+
+def test_groups_most_suspicious_first_in_stratified_order():
+    predictions, selection = _tables()
+    ordered = groups(selection, predictions)
+    assert [g.name for g in ordered] == ["a -> b", "c -> b", "a -> c", "b (contrast)"]
+    top = ordered[0]
+    assert sorted(top.rows) == sorted(selection.loc[selection["pair"] == "a -> b", "row"])
+    ranked = selection[selection["pair"] == "a -> b"].sort_values("confidence", ascending=False)["row"].tolist()
+    prefix = sorted(ranked.index(r) for r in top.rows[:6])   # a prefix spreads over the confidence ranking
+    assert prefix[0] == 0 and prefix[-1] >= 20 and min(np.diff(prefix)) >= 3
+    assert probe_rows(ordered, 32).tolist() == list(top.rows) + list(ordered[1].rows[:2])
+
+
+def test_make_plan_fits_the_budget_and_says_so():
+    predictions, selection = _tables()
+    config = resolve(None, ["out=/tmp/unused", "run.budget=6m", "attribution.sample_per_pair=16"])
+    probe = {"rows": probe_rows(groups(selection, predictions), 8).tolist(),
+             "seconds": {"gradcam": 0.08, "integrated_gradients": 8.0, "occlusion": 4.0},
+             "wall": 12.5, "forward": 0.04}
+    plan = make_plan(config, selection, predictions, probe, spent=60.0)
+    assert plan.full == ("gradcam",) and plan.costly == ("integrated_gradients", "occlusion")
+    assert plan.estimate <= 360 * 0.95 + 1e-6 and plan.attribute > 0
+    assert len(plan.rows("gradcam")) == len(selection)
+    sampled = plan.rows("occlusion")
+    assert set(probe["rows"]) <= set(sampled.tolist()) and set(sampled.tolist()) <= set(plan.rows("gradcam").tolist())
+    lines = plan.lines()
+    assert lines[0].startswith("a -> b: 30 images; 30 x gradcam, ") and "estimated" in lines[-1]
+    assert json.loads(json.dumps(plan.to_json()))["groups"][0]["counts"]["gradcam"] == 30
+
+    unlimited = make_plan(resolve(None, ["out=/tmp/unused"]), selection, predictions, probe, spent=60.0)
+    assert [c[2] for c in unlimited.counts] == [30, 6, 5, 10] and unlimited.budget is None
+    assert plan.estimate < unlimited.estimate
+
+
+@pytest.mark.parametrize("command", ["run", "demo"])
+@pytest.mark.parametrize("value", ["45x", "0", "-5m"])
+def test_bad_budget_flag_exits_2_with_one_line(tmp_path, command, value):
+    args = [command, f"--budget={value}", "--out", tmp_path / "run"]
+    if command == "run":
+        args += ["--model", tmp_path / "m.keras", "--data", tmp_path]
+    result = subprocess.run(audit_command(*args), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"audit: error: `run.budget` must be a duration such as 90s, 45m or 1.5h (a plain number: seconds) "
+        f"or null (got '{value}')"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_budgeted_run_prints_records_and_follows_its_plan(audit_case, tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(audit_command(
+        "run", "--model", audit_case / "model.keras", "--data", audit_case / "manifest.csv",
+        "--classes", audit_case / "classes.txt", "--out", out, "--budget", "3m",
+        "--set", "attribution.sample_per_pair=6", "--set", "attribution.batch_size=4"),
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    printed = [line.split("plan: ", 1)[1] for line in (result.stdout + result.stderr).splitlines() if "plan: " in line]
+    plan = json.loads((out / "run.json").read_text())["plan"]
+    assert plan["budget"] == 180 and plan["estimate"] <= 180
+    assert printed[-1].endswith(f"(budget 3.0 min)") and len(printed) == len(plan["groups"]) + 1
+    assert printed[0].startswith(f"{plan['groups'][0]['name']}: ")
+    from audit import artifacts
+
+    for method in plan["methods"]:   # the maps stored are the plan's, method by method
+        stored = artifacts.read_maps(out, method)[0]
+        assert len(stored) == sum(g["counts"][method] for g in plan["groups"]) == len(set(stored.tolist()))
+    costly = [m for m in plan["methods"] if m not in plan["full"]]
+    assert costly and all(g["counts"][m] <= max(6, 4) for g in plan["groups"] for m in costly)
+    assert any(g["counts"]["gradcam"] > g["counts"][costly[0]] for g in plan["groups"])
+    summary = json.loads((out / "summary.json").read_text())   # discovery works on the partly sampled maps
+    assert (summary["findings"][0]["true_label"], summary["findings"][0]["predicted_label"]) == ("red", "green")
+    assert "Attribution plan" in (out / "index.html").read_text()
