@@ -97,6 +97,7 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
     from audit.stages.predict import predict_partition
     from audit.stages.select import select
     from audit.stages.trust import summary_figures, trust, with_trust
+    from audit.stages.plan import PROBE
     from audit.stages.verify import verify
 
     run_dir = config.run_dir
@@ -153,14 +154,18 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
             f"{int((selection['reason'] == 'contrast').sum())} contrast")
 
         with _timed(timings, "attribute", log) as handle:
-            plan, probed = _plan(config, root, classes, predictions, selection, keys["attribute"], compute, started, log)
+            # at most one probe chunk and the rest of the selection in partitions: checked (reused) at once
+            rest = max(len(selection) - min(PROBE, config.attribution.batch_size), 0)
+            n_parts = 1 - (-rest // config.attribution.partition_size)
+            paths = chunk_paths(run_dir, "attribute", keys["attribute"], n_parts, ".json", log)
+            plan, probed = _plan(config, root, classes, predictions, selection, paths[0], compute, started, log)
             record["plan"] = plan.to_json()
             planned = {m: plan.rows(m) for m in plan.methods}
             if handle is not None:
                 handle.expect(sum(len(r) for r in planned.values()), "image maps")
             todo = selection["row"].isin(np.concatenate(list(planned.values()))) & ~selection["row"].isin(probed)
             parts = _partitions(selection[todo], config.attribution.partition_size)
-            paths = chunk_paths(run_dir, "attribute", keys["attribute"], len(parts) + 1, ".json", log)
+            paths = paths[:len(parts) + 1] if len(probed) else []
             tasks = [dask.delayed(resumable)(path, attribute_partition, config, root, classes, part, i + 1, planned)
                      for i, (path, part) in enumerate(zip(paths[1:], parts))]
             compute(tasks)
@@ -215,26 +220,25 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
 
 
 def _plan(config: Config, root: Path, classes: list[str], predictions: pd.DataFrame, selection: pd.DataFrame,
-          key: str, compute: Callable[[list], list], started: float, log: Log):
-    """Explain one batch of the selection with every method (the probe, chunk 0 of the attribute stage),
-    then plan the rest from its timings (``audit.stages.plan``); log the plan. A resumed run reuses the
-    probe and the plan stored under the same ``key``. Returns ``(plan, probe rows int64 [n])``."""
+          path: Path, compute: Callable[[list], list], started: float, log: Log):
+    """Explain one batch of the selection with every method (the probe, chunk 0 of the attribute stage,
+    stored at ``path``), then plan the rest from its timings (``audit.stages.plan``); log the plan. A
+    resumed run reuses the probe and the plan stored beside it. Returns ``(plan, probe rows int64 [n])``."""
     import dask
 
     from audit.stages.attribute import attribute_partition
-    from audit.stages.plan import groups, make_plan, plan_from_json, probe_rows
+    from audit.stages.plan import PROBE, groups, make_plan, plan_from_json, probe_rows
 
     ordered = groups(selection, predictions)
-    first = probe_rows(ordered, config.attribution.batch_size)
-    path = chunk_paths(config.run_dir, "attribute", key, 1, ".json", log)[0]
+    first = probe_rows(ordered, min(PROBE, config.attribution.batch_size))
+    part = selection.set_index("row", drop=False).loc[first].reset_index(drop=True)
+    probe = compute([dask.delayed(resumable)(path, attribute_partition, config, root, classes, part, 0, None,
+                                             True)])[0] if len(first) else \
+        {"rows": [], "seconds": dict.fromkeys(config.attribution.methods, 0.0), "wall": 0.0, "forward": 0.0}
     stored = path.with_name("plan.json")
     if stored.exists():
         plan = plan_from_json(artifacts.read_json(stored), ordered)
     else:
-        part = selection.set_index("row", drop=False).loc[first].reset_index(drop=True)
-        probe = compute([dask.delayed(resumable)(path, attribute_partition, config, root, classes, part, 0, None,
-                                                 True)])[0] if len(first) else \
-            {"rows": [], "seconds": dict.fromkeys(config.attribution.methods, 0.0), "wall": 0.0, "forward": 0.0}
         plan = make_plan(config, selection, predictions, probe, time.monotonic() - started)
         artifacts.write_json(stored, plan.to_json())
     for line in plan.lines():

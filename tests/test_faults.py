@@ -160,20 +160,20 @@ def _damage(path: Path, how: str) -> None:
 def test_damaged_chunk_is_named_by_render_and_recomputed_by_resume(audit_case, reference, tmp_path, how):
     out = tmp_path / "run"
     shutil.copytree(reference, out)
-    chunk = out / "maps" / "gradcam" / "chunk-00001.npz"
+    chunk = out / "maps" / "gradcam" / "chunk-00000.npz"   # the plan's probe: the top pair's first images
     _damage(chunk, how)
 
     rendered = subprocess.run(audit_command("render", out), capture_output=True, text=True, timeout=300)
     assert rendered.returncode == 0, rendered.stderr
     warnings = [line for line in rendered.stderr.splitlines() if line.startswith("audit: warning:")]
     assert len(warnings) == 1 and warnings[0].startswith(
-        "audit: warning: maps/gradcam/chunk-00001.npz is damaged: "), rendered.stderr
-    assert "maps/gradcam/chunk-00001.npz is damaged" in (out / "index.html").read_text(encoding="utf-8")
+        "audit: warning: maps/gradcam/chunk-00000.npz is damaged: "), rendered.stderr
+    assert "maps/gradcam/chunk-00000.npz is damaged" in (out / "index.html").read_text(encoding="utf-8")
 
     resumed = _run(audit_case, out)
     assert resumed.returncode == 0, resumed.stderr
-    assert "warning: maps/gradcam/chunk-00001.npz: " in resumed.stdout
-    assert "recomputing part-00001.json" in resumed.stdout
+    assert "warning: maps/gradcam/chunk-00000.npz: " in resumed.stdout
+    assert "recomputing part-00000.json" in resumed.stdout
     n = len(_parts(out, "attribute"))
     assert f"reusing {n - 1} of {n} attribute chunks" in resumed.stdout
     with np.load(chunk) as got, np.load(reference / chunk.relative_to(out)) as want:   # recomputed exactly

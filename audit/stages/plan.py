@@ -1,8 +1,10 @@
 """Plan: how many selected images of each group every attribution method explains.
 
-The attribute stage first explains one batch of the selection with every method
-(the probe: its maps are kept, like any other chunk's) and times each method per
-image. The plan then spends the attribution time where it matters:
+The attribute stage first explains one small batch of the selection (``PROBE``
+images, at most ``attribution.batch_size``) with every method (the probe: its
+maps are kept, like any other chunk's) and times each method per image; a costly
+method batches its own passes (IG's steps, occlusion's patches), so a few images
+measure it. The plan then spends the attribution time where it matters:
 
 * groups: each confusion pair of the selection, most suspicious first (its error
   rate ``errors(true -> predicted) / images(true)`` above the rate expected if
@@ -34,6 +36,7 @@ import pandas as pd
 
 from audit.config import Config
 
+PROBE = 8              # images of the probe batch (at most attribution.batch_size)
 CHEAP = 3.0            # a method within this factor of the cheapest method's cost explains every image
 MARGIN = 0.05          # share of the budget kept unplanned (estimates are estimates)
 # fixed costs besides the model passes, measured on 2 CPU cores (the demo: internals 20 s, render 14 s)
