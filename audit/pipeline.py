@@ -97,6 +97,7 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
     from audit.stages.predict import predict_partition
     from audit.stages.select import select
     from audit.stages.trust import summary_figures, trust, with_trust
+    from audit.stages.later import with_caps
     from audit.stages.plan import PROBE
     from audit.stages.verify import verify
 
@@ -160,6 +161,7 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
             paths = chunk_paths(run_dir, "attribute", keys["attribute"], n_parts, ".json", log)
             plan, probed = _plan(config, root, classes, predictions, selection, paths[0], compute, started, log)
             record["plan"] = plan.to_json()
+            config = with_caps(config, plan.caps)   # the later stages' samples, when capped to fit run.budget
             planned = {m: plan.rows(m) for m in plan.methods}
             if handle is not None:
                 handle.expect(sum(len(r) for r in planned.values()), "image maps")

@@ -165,3 +165,17 @@ def test_budgeted_run_prints_records_and_follows_its_plan(audit_case, tmp_path):
     summary = json.loads((out / "summary.json").read_text())   # discovery works on the partly sampled maps
     assert (summary["findings"][0]["true_label"], summary["findings"][0]["predicted_label"]) == ("red", "green")
     assert "Attribution plan" in (out / "index.html").read_text()
+
+
+def test_later_stages_are_capped_to_fit_a_small_budget():
+    from audit.stages.later import later_caps, later_seconds, with_caps
+
+    config = resolve(None, ["out=/tmp/unused"])
+    costs = {"gradcam": 0.02, "integrated_gradients": 3.0, "occlusion": 3.0}
+    full = sum(later_seconds(config, 300, 240, 0.1, costs).values())
+    caps = later_caps(config, 200.0, full)
+    assert caps["trust.sample"] < config.trust.sample and caps["internals.steps"] < config.internals.steps
+    capped = with_caps(config, caps)
+    assert capped.trust.sample == caps["trust.sample"] and capped.select == config.select
+    assert sum(later_seconds(capped, 300, 240, 0.1, costs).values()) < full
+    assert later_caps(config, 10 * full, full) == {}

@@ -24,7 +24,10 @@ measure it. The plan then spends the attribution time where it matters:
 Without ``run.budget`` only the sample cap applies. With it, the attribution time
 is the budget minus what the run already spent, minus the stages after
 attribution (estimated from their model-pass counts, ``later_seconds``), minus a
-``MARGIN`` share of the budget.
+``MARGIN`` share of the budget. When those stages would take more than
+``LATER_SHARE`` of what is left, their sample sizes are capped (``later_caps``:
+``trust.sample``, ``trust.sanity_sample``, ``internals.steps``,
+``internals.max_images``, scaled down alike), and the plan says so.
 """
 from __future__ import annotations
 
@@ -35,14 +38,11 @@ import numpy as np
 import pandas as pd
 
 from audit.config import Config
+from audit.stages.later import later_caps, later_seconds, with_caps
 
 PROBE = 8              # images of the probe batch (at most attribution.batch_size)
 CHEAP = 3.0            # a method within this factor of the cheapest method's cost explains every image
 MARGIN = 0.05          # share of the budget kept unplanned (estimates are estimates)
-# fixed costs besides the model passes, measured on 2 CPU cores (the demo: internals 20 s, render 14 s)
-FIXED_INTERNALS = 20.0   # tracing the ascent functions, drawing the pictures
-FIXED_RENDER = 15.0      # discover, link, finish and render
-PER_SELECTED = 0.02      # seconds of discover/render work per selected image
 GOLDEN = (math.sqrt(5) - 1) / 2
 
 
@@ -89,6 +89,8 @@ class Plan:
         Estimated seconds of the attribution left to do.
     later : tuple of (str, float)
         Estimated seconds of each stage after attribution.
+    caps : tuple of (str, int)
+        Settings of those stages capped to fit the budget (``later_caps``), e.g. ``("trust.sample", 8)``.
     """
 
     methods: tuple[str, ...]
@@ -100,6 +102,7 @@ class Plan:
     spent: float
     attribute: float
     later: tuple[tuple[str, float], ...]
+    caps: tuple[tuple[str, int], ...] = ()
 
     @property
     def estimate(self) -> float:
@@ -122,6 +125,8 @@ class Plan:
         budget = "no budget" if self.budget is None else f"budget {_minutes(self.budget)}"
         out.append(f"per image: {costs}; costly methods on a sample: {', '.join(self.costly) or 'none'}; "
                    f"estimated {_minutes(self.estimate)} ({budget})")
+        if self.caps:
+            out.append("capped to fit the budget: " + ", ".join(f"{k} {v}" for k, v in self.caps))
         if self.budget is not None and self.estimate > self.budget:
             later = ", ".join(f"{k} {_minutes(v)}" for k, v in self.later)
             out.append(f"warning: the budget is too small: before attribution {_minutes(self.spent)}, after it "
@@ -137,6 +142,7 @@ class Plan:
         """JSON-ready record for ``run.json`` and the report."""
         return {"budget": self.budget, "spent": round(self.spent, 1), "attribute": round(self.attribute, 1),
                 "later": {k: round(v, 1) for k, v in self.later}, "estimate": round(self.estimate, 1),
+                "caps": dict(self.caps),
                 "methods": list(self.methods), "full": list(self.full),
                 "costs": {m: round(s, 5) for m, s in self.costs},
                 "groups": [{"name": g.name, "images": len(g.rows), "why": g.why,
@@ -151,7 +157,7 @@ def plan_from_json(data: dict, ordered: list[Group]) -> Plan:
                 groups=tuple(ordered),
                 counts=tuple(tuple(int(counts.get(g.name, {}).get(m, 0)) for m in methods) for g in ordered),
                 budget=data["budget"], spent=data["spent"], attribute=data["attribute"],
-                later=tuple(data["later"].items()))
+                later=tuple(data["later"].items()), caps=tuple((data.get("caps") or {}).items()))
 
 
 def groups(selection: pd.DataFrame, predictions: pd.DataFrame) -> list[Group]:
@@ -270,46 +276,6 @@ def full_methods(methods: tuple[str, ...], costs: dict[str, float]) -> tuple[str
     return tuple(m for i, m in enumerate(methods) if i == 0 or costs[m] <= CHEAP * cheapest)
 
 
-def later_seconds(config: Config, n_images: int, n_selected: int, forward: float,
-                  costs: dict[str, float]) -> dict[str, float]:
-    """Estimated seconds of the stages after attribution, from their model-pass counts.
-
-    Parameters
-    ----------
-    config : Config
-        ``trust.*``, ``verify.*``, ``strategies.*``, ``internals.*``.
-    n_images : int
-        Readable images of the data set (the internals patch scan).
-    n_selected : int
-        Selected images (verification's pass allowance, discovery and render work).
-    forward : float
-        Seconds of one bare forward pass per image (a forward+backward counts 3).
-    costs : dict of str to float
-        Seconds per image of each method (the sanity checks explain again).
-
-    Returns
-    -------
-    dict of str to float
-        ``trust``, ``verify``, ``internals``, ``discover_render``.
-    """
-    t, v, i = config.trust, config.verify, config.internals
-    out = {"trust": 0.0, "verify": 0.0, "internals": 0.0}
-    if t.enabled:
-        methods = [m for m in costs if t.methods is None or m in t.methods]
-        curves = t.sample * (len(methods) + t.random_maps) * 2 * (t.steps + 1) * forward
-        n_sanity = min(t.sanity_sample, max(int(t.sanity_budget * n_selected / (t.randomization_steps + 1)), 2))
-        sanity = n_sanity * (t.randomization_steps + 2) * sum(costs[m] for m in methods)
-        out["trust"] = curves + sanity
-    if v.enabled:
-        strategies = 4 * v.max_samples * config.strategies.max_tested if config.strategies.enabled else 0
-        out["verify"] = (v.budget * n_selected + strategies) * 2 * forward
-    if i.enabled and i.findings:
-        ascent = (2 * i.findings + i.findings * i.finding_channels) * i.steps * 3 * forward
-        out["internals"] = FIXED_INTERNALS + ascent + min(i.max_images, n_images) * forward
-    out["discover_render"] = FIXED_RENDER + PER_SELECTED * n_selected
-    return out
-
-
 def make_plan(config: Config, selection: pd.DataFrame, predictions: pd.DataFrame, probe: dict,
               spent: float) -> Plan:
     """The plan of ``config``'s attribution from the probe's measurements.
@@ -345,6 +311,9 @@ def make_plan(config: Config, selection: pd.DataFrame, predictions: pd.DataFrame
     n_images = int(predictions["error"].isna().sum())
     later = later_seconds(config, n_images, len(selection), forward, costs)
     budget = seconds_of(config.run.budget)
+    caps = {} if budget is None else later_caps(config, budget * (1 - MARGIN) - spent, sum(later.values()))
+    if caps:
+        later = later_seconds(with_caps(config, caps), n_images, len(selection), forward, costs)
     available = None if budget is None else budget * (1 - MARGIN) - spent - sum(later.values())
     counts = allocate([len(g.rows) for g in ordered], done, costs, overhead, full, available,
                       config.attribution.sample_per_pair, min(config.verify.max_samples, 16))
@@ -353,7 +322,7 @@ def make_plan(config: Config, selection: pd.DataFrame, predictions: pd.DataFrame
                for c, d in zip(counts, done))
     return Plan(methods=methods, full=full, costs=tuple(costs.items()), groups=tuple(ordered),
                 counts=tuple(tuple(c[m] for m in methods) for c in counts), budget=budget, spent=spent,
-                attribute=work, later=tuple(later.items()))
+                attribute=work, later=tuple(later.items()), caps=tuple(caps.items()))
 
 
 def _minutes(seconds: float) -> str:
