@@ -58,8 +58,9 @@ def later_seconds(config: Config, n_images: int, n_selected: int, forward: float
     return out
 
 
-def later_caps(config: Config, left: float, later: float) -> dict[str, int]:
-    """The later stages' sample sizes scaled down so that they take about ``LATER_SHARE`` of ``left``.
+def later_caps(config: Config, left: float, later: float, cover: float = 0.0) -> dict[str, int]:
+    """The later stages' sample sizes scaled down so that they take about ``LATER_SHARE`` of ``left``, and
+    no more than the full methods' coverage of every selected image leaves of it (``cover``).
 
     Parameters
     ----------
@@ -69,18 +70,22 @@ def later_caps(config: Config, left: float, later: float) -> dict[str, int]:
         Seconds of the budget left after what the run has spent (and the margin).
     later : float
         Estimated seconds of the stages after attribution, uncapped.
+    cover : float
+        Seconds the full methods need to explain every selected image (they come first).
 
     Returns
     -------
     dict of str to int
-        Dotted setting -> capped value; empty when they fit.
+        Dotted setting -> capped value (``trust.sample``, ``trust.sanity_sample``: 0 skips the sanity
+        checks, ``verify.max_samples``, ``internals.steps``, ``internals.max_images``); empty when they fit.
     """
-    if later <= LATER_SHARE * left:
+    target = min(LATER_SHARE * left, left - cover)
+    if later <= target:
         return {}
-    f = max(LATER_SHARE * left, 0.0) / later
-    t, i = config.trust, config.internals
-    caps = {"trust.sample": max(4, int(t.sample * f)),
-            "trust.sanity_sample": min(t.sanity_sample, max(2, int(t.sanity_sample * f))),
+    f = max(target, 0.0) / later
+    t, i, v = config.trust, config.internals, config.verify
+    caps = {"trust.sample": max(4, int(t.sample * f)), "trust.sanity_sample": int(t.sanity_sample * f),
+            "verify.max_samples": max(v.samples, int(v.max_samples * f)),
             "internals.steps": max(16, int(i.steps * f)), "internals.max_images": max(64, int(i.max_images * f))}
     return {k: v for k, v in caps.items() if v < _setting(config, k)}
 

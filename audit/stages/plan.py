@@ -25,9 +25,9 @@ Without ``run.budget`` only the sample cap applies. With it, the attribution tim
 is the budget minus what the run already spent, minus the stages after
 attribution (estimated from their model-pass counts, ``later_seconds``), minus a
 ``MARGIN`` share of the budget. When those stages would take more than
-``LATER_SHARE`` of what is left, their sample sizes are capped (``later_caps``:
-``trust.sample``, ``trust.sanity_sample``, ``internals.steps``,
-``internals.max_images``, scaled down alike), and the plan says so.
+``LATER_SHARE`` of what is left (or more than what the full methods leave of it), their sample sizes are capped (``later_caps``:
+``trust.sample``, ``trust.sanity_sample``, ``verify.max_samples``,
+``internals.steps``, ``internals.max_images``, scaled down alike), and the plan says so.
 """
 from __future__ import annotations
 
@@ -311,13 +311,14 @@ def make_plan(config: Config, selection: pd.DataFrame, predictions: pd.DataFrame
     n_images = int(predictions["error"].isna().sum())
     later = later_seconds(config, n_images, len(selection), forward, costs)
     budget = seconds_of(config.run.budget)
-    caps = {} if budget is None else later_caps(config, budget * (1 - MARGIN) - spent, sum(later.values()))
+    per_full = overhead + sum(costs[m] for m in full)
+    cover = sum(len(g.rows) - d for g, d in zip(ordered, done)) * per_full   # the full methods on every image
+    caps = {} if budget is None else later_caps(config, budget * (1 - MARGIN) - spent, sum(later.values()), cover)
     if caps:
         later = later_seconds(with_caps(config, caps), n_images, len(selection), forward, costs)
     available = None if budget is None else budget * (1 - MARGIN) - spent - sum(later.values())
     counts = allocate([len(g.rows) for g in ordered], done, costs, overhead, full, available,
                       config.attribution.sample_per_pair, min(config.verify.max_samples, 16))
-    per_full = overhead + sum(costs[m] for m in full)
     work = sum((c[full[0]] - d) * per_full + sum((c[m] - d) * costs[m] for m in methods if m not in full)
                for c, d in zip(counts, done))
     return Plan(methods=methods, full=full, costs=tuple(costs.items()), groups=tuple(ordered),
