@@ -180,5 +180,5 @@ def test_later_stages_are_capped_to_fit_a_small_budget():
     assert sum(later_seconds(capped, 300, 240, 0.1, costs).values()) < full
     assert later_caps(config, 10 * full, full) == {}
     # the full methods' coverage of every selected image comes before the later stages' samples
-    tighter = later_caps(config, 200.0, full, cover=150.0)
-    assert tighter["trust.sample"] <= caps["trust.sample"] and tighter["internals.steps"] < caps["internals.steps"]
+    roomy, tighter = later_caps(config, 1000.0, full), later_caps(config, 1000.0, full, cover=800.0)
+    assert tighter["trust.sample"] < roomy["trust.sample"] and tighter["internals.steps"] < roomy["internals.steps"]
