@@ -152,7 +152,9 @@ def test_budgeted_run_prints_records_and_follows_its_plan(audit_case, tmp_path):
     printed = [line.split("plan: ", 1)[1] for line in (result.stdout + result.stderr).splitlines() if "plan: " in line]
     plan = json.loads((out / "run.json").read_text())["plan"]
     assert plan["budget"] == 180 and plan["estimate"] <= 180
-    assert printed[-1].endswith(f"(budget 3.0 min)") and len(printed) == len(plan["groups"]) + 1
+    summary_line = next(i for i, line in enumerate(printed) if line.startswith("per image: "))
+    assert printed[summary_line].endswith("(budget 3.0 min)") and summary_line == len(plan["groups"])
+    assert all(line.startswith("capped to fit the budget: ") for line in printed[summary_line + 1:])
     assert printed[0].startswith(f"{plan['groups'][0]['name']}: ")
     from audit import artifacts
 
