@@ -114,3 +114,28 @@ def audit_case(tmp_path_factory):
 def audit_command(*args) -> list[str]:
     """The ``audit`` CLI as a subprocess command line."""
     return [sys.executable, "-m", "audit.cli", *map(str, args)]
+
+
+@pytest.fixture(scope="session")
+def demo_nights(tmp_path_factory):
+    """The README's nightly story of the demo, run once per session as printed (three nights into
+    ``reports/night1..3`` of a scratch folder laid out like the repository).
+
+    Returns ``(folder, completed process)``; tests read the nights and must not write into them
+    (later nights go into their own folders)."""
+    import subprocess
+
+    from tests.readme_blocks import nightly_story, scratch
+
+    cwd, env = scratch(tmp_path_factory.mktemp("readme-nights"))
+    result = subprocess.run(["bash", "-c", nightly_story()], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=3000)
+    return cwd, result
+
+
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``) the tests that read the
+    README's demo nights share one worker, so the session runs those nights once."""
+    for item in items:
+        if "demo_nights" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("demo-nights"))

@@ -17,8 +17,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -280,13 +278,11 @@ def test_single_file_stays_within_its_budget(browser, tmp_path, capsys):
 # ---------------------------------------------------------------- the demo report
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo-browser") / "demo"
-    result = subprocess.run([sys.executable, "-m", "audit.cli", "demo", "--out", str(out),
-                             "--cache", str(ROOT / "reports" / ".cache" / "demo")],
-                            capture_output=True, text=True, timeout=1200, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return out
+def demo_run(demo_nights):
+    """The demo as a user first runs it (``audit demo``, default settings): the README's night 1."""
+    folder, story = demo_nights
+    assert story.returncode == 0, story.stderr[-2000:]
+    return folder / "reports" / "night1"
 
 
 @pytest.mark.slow

@@ -1,13 +1,11 @@
 """The demo end to end through the CLI: the audit must find the planted rails.
 
-Uses the demo cache of `make demo` (reports/.cache/demo), so after `make demo`
-this costs one audit; on a fresh clone it also trains the model once.
+Reads the README's night 1 (``demo_nights``: ``audit demo`` with default settings, on
+the demo cache of `make demo`, reports/.cache/demo), which the session runs once.
 """
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,11 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_demo_finds_rails_in_pools(tmp_path):
-    out = tmp_path / "demo"
-    result = subprocess.run([sys.executable, "-m", "audit.cli", "demo", "--out", str(out),
-                             "--cache", str(ROOT / "reports" / ".cache" / "demo")],
-                            capture_output=True, text=True, timeout=900)
+def test_demo_finds_rails_in_pools(demo_nights):
+    folder, result = demo_nights
+    out = folder / "reports" / "night1"
     assert result.returncode == 0, result.stderr[-2000:]
     assert "report: " in result.stdout and "#1 " in result.stdout
 

@@ -246,6 +246,7 @@ def _png_ok(path):
         return im.size
 
 
+@pytest.mark.slow
 def test_audit_writes_internals_for_the_top_findings_and_links_them(audit_case, tmp_path):
     out = tmp_path / "run"
     done = _run(audit_case, out)

@@ -59,21 +59,37 @@ def test_tf_keras2_files_load_through_tf_keras(legacy_models):
         assert classifier.layer.name == expected and classifier.softmax is not None
 
 
+IMAGES = np.random.default_rng(0).uniform(-1, 1, (4, 64, 64, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def keras3_maps(legacy_models):
+    """Every registered method's maps (4, 64, 64) of the Keras 3 twin on ``IMAGES``, computed once
+    for both legacy files; with its logits (4, 3) and target classes (4,)."""
+    _, modern = legacy_models
+    reference = Classifier(modern)
+    logits = reference.logits(IMAGES)
+    targets = logits.argmax(axis=1)
+    maps = {method: explain(reference, IMAGES, targets, method=method, **_params(method)) for method in available()}
+    return logits, targets, maps
+
+
+def _params(method: str) -> dict:
+    return {"patch": 8} if method == "occlusion" else {}
+
+
 @pytest.mark.parametrize("name", ["mobilenet.h5", "mobilenet_savedmodel"])
-def test_every_method_on_tf_keras2_equals_keras3(legacy_models, name):
+def test_every_method_on_tf_keras2_equals_keras3(legacy_models, keras3_maps, name):
     """Every registered method (Grad-CAM, LRP, guided backprop, ... ) gives the maps of the same
     weights as a Keras 3 model; so do the logits (softmax stripped) and the target layer."""
-    root, modern = legacy_models
+    root, _ = legacy_models
+    logits, targets, reference = keras3_maps
     legacy = Classifier(load_model(root / name))
-    reference = Classifier(modern)
-    images = np.random.default_rng(0).uniform(-1, 1, (4, 64, 64, 3)).astype(np.float32)
-    np.testing.assert_allclose(legacy.logits(images), reference.logits(images), atol=1e-4)
-    targets = reference.logits(images).argmax(axis=1)
-    assert np.ptp(reference.logits(images), axis=0).max() > 1e-3   # the images get different logits
+    np.testing.assert_allclose(legacy.logits(IMAGES), logits, atol=1e-4)
+    assert np.ptp(logits, axis=0).max() > 1e-3   # the images get different logits
     for method in available():
-        params = {"patch": 8} if method == "occlusion" else {}
-        a = explain(legacy, images, targets, method=method, **params)
-        b = explain(reference, images, targets, method=method, **params)
+        a = explain(legacy, IMAGES, targets, method=method, **_params(method))
+        b = reference[method]
         assert a.shape == (4, 64, 64) and np.isfinite(a).all() and (a.std(axis=(1, 2)) > 0).any(), method
         r = min(_pearson(x, y) for x, y in zip(a, b))
         assert r >= 0.99, f"{method}: Pearson r {r:.4f} between tf.keras 2 and Keras 3 maps"
@@ -87,16 +103,19 @@ def _run(*args, cwd):
 @pytest.mark.slow
 def test_tf_keras2_h5_and_savedmodel_audited_end_to_end(legacy_models, audit_case, tmp_path):
     root, _ = legacy_models
-    for name in ("mobilenet.h5", "mobilenet_savedmodel"):
+    # every method on both files is the test above; here the whole run: the .h5 with Grad-CAM alone,
+    # the SavedModel with a rule-based and a perturbation method and the internals too
+    for name, methods, internals in (("mobilenet.h5", "[gradcam]", "0"),
+                                     ("mobilenet_savedmodel", "[gradcam,lrp,occlusion]", "1")):
         out = tmp_path / name
         result = _run("--model", root / name, "--data", audit_case / "manifest.csv", "--classes",
                       audit_case / "classes.txt", "--out", out, "--set", "data.preprocess=tf",
-                      "--set", "attribution.methods=[gradcam,lrp,occlusion]", "--set", "internals.findings=1",
+                      "--set", f"attribution.methods={methods}", "--set", f"internals.findings={internals}",
                       cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         run = json.loads((out / "run.json").read_text())
         assert run["model"]["target_layer"] == "out_relu" and run["not_computed"] == []
-        assert {p.name for p in (out / "maps").iterdir()} >= {"gradcam", "lrp", "occlusion"}
+        assert {p.name for p in (out / "maps").iterdir()} >= set(methods.strip("[]").split(","))
         summary = json.loads((out / "summary.json").read_text())
         assert summary["metrics"]["n_images"] == 91
 

@@ -355,6 +355,7 @@ def _run_args(case: Path, out: Path, *extra) -> list[str]:
                          "--classes", case / "classes.txt", "--out", out, *extra)
 
 
+@pytest.mark.slow
 def test_log_format_json(audit_case, tmp_path):
     result = subprocess.run(_run_args(audit_case, tmp_path / "run", "--log-format", "json"),
                             capture_output=True, text=True, timeout=600)
@@ -368,6 +369,7 @@ def test_log_format_json(audit_case, tmp_path):
     assert (tmp_path / "history.parquet").is_file()   # every run appends to the history next to it
 
 
+@pytest.mark.slow
 def test_text_logs_when_not_a_terminal_and_quiet(audit_case, tmp_path):
     result = subprocess.run(_run_args(audit_case, tmp_path / "run"), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -382,6 +384,7 @@ def test_text_logs_when_not_a_terminal_and_quiet(audit_case, tmp_path):
     assert quiet.stderr == ""
 
 
+@pytest.mark.slow
 def test_progress_bars_on_a_terminal(audit_case, tmp_path):
     master, slave = pty.openpty()
     chunks: list[bytes] = []
@@ -449,38 +452,41 @@ def _demo(out: Path, *extra) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_demo_nightly_acceptance(tmp_path):
-    """Run A (standard model), run B (retrained with rails on 5% of the bathrooms, baseline A):
-    the rails finding is resolved. Run C (standard model again, baseline B): the rails finding is
-    new and unacknowledged, the gate fails (exit 1); acknowledged in triage.yaml, it passes (exit 0)."""
-    a = _demo(tmp_path / "a")
-    assert a.returncode == 0, a.stderr[-2000:]
-    rails = json.loads((tmp_path / "a" / "summary.json").read_text())["findings"][0]
+def test_demo_nightly_acceptance(demo_nights, tmp_path):
+    """The README's nights (``demo_nights``): night 1 (standard model) finds the rails; night 2
+    (retrained with rails on 5% of the bathrooms, baseline night 1) resolves them; night 3
+    (standard model again, baseline night 2) has the rails finding new and unacknowledged, and the
+    gate fails (exit 1). Acknowledged in triage.yaml, the same night passes (exit 0)."""
+    nights, story = demo_nights
+    nights = nights / "reports"
+    assert story.returncode == 0, story.stderr[-2000:]
+    rails = json.loads((nights / "night1" / "summary.json").read_text())["findings"][0]
     assert (rails["true_label"], rails["predicted_label"]) == ("pool", "bathroom")
 
-    b = _demo(tmp_path / "b", "--rail-rate", "0.05", "--baseline", tmp_path / "a")
-    assert b.returncode == 0, b.stderr[-2000:]
-    summary_b = json.loads((tmp_path / "b" / "summary.json").read_text())
+    summary_b = json.loads((nights / "night2" / "summary.json").read_text())
     assert rails["id"] in [r["id"] for r in summary_b["resolved"]]
     assert rails["id"] not in [f["id"] for f in summary_b["findings"]]
-    compared = subprocess.run(audit_command("compare", tmp_path / "a", tmp_path / "b"), capture_output=True,
+    compared = subprocess.run(audit_command("compare", nights / "night1", nights / "night2"), capture_output=True,
                               text=True, timeout=120)
     assert compared.returncode == 0 and f"resolved {rails['id']}: pool -> bathroom" in compared.stdout
 
-    triage = _triage(tmp_path, "findings: {}\n")
-    gate = ["--baseline", tmp_path / "b", "--triage", triage, "--set", "gates.max_new_finding_score=0.2"]
-    c = _demo(tmp_path / "c", *gate)
-    assert c.returncode == 1, c.stdout + c.stderr[-2000:]
-    summary_c = json.loads((tmp_path / "c" / "summary.json").read_text())
+    summary_c = json.loads((nights / "night3" / "summary.json").read_text())
     top = summary_c["findings"][0]
+    assert summary_c["status"] == "fail"
     assert (top["id"], top["status"], top["triage"]) == (rails["id"], "new", None) and top["score"] > 0.2
+    history = pd.read_parquet(nights / "history.parquet")
+    assert sorted(set(history["run_id"])) == ["night1", "night2", "night3"]
+
+    gate = ["--baseline", nights / "night2", "--set", "gates.max_new_finding_score=0.2"]
+    triage = _triage(tmp_path, "findings: {}\n")
+    c = _demo(tmp_path / "c", *gate, "--triage", triage)
+    assert c.returncode == 1, c.stdout + c.stderr[-2000:]
     assert "gate failed: max_new_finding_score" in c.stdout
     _triage(tmp_path, f"findings:\n  {rails['id']}:\n    action: acknowledge\n    reason: known\n")
-    c = _demo(tmp_path / "c", *gate)
+    c = _demo(tmp_path / "c", *gate, "--triage", triage)   # the complete run: gates and triage again
     assert c.returncode == 0, c.stdout + c.stderr[-2000:]
     assert json.loads((tmp_path / "c" / "summary.json").read_text())["findings"][0]["triage"] == "acknowledged"
     history = pd.read_parquet(tmp_path / "history.parquet")
-    assert sorted(set(history["run_id"])) == ["a", "b", "c"]
     assert history[history["run_id"] == "c"]["status"].eq("pass").all()
 
 
@@ -502,21 +508,20 @@ def test_baseline_latest_comes_from_the_history(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_rails_id_survives_other_data_and_model(tmp_path):
-    """Another seed draws other images and trains another model: the rails finding keeps its ID
-    (and is matched as persisting); so does a run on 80% of the audit images."""
-    a = _demo(tmp_path / "a")
-    assert a.returncode == 0, a.stderr[-2000:]
-    rails = json.loads((tmp_path / "a" / "summary.json").read_text())["findings"][0]
+def test_demo_rails_id_survives_other_data_and_model(demo_nights, tmp_path):
+    """Another seed draws other images and trains another model: the rails finding of the README's
+    night 1 keeps its ID (and is matched as persisting); so does a run on 80% of the audit images."""
+    a = demo_nights[0] / "reports" / "night1"
+    rails = json.loads((a / "summary.json").read_text())["findings"][0]
     other = subprocess.run(audit_command("demo", "--seed", "1", "--cache", ROOT / "reports" / ".cache" / "demo-seed1",
-                                         "--out", tmp_path / "seed1", "--baseline", tmp_path / "a", "--quiet"),
+                                         "--out", tmp_path / "seed1", "--baseline", a, "--quiet"),
                            capture_output=True, text=True, timeout=1800)
     assert other.returncode == 0, other.stderr[-2000:]
     top = json.loads((tmp_path / "seed1" / "summary.json").read_text())["findings"][0]
     assert (top["id"], top["status"], top["true_label"], top["predicted_label"]) == (
         rails["id"], "persisting", "pool", "bathroom")
 
-    run = json.loads((tmp_path / "a" / "run.json").read_text())
+    run = json.loads((a / "run.json").read_text())
     manifest = pd.read_csv(run["data"]["path"])
     subset = manifest.sample(frac=0.8, random_state=0)
     subset["path"] = [str(Path(run["data"]["path"]).parent / p) for p in subset["path"]]

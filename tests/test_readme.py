@@ -15,55 +15,12 @@ first on ``PYTHONPATH``:
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-OWN_INPUTS = ("model.keras", "triage.yaml", "pipelines/nightly.yaml")
-
-
-def shell_blocks() -> list[tuple[int, str]]:
-    """(line number, text) of every ```sh block of the README, continuation lines joined."""
-    text = (ROOT / "README.md").read_text()
-    out = []
-    for match in re.finditer(r"^```sh\n(.*?)^```", text, re.S | re.M):
-        line = text[:match.start()].count("\n") + 1
-        out.append((line, match.group(1).replace("\\\n", " ")))
-    return out
-
-
-def commands(block: str) -> list[str]:
-    """The block's command lines, comments stripped."""
-    lines = [re.sub(r"\s+#.*$", "", raw).strip() for raw in block.splitlines()]
-    return [line for line in lines if line and not line.startswith("#")]
-
-
-def kind(block: str) -> str:
-    first = commands(block)[0]
-    if first.startswith(("make ", "pip install")):
-        return "ci"
-    if any(name in block for name in OWN_INPUTS):
-        return "own-inputs"
-    return "runs"
-
-
-BLOCKS = shell_blocks()
-
-
-def _scratch(tmp_path: Path) -> tuple[Path, dict]:
-    """A folder laid out like the repository, and the environment to run the README's commands in."""
-    (tmp_path / ".venv").symlink_to(Path(sys.prefix))
-    (tmp_path / "pipelines").symlink_to(ROOT / "pipelines")
-    (tmp_path / "reports" / ".cache").mkdir(parents=True)
-    (ROOT / "reports" / ".cache" / "demo").mkdir(parents=True, exist_ok=True)
-    (tmp_path / "reports" / ".cache" / "demo").symlink_to(ROOT / "reports" / ".cache" / "demo")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return tmp_path, env
+from tests.readme_blocks import BLOCKS, commands, kind, scratch
 
 
 def test_the_readme_has_the_blocks_this_test_knows():
@@ -74,7 +31,7 @@ def test_the_readme_has_the_blocks_this_test_knows():
 @pytest.mark.parametrize("block", [b for _, b in BLOCKS if kind(b) == "own-inputs"],
                          ids=[f"line{n}" for n, b in BLOCKS if kind(b) == "own-inputs"])
 def test_commands_on_own_inputs_get_as_far_as_the_input(block, tmp_path):
-    cwd, env = _scratch(tmp_path)
+    cwd, env = scratch(tmp_path)
     for command in commands(block):
         result = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True,
                                 timeout=300)
@@ -84,11 +41,8 @@ def test_commands_on_own_inputs_get_as_far_as_the_input(block, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("block", [b for _, b in BLOCKS if kind(b) == "runs"],
-                         ids=[f"line{n}" for n, b in BLOCKS if kind(b) == "runs"])
-def test_the_demos_nightly_story_runs_as_told(block, tmp_path):
-    cwd, env = _scratch(tmp_path)
-    result = subprocess.run(["bash", "-c", block], cwd=cwd, env=env, capture_output=True, text=True, timeout=3000)
+def test_the_demos_nightly_story_runs_as_told(demo_nights):
+    cwd, result = demo_nights
     out = result.stdout
     assert result.returncode == 0 and out.strip().splitlines()[-1] == "1", (out[-3000:], result.stderr[-2000:])
     assert re.search(r"resolved F-dd24e18e: pool -> bathroom", out), out[-3000:]

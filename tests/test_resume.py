@@ -7,6 +7,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from tests.conftest import audit_command
 
 
@@ -24,6 +26,7 @@ def _summary(out):
     return summary
 
 
+@pytest.mark.slow
 def test_sigkill_during_attribution_then_resume(audit_case, tmp_path):
     reference = tmp_path / "reference"
     done = subprocess.run(audit_command(*_args(audit_case, reference)), capture_output=True, text=True, timeout=600)

@@ -6,6 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import audit_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +23,7 @@ def _run(case: Path, out: Path, uri: str, allow_file_store: bool, *extra: str) -
                           cwd=out.parent, capture_output=True, text=True, timeout=900, env=env)
 
 
+@pytest.mark.slow
 def test_mlflow_logs_metrics_finding_tags_and_the_report(audit_case, tmp_path):
     import mlflow
 

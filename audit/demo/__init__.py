@@ -255,8 +255,9 @@ def prepare(workdir: Path, seed: int = 0, log: Callable[[str], None] = print,
 
     A later call with the same ``seed`` (and ``GENERATOR_VERSION``) returns the cache at once.
     Otherwise ``demo.json`` is deleted first and written last, so an interrupted run never looks
-    like a valid cache; ``workdir/dataset`` is replaced. The same seed gives the same PNG bytes and
-    the same model predictions.
+    like a valid cache; ``workdir/dataset`` is replaced. Concurrent calls on one cache folder (two
+    jobs, parallel tests) take turns on its ``.lock`` file: the first builds, the others reuse. The
+    same seed gives the same PNG bytes and the same model predictions.
 
     Parameters
     ----------
@@ -274,12 +275,35 @@ def prepare(workdir: Path, seed: int = 0, log: Callable[[str], None] = print,
     the cue), the audit confusion (``confusion[true][predicted]`` counts) and ``bias`` (``bias_table``).
     """
     root = cache_dir(workdir, rail_rate)
-    cached = _cached(root, seed, rail_rate)
-    if cached is not None:
-        log(f"demo: using the cached demo in {root} (seed {seed}, rail rate {rail_rate:g})")
-        return cached
-    start = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root / ".lock"):   # a second process (a parallel test, a second job) waits, then reuses
+        cached = _cached(root, seed, rail_rate)
+        if cached is not None:
+            log(f"demo: using the cached demo in {root} (seed {seed}, rail rate {rail_rate:g})")
+            return cached
+        return _build(root, seed, log, rail_rate)
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``fcntl.flock``) on ``path`` for the block; a no-op where
+    ``fcntl`` does not exist (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(root: Path, seed: int, log: Callable[[str], None], rail_rate: float) -> DemoAssets:
+    """Generate, train and write the cache in ``root`` (see ``prepare``)."""
+    start = time.perf_counter()
     (root / "demo.json").unlink(missing_ok=True)
     shutil.rmtree(root / "dataset", ignore_errors=True)
     log(f"demo: generating images in {root / 'dataset'} (seed {seed})")
