@@ -34,15 +34,13 @@ browser:
 demo: install
 	$(BIN)/audit demo --out reports/demo
 
-# Every test, the slow end-to-end ones included, on JOBS pytest-xdist workers (the tests that read
-# the demo's nights share one worker: tests/conftest.py). pytest exits 5 when no test ran: that is a
-# failure here, never a pass. JOBS=0 runs in this process.
-JOBS ?= 2
+# Every test, the slow end-to-end ones included. pytest exits 5 when no test ran:
+# that is a failure here, never a pass.
 test: install
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
+	$(BIN)/python -m pytest
 
 test-fast: install
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -m "not slow"
+	$(BIN)/python -m pytest -m "not slow"
 
 # Speed and memory targets, as ratios measured within one run (JSON + markdown in benchmarks/results).
 bench: install

@@ -132,10 +132,3 @@ def demo_nights(tmp_path_factory):
                             timeout=3000)
     return cwd, result
 
-
-def pytest_collection_modifyitems(items):
-    """Under pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``) the tests that read the
-    README's demo nights share one worker, so the session runs those nights once."""
-    for item in items:
-        if "demo_nights" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("demo-nights"))
