@@ -522,12 +522,14 @@ def test_demo_rails_id_survives_other_data_and_model(demo_nights, tmp_path):
         rails["id"], "persisting", "pool", "bathroom")
 
     run = json.loads((a / "run.json").read_text())
-    manifest = pd.read_csv(run["data"]["path"])
+    where = demo_nights[0]   # the night ran there: its run.json paths are relative to that folder
+    data = where / run["data"]["path"]
+    manifest = pd.read_csv(data)
     subset = manifest.sample(frac=0.8, random_state=0)
-    subset["path"] = [str(Path(run["data"]["path"]).parent / p) for p in subset["path"]]
+    subset["path"] = [str(data.parent / p) for p in subset["path"]]
     subset.to_csv(tmp_path / "subset.csv", index=False)
-    part = subprocess.run(audit_command("run", "--model", run["model"]["path"], "--data", tmp_path / "subset.csv",
-                                        "--classes", run["config"]["data"]["classes"], "--out", tmp_path / "part",
+    part = subprocess.run(audit_command("run", "--model", where / run["model"]["path"], "--data", tmp_path / "subset.csv",
+                                        "--classes", where / run["config"]["data"]["classes"], "--out", tmp_path / "part",
                                         "--quiet"), capture_output=True, text=True, timeout=1800)
     assert part.returncode == 0, part.stderr[-2000:]
     top = json.loads((tmp_path / "part" / "summary.json").read_text())["findings"][0]
