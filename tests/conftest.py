@@ -131,4 +131,3 @@ def demo_nights(tmp_path_factory):
     result = subprocess.run(["bash", "-c", nightly_story()], cwd=cwd, env=env, capture_output=True, text=True,
                             timeout=3000)
     return cwd, result
-
