@@ -17,6 +17,26 @@ mismatch raises ``Damaged`` and the caller treats the file as missing. A file
 without an entry (an older run) is read unchecked.
 
 A new writer gets all of this by calling ``write_atomic(path, lambda f: ...)``.
+
+Many small files that belong together (the report's ``assets/``: one picture per
+image, 10,000 of them) go through a ``StagedFolder`` instead: an fsync per file and
+per rename costs two disk flushes per picture (the 5,000-image folder render took
+165 s wall for 34 s of CPU at load 15). The files are written into a fresh hidden
+folder beside the target (``.assets.<random>.tmp``), unsynced, their size and SHA-256
+taken from the bytes written; ``commit`` then makes them all durable with one
+``os.sync()`` (on Linux it returns once everything is on disk) and one fsync of the
+staged folder, moves the old folder aside, renames the new one into place and fsyncs
+the parent: one flush and two renames for the whole folder. (``os.sync`` flushes
+every file system, so on a busy machine it also waits for others' unwritten data;
+Python has no ``syncfs``. Measured here for 2,000 files of 12 kB: an fsync each at
+write time 8.2 s, an fsync each at the end 1.7 s, one ``os.sync`` 0.06 s.)
+
+A crash before the rename leaves the old folder untouched (the staged one is hidden
+and removed by the next commit or ``remove_temporaries``); between the two renames
+there is briefly no folder (missing pictures, never half-written ones); after it,
+every file under the final name is whole and synced. The entries are noted (and the
+manifest updated) only once the folder is in place, so the manifest never describes
+files that are not there.
 """
 from __future__ import annotations
 
@@ -26,6 +46,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
@@ -146,11 +167,93 @@ def write_atomic(path: Path, data: bytes | str | Writer, **extra) -> dict:
 
 
 def remove_temporaries(folder: Path) -> None:
-    """Remove what interrupted ``write_atomic`` calls left in ``folder`` and below (a killed
-    process cannot clean up after itself)."""
+    """Remove what interrupted ``write_atomic`` calls and ``StagedFolder``s left in ``folder`` and
+    below (a killed process cannot clean up after itself)."""
     for tmp in Path(folder).rglob(".*.tmp"):
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+
+
+class StagedFolder:
+    """A folder of many files written without a flush each and put in place whole (module docstring).
+
+    Parameters
+    ----------
+    folder : Path
+        The folder to (re)place; its parent is created. Files go into a hidden temporary
+        folder beside it (``.<name>.<random>.tmp``) until ``commit``.
+
+    Attributes
+    ----------
+    entries : dict
+        File name -> ``{"size": bytes, "sha256": hex}`` of the files written so far.
+
+    Use as ``with StagedFolder(path) as stage: stage.write(name, data); ...; stage.commit()``:
+    leaving the block without ``commit`` (an error, a signal) removes the staged files and
+    leaves ``folder`` as it was.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        self.staged: Path | None = _hidden_folder(self.folder)
+        self.entries: dict[str, dict] = {}
+
+    def __enter__(self) -> "StagedFolder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+    def write(self, name: str, data: bytes) -> dict:
+        """Write ``data`` as the file ``name`` (a plain file name) of the staged folder; return its entry.
+
+        Raises OSError naming the file under its final path (e.g. ENOSPC); the staged
+        folder is then removed and the target left as it was.
+        """
+        if self.staged is None:
+            raise RuntimeError(f"{self.folder}: already committed or discarded")
+        try:
+            with open(self.staged / name, "xb") as f:
+                f.write(data)
+        except OSError as exc:
+            self.discard()
+            code = exc.errno or (errno.ENOSPC if "No space left" in str(exc) else None)
+            raise OSError(code, os.strerror(code) if code else str(exc), str(self.folder / name)) from exc
+        entry = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        self.entries[name] = entry
+        return entry
+
+    def commit(self) -> None:
+        """Flush every staged file to disk at once, put the staged folder in place of ``folder`` (the old
+        one removed) and note the entries for the manifest (merged into it at once inside a ``recording``
+        with a run folder)."""
+        if self.staged is None:
+            raise RuntimeError(f"{self.folder}: already committed or discarded")
+        staged, parent = self.staged, self.folder.parent
+        os.sync()            # one flush of every file written (Linux waits for the writes to complete)
+        _fsync_dir(staged)
+        if self.folder.exists():
+            os.replace(self.folder, _hidden_folder(self.folder))   # onto an empty folder: allowed
+        os.replace(staged, self.folder)
+        self.staged = None
+        _fsync_dir(parent)
+        for old in parent.glob(f".{self.folder.name}.*.tmp"):   # the old folder, and what a crash left
+            shutil.rmtree(old, ignore_errors=True)
+        rec = _recorder.get()
+        if rec is not None:
+            root = self.folder.resolve()
+            rec.entries.update((root / name, entry) for name, entry in self.entries.items())
+            rec.flush()
+
+    def discard(self) -> None:
+        """Remove the staged files (no-op after ``commit``)."""
+        if self.staged is not None:
+            shutil.rmtree(self.staged, ignore_errors=True)
+            self.staged = None
 
 
 def read_manifest(run_dir: Path) -> dict[str, dict]:
@@ -206,6 +309,16 @@ def _digest(f: BinaryIO) -> tuple[int, str]:
         digest.update(block)
         size += len(block)
     return size, digest.hexdigest()
+
+
+def _hidden_folder(folder: Path) -> Path:
+    """A new empty folder ``.<name>.<random>.tmp`` beside ``folder`` (made with the umask's permissions,
+    not ``mkdtemp``'s owner-only ones: a report folder is for others to read)."""
+    while True:
+        path = folder.parent / f".{folder.name}.{os.urandom(6).hex()}.tmp"
+        with contextlib.suppress(FileExistsError):
+            path.mkdir()
+            return path
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
+import signal
 import subprocess
 import xml.etree.ElementTree as ET
 import sys
@@ -535,6 +537,43 @@ def test_folder_layout_writes_assets(tmp_path):
     assert not (run_dir / "assets" / "row-999-gradcam.jpg").exists()
     render(run_dir, layout="single")
     assert not (run_dir / "assets").exists()
+
+
+def test_folder_render_killed_mid_picture_leaves_no_half_written_picture(tmp_path):
+    """A render killed in the middle of writing a picture (SIGXFSZ: the kernel cuts the write at the file-size
+    limit, then kills the process) leaves the previous assets/ whole and as the manifest records it, and the
+    next render cleans up. A picture written straight under its final name would be half-written here."""
+    from audit import integrity
+
+    run_dir = build_run(tmp_path)
+    html = render(run_dir, layout="folder").read_text(encoding="utf-8")
+    before = {p.name: p.read_bytes() for p in (run_dir / "assets").iterdir()}
+    limit = max(len(b) for b in before.values()) // 2   # the largest picture is cut in half
+    code = (
+        "import resource, signal\n"
+        "from audit.report.render import render\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_DFL)\n"   # Python ignores it: then the write only fails
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+        f"render({str(run_dir)!r}, layout='folder')\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert killed.returncode == -signal.SIGXFSZ, killed.stderr
+    assert {p.name: p.read_bytes() for p in (run_dir / "assets").iterdir()} == before
+    manifest = integrity.read_manifest(run_dir)
+    for name in before:
+        integrity.verify(run_dir / "assets" / name, manifest[f"assets/{name}"])
+    assert (run_dir / "index.html").read_text(encoding="utf-8") == html
+    staged = [p for p in run_dir.iterdir() if p.name.startswith(".assets.")]
+    assert staged and any(f.stat().st_size == limit for d in staged for f in d.iterdir())   # cut mid-picture
+
+    assert render(run_dir, layout="folder").read_text(encoding="utf-8") == html
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".assets.")]
+    manifest = integrity.read_manifest(run_dir)
+    files = sorted((run_dir / "assets").iterdir())
+    assert [f.name for f in files] == sorted(before)
+    for f in files:
+        integrity.verify(f, manifest[f"assets/{f.name}"])
 
 
 def test_template_overrides_replace_one_section(tmp_path):

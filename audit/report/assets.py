@@ -9,7 +9,14 @@ straight into ``<img src="...">``:
 * ``single`` layout: a ``data:`` URI, so ``index.html`` is the whole report
   (offline, e-mailable, works in a sandboxed iframe);
 * ``folder`` layout: ``assets/<name>.<ext>``, a file written next to ``index.html``
-  (for runs too large for one file).
+  (for runs too large for one file). A render of 10,000 images writes as many files,
+  so they are not written one ``write_atomic`` each (two disk flushes per picture):
+  they go into a hidden staged folder (``audit.integrity.StagedFolder``) that
+  ``Assets.commit`` flushes once and renames into place as a whole, before
+  ``index.html`` is written. Each file's size and SHA-256 land in ``artifacts.json``
+  as with any other write; a render that fails or is killed leaves the previous
+  ``assets/`` as it was (``Assets.discard`` removes the staged files) and no picture
+  under its final name is ever half-written.
 
 ``name`` identifies the picture within one render (asking twice for the same name
 returns the first src without encoding again). It must never hold class or file
@@ -29,7 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from audit.integrity import write_atomic
+from audit.integrity import StagedFolder
 
 LAYOUTS = ("single", "folder")
 FOLDER = "assets"
@@ -52,6 +59,9 @@ class Assets:
     ----------
     bytes, count : int
         Encoded picture bytes (before base64) and pictures handed out so far.
+
+    In the folder layout the pictures are staged until ``commit`` puts ``assets/`` in place;
+    call ``discard`` when the render fails (``with Assets(...) as assets:`` does).
     """
 
     def __init__(self, run_dir: Path, layout: str = "single"):
@@ -62,7 +72,14 @@ class Assets:
         self.bytes = 0                       # encoded picture bytes (before base64)
         self.count = 0
         self._src: dict[str, str] = {}
-        self._written: set[str] = set()
+        self._stage: StagedFolder | None = None   # created by the first picture of the folder layout
+        self._committed = False
+
+    def __enter__(self) -> "Assets":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
 
     def image(self, name: str, picture: Any, quality: int = JPEG_QUALITY) -> str:
         """The ``src`` of ``picture`` (uint8 RGB array, encoded bytes or matplotlib Figure).
@@ -87,9 +104,9 @@ class Assets:
             src = f"data:{_MIME[ext]};base64,{base64.b64encode(data).decode('ascii')}"
         else:
             file = f"{name}.{ext}"
-            self.folder.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.folder / file, data)
-            self._written.add(file)
+            if self._stage is None:
+                self._stage = StagedFolder(self.folder)
+            self._stage.write(file, data)
             src = f"{FOLDER}/{file}"
         self._src[name] = src
         return src
@@ -98,17 +115,24 @@ class Assets:
         """Whether a picture called ``name`` was handed out in this render."""
         return safe_name(name) in self._src
 
+    def commit(self) -> None:
+        """Put the pictures handed out in place, before the page that links them is written: in the folder
+        layout the staged folder replaces ``assets/`` (one flush, one rename; an earlier render's files
+        go with the old folder); in the single layout nothing."""
+        if self.layout == "folder" and not self._committed:
+            (self._stage or StagedFolder(self.folder)).commit()
+            self._stage, self._committed = None, True
+
     def prune(self) -> None:
-        """Remove what an earlier render left in ``assets/`` and this one did not write
-        (in the single layout: the whole folder)."""
-        if not self.folder.is_dir():
-            return
-        if self.layout == "single":
+        """Once the single-file page is written: remove an ``assets/`` an earlier folder render left."""
+        if self.layout == "single" and self.folder.is_dir():
             shutil.rmtree(self.folder, ignore_errors=True)
-            return
-        for p in self.folder.iterdir():
-            if p.is_file() and p.name not in self._written:
-                p.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """Remove the staged pictures of a render that did not finish (no-op after ``commit``)."""
+        if self._stage is not None:
+            self._stage.discard()
+            self._stage = None
 
 
 def safe_name(name: str) -> str:

@@ -84,7 +84,7 @@ def section(run: Run, assets: Assets) -> dict | None:
         anchor = anchors.get((str(rec.true_label), str(rec.pair_label)))
         if anchor is not None:
             pair_anchors[f"{true},{other}"] = anchor
-        item = [row, run.path(row), cls(info.get("label")), cls(info.get("predicted")), true, other,
+        item = [row, str(info["path"]) if info else "?", cls(info.get("label")), cls(info.get("predicted")), true, other,
                 _round(info.get("confidence"), 4), _round(info.get("margin"), 4), REASONS.index(rec.reason),
                 finding_of.get(row), [x for t in top_k(run, row) for x in (cls(t["label"]), round(t["p"], 3))], None]
         if budget is not None:
@@ -105,7 +105,8 @@ def fill(ctx: dict, run: Run, assets: Assets, spare: int | None) -> None:
 
     Image views first, in item order, for at most ``report.max_image_views`` images and half of
     ``spare``; then thumbnail sheets of ``PAGE_SIZE`` items, in item order, while they fit.
-    ``spare`` None (the folder layout): every view and every sheet. Sets ``ctx["n_thumbs"]`` and
+    ``spare`` None (the folder layout): every view and every sheet, page by page (a page's view
+    and thumbnail of one image come from one decoded original). Sets ``ctx["n_thumbs"]`` and
     ``ctx["n_views"]``.
 
     Parameters
@@ -120,46 +121,71 @@ def fill(ctx: dict, run: Run, assets: Assets, spare: int | None) -> None:
         Bytes of the single-file report left for the gallery's pictures (base64 and JSON).
     """
     data = ctx["data"]
-    items, views, errors = data["items"], data["views"], data["errors"]
+    items = data["items"]
     lut = plots.colour_table()
+    pages = range(0, len(items), PAGE_SIZE)
+    if spare is None:   # page by page: an original is decoded once for its view and its thumbnail (Run keeps 64)
+        for start in pages:
+            _views(run, assets, data, items[start:start + PAGE_SIZE], lut)
+            _sheet(run, assets, data, items[start:start + PAGE_SIZE], start)
+    else:
+        spent = _views(run, assets, data, items[:min(len(items), run.config.report.max_image_views)], lut,
+                       spare // 2)
+        for start in pages:
+            cost = _sheet(run, assets, data, items[start:start + PAGE_SIZE], start, spare - spent)
+            if cost is None:
+                break
+            spent += cost
+    ctx["n_thumbs"] = sum(1 for it in items if it[-1] is not None)
+    ctx["n_views"] = len(data["views"])
+
+
+def _views(run: Run, assets: Assets, data: dict, items: list, lut: np.ndarray, limit: int | None = None) -> int:
+    """Draw the image views of ``items`` into ``data["views"]``, in order, until the next would take the
+    single file over ``limit`` bytes (None: all); returns the bytes they take (0 without a limit)."""
     spent = 0
-    n_views = len(items) if spare is None else min(len(items), run.config.report.max_image_views)
-    for item in items[:n_views]:
+    for item in items:
         row = item[0]
         picture, panels = strip(run, row, lut)
         if picture is None:
-            errors[str(row)] = run.image_errors.get(row) or "image unavailable"
+            data["errors"][str(row)] = run.image_errors.get(row) or "image unavailable"
             continue
         raw, _ = encode(picture, QUALITY)
         height, width = picture.shape[0], (picture.shape[1] - (len(panels) - 1) * plots.GAP) // len(panels)
         entry = {"src": "", "panels": panels, "width": width, "height": height}
-        cost = _DATA_URI + 4 * math.ceil(len(raw) / 3) + len(json.dumps({str(row): entry})) if spare is not None else 0
-        if spare is not None and spent + cost > spare // 2:
-            break
+        if limit is not None:
+            cost = _DATA_URI + 4 * math.ceil(len(raw) / 3) + len(json.dumps({str(row): entry}))
+            if spent + cost > limit:
+                break
+            spent += cost
         entry["src"] = assets.image(view_name(row), raw)
-        views[str(row)] = entry
-        spent += cost
-    sheets = data["sheets"]
-    for start in range(0, len(items), PAGE_SIZE):
-        page = items[start:start + PAGE_SIZE]
-        picture, cells = sheet(run, [it[0] for it in page], SHEET_COLS)
-        if picture is None:
-            for it in page:
-                errors.setdefault(str(it[0]), run.image_errors.get(it[0]) or "image unavailable")
-            continue
-        raw, _ = encode(picture, QUALITY)
+        data["views"][str(row)] = entry
+    return spent
+
+
+def _sheet(run: Run, assets: Assets, data: dict, page: list, start: int, limit: int | None = None) -> int | None:
+    """Draw the thumbnail sheet of the gallery page of ``items[start:]`` (``page``) and point its items'
+    ``thumb`` at it; returns the bytes it takes of the single file (0 without a ``limit``), or None
+    (nothing drawn) when that is more than ``limit``."""
+    errors, sheets = data["errors"], data["sheets"]
+    picture, cells = sheet(run, [it[0] for it in page], SHEET_COLS)
+    if picture is None:
+        for it in page:
+            errors.setdefault(str(it[0]), run.image_errors.get(it[0]) or "image unavailable")
+        return 0
+    raw, _ = encode(picture, QUALITY)
+    cost = 0
+    if limit is not None:
         cost = _DATA_URI + 4 * math.ceil(len(raw) / 3) + 3 + sum(len(json.dumps([len(sheets), *c])) for c in cells if c)
-        if spare is not None and spent + cost > spare:
-            break
-        sheets.append(assets.image(f"gallery-{start // PAGE_SIZE}", raw))
-        spent += cost
-        for it, cell in zip(page, cells):
-            if cell is None:
-                errors.setdefault(str(it[0]), run.image_errors.get(it[0]) or "image unavailable")
-            else:
-                it[-1] = [len(sheets) - 1, *cell]
-    ctx["n_thumbs"] = sum(1 for it in items if it[-1] is not None)
-    ctx["n_views"] = len(views)
+        if cost > limit:
+            return None
+    sheets.append(assets.image(f"gallery-{start // PAGE_SIZE}", raw))
+    for it, cell in zip(page, cells):
+        if cell is None:
+            errors.setdefault(str(it[0]), run.image_errors.get(it[0]) or "image unavailable")
+        else:
+            it[-1] = [len(sheets) - 1, *cell]
+    return cost
 
 
 def _round(x, digits: int) -> float | None:

@@ -12,7 +12,9 @@ re-rendered anywhere (``audit render RUN_DIR``). Writes into the run folder:
   pictures a section draws only when there is room (``Section.fill``: the gallery's
   thumbnails and image views), which then get the bytes left; when the report still exceeds
   the budget one warning line is printed.
-  Every file is written atomically and recorded in ``artifacts.json``; an artifact that
+  Every file is written atomically and recorded in ``artifacts.json`` (the folder layout's
+  pictures as one staged folder, flushed once and renamed into place before ``index.html`` is
+  written: ``audit.report.assets``); an artifact that
   no longer matches its checksum is left out with a note atop the report and one
   warning line naming it.
 * ``summary.md`` (for a PR or chat message) and ``junit.xml`` (one test per gate).
@@ -118,7 +120,12 @@ def _render(run_dir: Path, layout: str | None, warn: Callable[[str], None], temp
     layout = layout or run.config.report.layout
     if layout not in LAYOUTS:
         raise ValueError(f"report layout must be one of {', '.join(LAYOUTS)} (got {layout!r})")
-    assets = Assets(run_dir, layout)
+    with Assets(run_dir, layout) as assets:   # the folder layout's pictures are staged until commit
+        return _draw(run, run_dir, layout, assets, warn, templates)
+
+
+def _draw(run: Run, run_dir: Path, layout: str, assets: Assets, warn: Callable[[str], None],
+          templates: str | Path | None) -> Path:
     shown, fills = [], []
     for sec in SECTIONS:  # in page order: later sections may reuse pictures of earlier ones
         ctx = sec.context(run, assets)
@@ -146,6 +153,7 @@ def _render(run_dir: Path, layout: str | None, warn: Callable[[str], None], temp
                 spare -= 4 * (assets.bytes - before) // 3
     text = html()
     out = run_dir / INDEX
+    assets.commit()                      # the pictures are in place before the page that links them
     integrity.write_atomic(out, text)
     assets.prune()
     outputs.write(run_dir, head, INDEX, run.config.report.summary_format, run.config.report.url)
