@@ -147,3 +147,44 @@ def test_mixed_precision_maps_stay_within_tolerance_of_float32(method):
     scale = np.abs(full).max()
     assert np.abs(mixed - full).max() <= 0.1 * scale
     assert np.corrcoef(mixed.ravel(), full.ravel())[0, 1] > 0.99
+
+
+def test_predict_calls_the_model_at_one_batch_shape_with_inputs_prepared_in_the_reader(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from audit.config import resolve
+    from audit.data import decode
+    from audit.model_io import classifier_for
+    from audit.stages import predict
+
+    build_model("plain").save(tmp_path / "m.keras")
+    rng = np.random.default_rng(1)
+    for i in range(11):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    part = pd.DataFrame({"row": np.arange(11), "path": [f"{i}.png" for i in range(11)], "label": "a"})
+    config = resolve(None, ["predict.batch_size=4", "data.preprocess=unit"],
+                     {"model.path": str(tmp_path / "m.keras"), "out": str(tmp_path / "run")})
+    clf = classifier_for(config)
+    shapes, prepared_in = [], []
+    original_run, original_prep = clf.logits_and_cam, decode.preprocess
+
+    def spy_run(x):
+        shapes.append(len(x))
+        return original_run(x)
+
+    def spy_prep(x, mode):
+        prepared_in.append(threading.current_thread().name)
+        return original_prep(x, mode)
+
+    monkeypatch.setattr(clf, "logits_and_cam", spy_run)
+    monkeypatch.setattr(predict, "preprocess", spy_prep)
+    out = predict.predict_partition(config, tmp_path, ["a", "b", "c"], part, chunk=0)
+    assert shapes == [4, 4, 4]   # 4 + 4 + 3 padded: no short first batch, no remainder shape
+    assert len(prepared_in) == 3 and all(name.startswith("audit-reader") for name in prepared_in)
+    images, _ = load_images(tmp_path, list(part["path"]), (20, 24))
+    np.testing.assert_allclose(np.stack(out["probs"]), np.exp(_log_softmax(clf.logits(images / 255.0))), atol=1e-5)
+
+
+def _log_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))

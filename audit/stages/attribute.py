@@ -72,10 +72,10 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
     # batch by batch, the reader thread decoding the next batch while every method explains this one;
     # progress.advance counts images as they are done: a long stage logs its ETA (audit.progress)
     reader = prefetched(root, part["path"].tolist(), classifier.input_size, config.attribution.batch_size,
-                        config.data.max_pixels, classifier.input_shape[2])
+                        config.data.max_pixels, classifier.input_shape[2],
+                        lambda x: preprocess(x, config.data.preprocess))
     with precision(classifier, config.attribution.precision):
         for where, images, _ in reader:
-            images = preprocess(images, config.data.preprocess)
             if probe:
                 start = time.perf_counter()
                 classifier.logits(images)
