@@ -97,11 +97,11 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
     from audit.stages.predict import predict_partition
     from audit.stages.select import select
     from audit.stages.trust import summary_figures, trust, with_trust
-    from audit.stages.later import with_caps
+    from audit.stages.later import Allowance, deadline, over_budget, skipped_maps, with_caps
     from audit.stages.plan import PROBE
     from audit.stages.verify import verify
 
-    run_dir = config.run_dir
+    run_dir, end = config.run_dir, deadline(config, started)   # end: when run.budget is spent (None: no budget)
     frame.insert(0, "row", np.arange(len(frame)))
     record = {
         "run_id": config.run_id,
@@ -168,9 +168,10 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
             todo = selection["row"].isin(np.concatenate(list(planned.values()))) & ~selection["row"].isin(probed)
             parts = _partitions(selection[todo], config.attribution.partition_size)
             paths = paths[:len(parts) + 1] if len(probed) else []
-            tasks = [dask.delayed(resumable)(path, attribute_partition, config, root, classes, part, i + 1, planned)
-                     for i, (path, part) in enumerate(zip(paths[1:], parts))]
-            compute(tasks)
+            allowance = Allowance.of(plan, end)   # under a budget, costly batches start while time is left
+            tasks = [dask.delayed(resumable)(path, attribute_partition, config, root, classes, part, i + 1, planned,
+                                             False, allowance) for i, (path, part) in enumerate(zip(paths[1:], parts))]
+            skipped_maps(record["plan"], compute(tasks), log)
             integrity.record(run_dir, recorded_files(run_dir, paths))
             feature_rows, features = artifacts.read_cams(run_dir, "features",
                                                          rows=selection["row"].to_numpy(np.int64))
@@ -181,7 +182,7 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
         written.flush()
 
     trusted = None
-    if config.trust.enabled:
+    if config.trust.enabled and not over_budget("trust", record["plan"], end, log):
         with _timed(timings, "trust", log):
             path = chunk_paths(run_dir, "trust", keys["trust"], 1, ".json", log)[0]
             trusted = resumable(path, lambda: trust(config, root, classes, selection, run_dir, classifier))
@@ -213,7 +214,12 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
     with _timed(timings, "internals", log):
         from audit.stages.internals import run_internals
 
-        run_internals(config, root, classes, predictions, findings, map_rows, cells, classifier, keys["internals"], log)
+        if config.internals.enabled and over_budget("internals", record["plan"], end, log):
+            artifacts.write_json(run_dir / artifacts.RUN_JSON, record)   # the report says why
+            written.flush()
+        else:
+            run_internals(config, root, classes, predictions, findings, map_rows, cells, classifier, keys["internals"],
+                          log)
 
     with _timed(timings, "render", log):
         render(run_dir)

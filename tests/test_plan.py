@@ -184,3 +184,46 @@ def test_later_stages_are_capped_to_fit_a_small_budget():
     # the full methods' coverage of every selected image comes before the later stages' samples
     roomy, tighter = later_caps(config, 1000.0, full), later_caps(config, 1000.0, full, cover=800.0)
     assert tighter["trust.sample"] < roomy["trust.sample"] and tighter["internals.steps"] < roomy["internals.steps"]
+
+
+def test_run_past_its_budget_starts_no_more_costly_work_and_still_finishes(audit_case, tmp_path, monkeypatch):
+    """The clock jumps past run.budget once the plan is made: the costly methods explain no more than the
+    probe, trust and internals are not started, what was skipped is recorded and reported, and the run
+    still ends with its findings."""
+    from audit import artifacts, pipeline
+    from audit.stages import later, plan as planning
+
+    out = tmp_path / "run"
+    config = resolve(None, ["run.budget=10m", "attribution.sample_per_pair=6", "attribution.batch_size=4"],
+                     {"model.path": str(audit_case / "model.keras"), "data.path": str(audit_case / "manifest.csv"),
+                      "data.classes": str(audit_case / "classes.txt"), "out": str(out)})
+    late = {"by": 0.0}
+    make_plan, clock = planning.make_plan, later.now
+
+    def planned_then_late(*args, **kwargs):
+        made = make_plan(*args, **kwargs)
+        late["by"] = 3600.0   # from here on, the budget is long spent
+        return made
+
+    monkeypatch.setattr(planning, "make_plan", planned_then_late)
+    monkeypatch.setattr(later, "now", lambda: clock() + late["by"])
+    logs: list[str] = []
+    summary = pipeline.run(config, log=logs.append)
+
+    record = json.loads((out / "run.json").read_text())
+    plan = record["plan"]
+    costly = [m for m in plan["methods"] if m not in plan["full"]]
+    probe = len(json.loads(next((out / "chunks").glob("attribute-*/part-00000.json")).read_text())["rows"])
+    for method in plan["methods"]:
+        stored = len(artifacts.read_maps(out, method)[0])
+        planned = sum(g["counts"][method] for g in plan["groups"])
+        assert stored == (probe if method in costly else planned), method
+        if method in costly:
+            assert planned > probe   # the plan wanted more; the clock stopped it
+    skipped = plan["skipped"]
+    assert {line.split(":")[0] for line in skipped} == {*costly, "trust", "internals"}
+    assert all(any(line in log for log in logs) for line in skipped)
+    assert "trust" not in record["timings"] and "render" in record["timings"]
+    assert summary["trust"] is None and (out / "summary.json").exists()
+    assert (summary["findings"][0]["true_label"], summary["findings"][0]["predicted_label"]) == ("red", "green")
+    assert "Not started, to keep within the budget" in (out / "index.html").read_text()

@@ -28,10 +28,12 @@ from audit.errors import UsageError
 from audit.explainers import IntegratedGradients, get
 from audit.explainers.base import Explainer
 from audit.model_io import classifier_for
+from audit.stages.later import Allowance
 
 
 def attribute_partition(config: Config, root: Path, classes: list[str], part: pd.DataFrame,
-                        chunk: int, planned: dict[str, np.ndarray] | None = None, probe: bool = False) -> dict:
+                        chunk: int, planned: dict[str, np.ndarray] | None = None, probe: bool = False,
+                        allowance: Allowance | None = None) -> dict:
     """Write the maps of ``part`` (chunk number ``chunk``); return the rows explained.
 
     Parameters
@@ -51,12 +53,16 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
         every method explains every row of ``part``.
     probe : bool
         Also time one bare forward pass of each batch (the plan's unit of the later stages' work).
+    allowance : audit.stages.later.Allowance, optional
+        Under ``run.budget``: a costly method's batch starts only while the allowance affords it;
+        the images it leaves out are counted in ``skipped`` (and get no map).
 
     Returns
     -------
     dict
         ``{"rows": [prediction row ids], "seconds": {method: seconds spent explaining}, "wall": seconds
-        of the whole partition, "forward": seconds of the bare forward passes (0 unless probe)}`` (the
+        of the whole partition, "forward": seconds of the bare forward passes (0 unless probe),
+        "skipped": {method: planned images left out for lack of time}}`` (the
         semantic features come from the predict stage's fused pass, ``audit.stages.predict``).
     """
     started = time.perf_counter()
@@ -68,6 +74,7 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
     chosen = {m: np.ones(len(rows), bool) if planned is None else np.isin(rows, planned[m]) for m in methods}
     done: dict[str, list] = {method: [] for method in methods}
     seconds = dict.fromkeys(methods, 0.0)
+    skipped = dict.fromkeys(methods, 0)
     forward = 0.0
     # batch by batch, the reader thread decoding the next batch while every method explains this one;
     # progress.advance counts images as they are done: a long stage logs its ETA (audit.progress)
@@ -83,6 +90,10 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
             for method, explainer in methods.items():
                 use = chosen[method][where]
                 if not use.any():
+                    continue
+                if allowance is not None and not allowance.affords(method, int(use.sum())):
+                    skipped[method] += int(use.sum())
+                    chosen[method][where.start + np.flatnonzero(use)] = False   # no map, none written
                     continue
                 start = time.perf_counter()
                 if isinstance(explainer, IntegratedGradients):  # its completeness gap costs 2 passes here
@@ -102,7 +113,7 @@ def attribute_partition(config: Config, root: Path, classes: list[str], part: pd
         else:
             write_map_chunk(config.run_dir, method, chunk, explained, maps)
     return {"rows": rows.tolist(), "seconds": {m: round(t, 4) for m, t in seconds.items()},
-            "wall": round(time.perf_counter() - started, 4), "forward": round(forward, 4)}
+            "wall": round(time.perf_counter() - started, 4), "forward": round(forward, 4), "skipped": skipped}
 
 
 def precision(classifier, name: str):

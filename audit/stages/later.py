@@ -1,13 +1,22 @@
 """Later: the stages after attribution (trust, verify, internals, discover and render), estimated
-in seconds from their model-pass counts before they run, and capped to fit ``run.budget``.
+in seconds from their model-pass counts before they run, capped to fit ``run.budget``, and
+checked against the clock while the run goes on.
 
 A pass is timed on the plan's probe (``audit.stages.plan``): one bare forward pass per
 image; a forward+backward pass counts 3. The fixed costs besides the passes (tracing,
 drawing) were measured on 2 CPU cores.
+
+Estimates are estimates: under ``run.budget`` the run also watches the clock
+(``deadline``). A costly method's batch starts only while what is left of the budget,
+less the later stages' estimate, covers it (``Allowance``); trust and internals start
+only while what is left covers their estimate and that of the stages after them
+(``over_budget``). What is not started, and why, goes into the plan's ``skipped``
+(``run.json`` and the report); the work done is kept.
 """
 from __future__ import annotations
 
 import dataclasses
+import time
 
 from audit.config import Config
 
@@ -101,3 +110,112 @@ def with_caps(config: Config, caps: dict[str, int] | tuple[tuple[str, int], ...]
 def _setting(config: Config, key: str):
     section, name = key.split(".")
     return getattr(getattr(config, section), name)
+
+
+AFTER = {"trust": ("verify", "discover_render"), "internals": ("discover_render",)}   # what must still run
+
+
+def now() -> float:
+    """Wall-clock seconds (``time.time()``): what ``deadline`` and ``Allowance`` compare (a cluster's
+    workers share the wall clock, not the driver's monotonic one)."""
+    return time.time()
+
+
+def deadline(config: Config, started: float) -> float | None:
+    """The ``now()`` at which ``run.budget`` is spent; None without a budget.
+
+    Parameters
+    ----------
+    config : Config
+        ``run.budget``.
+    started : float
+        ``time.monotonic()`` when the run began.
+    """
+    from audit.config.checks import seconds_of
+
+    budget = seconds_of(config.run.budget)
+    return None if budget is None else now() + budget - (time.monotonic() - started)
+
+
+@dataclasses.dataclass(frozen=True)
+class Allowance:
+    """Until when the costly methods may start a batch: the run's deadline less the later stages'
+    estimate (the plan's ``later``).
+
+    Attributes
+    ----------
+    until : float
+        ``now()`` after which a costly method's batch does not start.
+    costs : tuple of (str, float)
+        Seconds per image of each costly method (the plan's probe); other methods always run.
+    """
+
+    until: float
+    costs: tuple[tuple[str, float], ...]
+
+    @classmethod
+    def of(cls, plan, end: float | None) -> "Allowance | None":
+        """The allowance of ``plan`` (``audit.stages.plan.Plan``) for a run ending at ``end`` (``deadline``)."""
+        if end is None:
+            return None
+        return cls(end - sum(s for _, s in plan.later), tuple((m, c) for m, c in plan.costs if m in plan.costly))
+
+    def affords(self, method: str, images: int) -> bool:
+        """Whether ``method`` may explain ``images`` more images now."""
+        cost = dict(self.costs).get(method)
+        return cost is None or now() + cost * images <= self.until
+
+
+def skipped_maps(plan: dict, results: list[dict], log) -> None:
+    """Add to ``plan`` the images the attribute partitions left out for lack of time, in words under
+    ``skipped``; log it.
+
+    Parameters
+    ----------
+    plan : dict
+        The run's plan (``Plan.to_json``), changed in place.
+    results : list of dict
+        The attribute partitions' results (their ``skipped``: images per method).
+    log : callable
+        ``str -> None``, progress messages.
+    """
+    counts: dict[str, int] = {}
+    for result in results:
+        for method, n in (result.get("skipped") or {}).items():
+            counts[method] = counts.get(method, 0) + n
+    for method, n in counts.items():
+        if n:
+            _skip(plan, f"{method}: {n} planned image(s) not explained: the budget left no time for them "
+                        f"(the stages after attribution kept their estimate)", log)
+
+
+def over_budget(stage: str, plan: dict, end: float | None, log) -> bool:
+    """Whether ``stage`` is not started: what is left until ``end`` cannot cover its estimate and that
+    of the stages after it (the plan's ``later``). The reason goes into ``plan["skipped"]`` and the log.
+
+    Parameters
+    ----------
+    stage : str
+        ``trust`` or ``internals``.
+    plan : dict
+        The run's plan (``Plan.to_json``), changed in place when the stage is skipped.
+    end : float or None
+        ``deadline``'s ``now()`` at which the budget is spent; None: never skipped.
+    log : callable
+        ``str -> None``, progress messages.
+    """
+    if end is None:
+        return False
+    later = plan.get("later") or {}
+    need = later.get(stage, 0.0) + sum(later.get(s, 0.0) for s in AFTER[stage])
+    left = end - now()
+    if left >= need:
+        return False
+    _skip(plan, f"{stage}: not started, {max(left, 0.0):.0f} s of the budget left and it needs about "
+                f"{need:.0f} s with the stages after it", log)
+    return True
+
+
+def _skip(plan: dict, why: str, log) -> None:
+    plan.setdefault("skipped", []).append(why)
+    log(f"  budget: {why}")
