@@ -3,7 +3,8 @@
 ``Assets.image(name, picture) -> src`` is the one function a section calls to put
 a picture on the page. ``picture`` is a uint8 RGB array ``[H, W, 3]`` (encoded as
 JPEG: thumbnails, overlays, montages), already encoded PNG/JPEG/WebP bytes (kept
-as they are), or a matplotlib ``Figure`` (saved as PNG). The returned string goes
+as they are), a PIL RGB image (JPEG, like an array), or a matplotlib ``Figure``
+(saved as PNG). The returned string goes
 straight into ``<img src="...">``:
 
 * ``single`` layout: a ``data:`` URI, so ``index.html`` is the whole report
@@ -82,14 +83,14 @@ class Assets:
         self.discard()
 
     def image(self, name: str, picture: Any, quality: int = JPEG_QUALITY) -> str:
-        """The ``src`` of ``picture`` (uint8 RGB array, encoded bytes or matplotlib Figure).
+        """The ``src`` of ``picture`` (uint8 RGB array, PIL image, encoded bytes or Figure).
 
         Parameters
         ----------
         name : str
             Identifies the picture within the render (made safe by ``safe_name``); a name
             already given returns its first src.
-        picture : np.ndarray, bytes or Figure
+        picture : np.ndarray, PIL.Image.Image, bytes or Figure
             See the module docstring (``encode``).
         quality : int, default JPEG_QUALITY
             JPEG quality 1..95 of an array.
@@ -148,9 +149,9 @@ def encode(picture: Any, quality: int = JPEG_QUALITY) -> tuple[bytes, str]:
 
     Parameters
     ----------
-    picture : np.ndarray, bytes or Figure
-        uint8 ``[H, W, 3]`` RGB, PNG/JPEG/WebP bytes (kept), or a matplotlib ``Figure``
-        (100 dpi PNG, white background, no software metadata).
+    picture : np.ndarray, PIL.Image.Image, bytes or Figure
+        uint8 ``[H, W, 3]`` RGB or an RGB PIL image (JPEG), PNG/JPEG/WebP bytes (kept), or a
+        matplotlib ``Figure`` (100 dpi PNG, white background, no software metadata).
     quality : int, default JPEG_QUALITY
         JPEG quality of an array.
 
@@ -168,6 +169,12 @@ def encode(picture: Any, quality: int = JPEG_QUALITY) -> tuple[bytes, str]:
         if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
             return data, "webp"
         raise ValueError("picture bytes are not PNG, JPEG or WebP")
+    if isinstance(picture, Image.Image):
+        if picture.mode != "RGB":
+            raise ValueError(f"picture image must be RGB (got {picture.mode})")
+        buf = io.BytesIO()
+        picture.save(buf, format="JPEG", quality=quality, optimize=False)
+        return buf.getvalue(), "jpg"
     if isinstance(picture, np.ndarray):
         arr = np.asarray(picture)
         if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:

@@ -84,9 +84,10 @@ def section(run: Run, assets: Assets) -> dict | None:
         anchor = anchors.get((str(rec.true_label), str(rec.pair_label)))
         if anchor is not None:
             pair_anchors[f"{true},{other}"] = anchor
-        item = [row, str(info["path"]) if info else "?", cls(info.get("label")), cls(info.get("predicted")), true, other,
-                _round(info.get("confidence"), 4), _round(info.get("margin"), 4), REASONS.index(rec.reason),
-                finding_of.get(row), [x for t in top_k(run, row) for x in (cls(t["label"]), round(t["p"], 3))], None]
+        label, predicted = cls(info.get("label")), cls(info.get("predicted"))   # class ids in order of appearance
+        top = [x for t in top_k(run, row, info=info) for x in (cls(t["label"]), round(t["p"], 3))]
+        item = [row, str(info.get("path", "?")), label, predicted, true, other, _round(info.get("confidence"), 4),
+                _round(info.get("margin"), 4), REASONS.index(rec.reason), finding_of.get(row), top, None]
         if budget is not None:
             used += len(json.dumps(item, ensure_ascii=False)) + 1
             if used > budget:
@@ -151,7 +152,7 @@ def _views(run: Run, assets: Assets, data: dict, items: list, lut: np.ndarray, l
             data["errors"][str(row)] = run.image_errors.get(row) or "image unavailable"
             continue
         raw, _ = encode(picture, QUALITY)
-        height, width = picture.shape[0], (picture.shape[1] - (len(panels) - 1) * plots.GAP) // len(panels)
+        height, width = picture.height, (picture.width - (len(panels) - 1) * plots.GAP) // len(panels)
         entry = {"src": "", "panels": panels, "width": width, "height": height}
         if limit is not None:
             cost = _DATA_URI + 4 * math.ceil(len(raw) / 3) + len(json.dumps({str(row): entry}))

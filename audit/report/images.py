@@ -8,6 +8,7 @@ thumbnails into one picture (the gallery's pages, a confusion pair's strip).
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 from audit.report import plots
 from audit.report.assets import Assets
@@ -30,12 +31,12 @@ def display_hw(run: Run, row: int, img: np.ndarray) -> tuple[int, int]:
     return run.input_hw or img.shape[:2]
 
 
-def _sized(run: Run, row: int, img: np.ndarray, box: int) -> np.ndarray:
+def _sized(run: Run, row: int, img: np.ndarray, box: int) -> Image.Image:
     box = min(box, max(img.shape[:2]))  # never upscale a small original
-    return plots.thumbnail(img, display_hw(run, row, img), box)
+    return plots.thumbnail(Image.fromarray(img), display_hw(run, row, img), box)
 
 
-def thumbnail(run: Run, row: int) -> np.ndarray | None:
+def thumbnail(run: Run, row: int) -> Image.Image | None:
     """The thumbnail of one image, as the model saw it.
 
     Parameters
@@ -47,8 +48,8 @@ def thumbnail(run: Run, row: int) -> np.ndarray | None:
 
     Returns
     -------
-    np.ndarray or None
-        uint8 ``[h, w, 3]``, h and w <= ``THUMB`` px; None when the image cannot be read.
+    PIL.Image.Image or None
+        RGB, h and w <= ``THUMB`` px; None when the image cannot be read.
     """
     img = run.image(row)
     return None if img is None else _sized(run, row, img, THUMB)
@@ -82,27 +83,28 @@ def sheet(run: Run, rows: list[int], cols: int, gap: int = 0,
     drawn = [p for p in pictures if p is not None]
     if not drawn:
         return None, [None] * len(rows)
-    cell_w, cell_h = max(p.shape[1] for p in drawn), max(p.shape[0] for p in drawn)
+    cell_w, cell_h = max(p.width for p in drawn), max(p.height for p in drawn)
     if max_width is not None:
         cols = max(1, min(cols, (max_width + gap) // (cell_w + gap)))
     lines = -(-len(rows) // cols)
     width = min(cols, len(rows))
-    out = np.full((lines * (cell_h + gap) - gap, width * (cell_w + gap) - gap, 3), 255, np.uint8)
+    out = Image.new("RGB", (width * (cell_w + gap) - gap, lines * (cell_h + gap) - gap), (255, 255, 255))
     cells: list[list[int] | None] = []
     for i, p in enumerate(pictures):
         if p is None:
             cells.append(None)
             continue
         x, y = (i % cols) * (cell_w + gap), (i // cols) * (cell_h + gap)
-        out[y:y + p.shape[0], x:x + p.shape[1]] = p
-        cells.append([x, y, int(p.shape[1]), int(p.shape[0])])
-    return out, cells
+        out.paste(p, (x, y))
+        cells.append([x, y, p.width, p.height])
+    return np.asarray(out), cells
 
 
-def top_k(run: Run, row: int, k: int = TOP_K) -> list[dict]:
+def top_k(run: Run, row: int, k: int = TOP_K, info: dict | None = None) -> list[dict]:
     """The ``k`` most probable classes of prediction row ``row`` of ``run``: ``[{"label", "p"}]`` (p: softmax
-    probability 0..1, from ``probs`` in predictions); [] without probabilities."""
-    info = run.info(row)
+    probability 0..1, from ``probs`` in predictions); [] without probabilities. ``info``: the row's
+    ``run.info(row)`` when the caller has it (not read again)."""
+    info = run.info(row) if info is None else info
     if info is None or info.get("probs") is None:
         return []
     try:
@@ -138,9 +140,10 @@ def strip(run: Run, row: int, lut: np.ndarray | None = None, box_method: str | N
 
     Returns
     -------
-    (np.ndarray or None, list of str)
-        uint8 ``[h, n * w + (n - 1) * GAP, 3]`` and the panel names (``"image"``, then the methods),
-        or (None, []) when the image cannot be read.
+    (PIL.Image.Image or None, list of str)
+        RGB, ``n * w + (n - 1) * GAP`` px wide and ``h`` high (composed as PIL images: one view per
+        selected image in the folder layout, so no array round trips), and the panel names
+        (``"image"``, then the methods), or (None, []) when the image cannot be read.
     """
     img = run.image(row)
     if img is None:
@@ -154,9 +157,12 @@ def strip(run: Run, row: int, lut: np.ndarray | None = None, box_method: str | N
             if method == box_method:
                 outline = plots.peak_box(cam) if box is None else \
                     tuple(round(v * n) for v, n in zip(box, cam.shape * 2))
-            panels.append(plots.overlay(base, cam, box=outline, lut=lut))
+            panels.append(plots.overlay_image(base, cam, box=outline, lut=lut))
             names.append(method)
-    return plots.montage(panels, cols=len(panels), gap=plots.GAP), names
+    out = Image.new("RGB", (len(panels) * (base.width + plots.GAP) - plots.GAP, base.height), plots.BACKGROUND)
+    for i, panel in enumerate(panels):
+        out.paste(panel, (i * (base.width + plots.GAP), 0))
+    return out, names
 
 
 def view_name(row: int, box_method: str | None = None, box: tuple[float, float, float, float] | None = None) -> str:
@@ -192,7 +198,7 @@ def image_view(run: Run, assets: Assets, row: int, lut: np.ndarray | None = None
     info = run.info(row)
     view = {"row": int(row), "path": run.path(row), "label": None, "predicted": None, "confidence": None,
             "margin": None, "error": None, "strip": None, "panels": [], "width": None, "height": None,
-            "top": top_k(run, row)}
+            "top": top_k(run, row, info=info)}
     if info is not None:
         view.update(label=str_or_none(info["label"]), predicted=str_or_none(info["predicted"]),
                     confidence=finite(info.get("confidence")), margin=finite(info.get("margin")),
@@ -201,8 +207,8 @@ def image_view(run: Run, assets: Assets, row: int, lut: np.ndarray | None = None
     if picture is None:
         view["error"] = view["error"] or run.image_errors.get(row) or "image unavailable"
         return view
-    view["height"] = picture.shape[0]
-    view["width"] = (picture.shape[1] - (len(names) - 1) * plots.GAP) // len(names)
+    view["height"] = picture.height
+    view["width"] = (picture.width - (len(names) - 1) * plots.GAP) // len(names)
     view["strip"] = assets.image(view_name(row, box_method, box), picture, quality=QUALITY)
     view["panels"] = names
     return view

@@ -70,7 +70,12 @@ def confusion(run: Run, assets: Assets) -> dict | None:
         errors = errors.assign(_c=pd.to_numeric(errors["confidence"], errors="coerce")).sort_values(
             "_c", ascending=False, kind="stable")
     by_pair = errors.groupby([errors["label"].astype(str), errors["predicted"].astype(str)], sort=False)
-    pairs = [_pair_view(run, assets, p, by_pair) for p in run.pairs]
+    sel = run.selection
+    selected = None   # selected images (contrast rows aside) per (true, pair) label, counted once for all pairs
+    if sel is not None and {"true_label", "pair_label", "reason"} <= set(sel.columns):
+        kept = sel[sel["reason"].astype(str) != "contrast"]
+        selected = kept.groupby([kept["true_label"].astype(str), kept["pair_label"].astype(str)]).size()
+    pairs = [_pair_view(run, assets, p, by_pair, selected) for p in run.pairs]
     n_off = int(sum(1 for t in counts.index for p in counts.columns if t != p and counts.at[t, p]))
     return {"columns": classes, "rows": rows, "vertical": len(classes) > 8,
             "has_unreadable": bool((~readable).any()),
@@ -78,9 +83,10 @@ def confusion(run: Run, assets: Assets) -> dict | None:
             "pairs": pairs, "n_pairs_total": n_off, "selection": _selection(run.selection)}
 
 
-def _pair_view(run: Run, assets: Assets, pair: dict, by_pair) -> dict:
+def _pair_view(run: Run, assets: Assets, pair: dict, by_pair, selected: pd.Series | None) -> dict:
     """The view of one confusion pair: its ``PAIR_STRIP`` most confident errors as one sprite sheet (``sheet``;
-    ``by_pair``: the readable errors grouped by (label, predicted), most confident first)."""
+    ``by_pair``: the readable errors grouped by (label, predicted), most confident first; ``selected``: selected
+    images per (true label, pair label), None without a selection)."""
     key = (pair["true_label"], pair["predicted_label"])
     hit = by_pair.get_group(key).head(PAIR_STRIP) if key in by_pair.groups else None
     strip, src, size = [], None, None
@@ -93,11 +99,7 @@ def _pair_view(run: Run, assets: Assets, pair: dict, by_pair) -> dict:
         confidence = hit["confidence"] if "confidence" in hit.columns else [None] * len(hit)
         strip = [{"row": r, "path": p, "confidence": finite(c), "cell": cell}
                  for r, p, c, cell in zip(rows, hit["path"].astype(str), confidence, cells)]
-    sel = run.selection
-    n_selected = None
-    if sel is not None and {"true_label", "pair_label", "reason"} <= set(sel.columns):
-        m = (sel["true_label"].astype(str) == pair["true_label"]) & (sel["pair_label"].astype(str) == pair["predicted_label"])
-        n_selected = int((m & (sel["reason"].astype(str) != "contrast")).sum())
+    n_selected = None if selected is None else int(selected.get(key, 0))
     delta = (pair["error_rate"] - pair["baseline_error_rate"]) if pair["baseline_error_rate"] is not None else None
     return {**pair, "strip": strip, "sheet": src, "sheet_size": size, "n_selected": n_selected, "delta": delta,
             "filter": f"{pair['true_label']}\u2192{pair['predicted_label']}"}
