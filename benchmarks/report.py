@@ -39,8 +39,8 @@ same 10,000-image single render took 8.9 s wall at load 4 and 33.9 s at load 15.
 flushes. What it does not count is time asleep waiting for the disk, which is what
 made the old folder layout slow (an fsync of every picture and of its folder: 10,000
 pictures, 20,000 flushes); the blocking-waits column shows that cost without depending
-on the load. The limit still fails the old folder layout on CPU alone (37.8 s for
-5,000 images, 66 s for 10,000, at load 4-5).
+on the load. The limit still fails the old folder layout on CPU alone (36.6-37.8 s
+for 5,000 images, 52.5-66.1 s for 10,000, in two runs at load 4-5).
 
     python benchmarks/report.py [--images 10000] [--rows 100000] [--baseline-images 5000]
         [--input-size 32] [--layouts single,folder] [--out benchmarks/results] [--repeats 1]
