@@ -165,6 +165,30 @@ def read_maps(run_dir: Path, method: str, each: Callable[[np.ndarray], np.ndarra
     return rows_all[order], np.concatenate(maps)[order]
 
 
+def read_first_maps(run_dir: Path, methods: list[str], each: Callable[[np.ndarray], np.ndarray]
+                    ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Per attributed image, the map of the first of ``methods`` that has a positive value, as
+    ``read_maps`` returns it after ``each`` (which must give one shape for every method, e.g. pooling
+    to a grid): ``(rows int64 [n], maps float32 [n, h, w], {method: images taken from it})``.
+
+    A map with no positive value says nothing about where the cue is (Grad-CAM of a network ending
+    in global max pooling is zero for most images); such an image takes the next method's map
+    where that method explained it, else keeps its empty map.
+    """
+    rows, maps = read_maps(run_dir, methods[0], each=each)
+    used = {methods[0]: len(rows)}
+    for method in methods[1:]:
+        empty = rows[maps.reshape(len(maps), -1).max(axis=1) <= 0] if len(maps) else rows[:0]
+        if not len(empty):
+            break
+        found, more = read_maps(run_dir, method, each=each, rows=empty)
+        if len(found):
+            maps[np.searchsorted(rows, found)] = more
+            used[methods[0]] -= len(found)
+            used[method] = len(found)
+    return rows, maps, used
+
+
 @dataclass(frozen=True, eq=False)   # chunks compare by identity: rows is an array
 class MapChunk:
     """One stored chunk of maps, indexed without reading a map: ``map_index`` builds it.

@@ -31,7 +31,7 @@ class Cue:
     attribution in its top ``FOCUS_SHARE`` of cells, averaged (0.1 uniform .. 1 one spot);
     ``cell``: name of the 3 x 3 cell holding ``(x, y)``; ``id``: the content ID the finding
     got from ``assign_ids`` (kept when baseline matching renames the finding).
-    The cue in words (``audit.cues.described``): ``type`` local (a region) or global (an
+    The cue in words (``audit.stages.describe``): ``type`` local (a region) or global (an
     image property); ``where`` (a corner, edge, centre or anywhere); ``area`` (the causal
     region's share of the image); ``colour`` (its distinctive colour name); for a global
     cue its ``property`` and ``direction`` (``"lower"``/``"higher"`` than the clean images);

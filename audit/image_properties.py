@@ -183,3 +183,34 @@ def calibrated(images: np.ndarray, name: str, column: int, goal: float) -> float
         if abs(value - goal) < error:
             best, error = s, abs(value - goal)
     return best
+
+
+def region_look(image: np.ndarray, mask: np.ndarray) -> dict:
+    """How the region ``mask`` (bool ``[H, W]``) of ``image`` (``[H, W, C]``, float RGB 0..255) looks,
+    in measured facts for the cue in words (``audit.stages.describe``):
+
+    * ``inside``, ``mean``: the region's and the whole image's mean RGB 0..255;
+    * ``distinct``: mean RGB of the region's *distinct* pixels (those farther from the image's mean
+      colour than halfway between the region's median and largest distance), to name its colour: a small red square inside a larger region reads red, not brown;
+    * ``luma``: their mean luma minus the image's, -255..255 (bright or dark);
+    * ``detail``: mean squared luma gradient inside the region over the whole image's (1 = as
+      detailed as the image; lines and edges give several times that);
+    * ``coherence``: 0..1, how much the region's gradients share one direction (structure
+      tensor): high for parallel lines, low for blobs, corners and texture;
+    * ``lines``: the direction of those lines, ``horizontal``, ``vertical`` or ``diagonal``.
+    """
+    rgb = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image, 3, axis=-1)
+    mean = rgb.reshape(-1, 3).mean(axis=0)
+    inside = rgb[mask]
+    far = np.linalg.norm(inside - mean, axis=1)
+    distinct = inside[far >= (np.median(far) + far.max()) / 2]
+    luma = _luma(rgb)
+    gy, gx = np.gradient(luma)
+    energy = gx ** 2 + gy ** 2
+    jxx, jyy, jxy = (gx[mask] ** 2).sum(), (gy[mask] ** 2).sum(), (gx[mask] * gy[mask]).sum()
+    coherence = float(np.hypot(jxx - jyy, 2 * jxy) / max(jxx + jyy, 1e-9))
+    across = np.degrees(0.5 * np.arctan2(2 * jxy, jxx - jyy)) % 180     # the gradients' direction, degrees
+    lines = "vertical" if across < 22.5 or across >= 157.5 else "horizontal" if 67.5 <= across < 112.5 \
+        else "diagonal"
+    return {"inside": inside.mean(axis=0), "mean": mean, "distinct": distinct.mean(axis=0), "luma": float((distinct @ LUMA).mean() - mean @ LUMA),
+            "detail": float(energy[mask].mean() / max(energy.mean(), 1e-9)), "coherence": coherence, "lines": lines}

@@ -24,6 +24,7 @@ import pandas as pd
 from audit.config import Config
 from audit.data import load_images, preprocess
 from audit.findings import Finding, Intervention, Verification
+from audit.image_properties import region_look
 from audit.maps import top_regions
 
 CONCLUSIVE = 3.0      # a lift whose +- CONCLUSIVE standard errors exclude 0 needs no more samples
@@ -151,7 +152,7 @@ class RegionTest:
         transplanted top, transplanted random (per clean image), float32 RGB 0..255.
 
         ``members``, ``targets``: the round's rows (``next_round``); ``images``: decoded images by
-        row; ``maps``, ``map_of``: the first method's maps and their row index; ``config``:
+        row; ``maps``, ``map_of``: the maps verification reads (``artifacts.read_first_maps``) and their row index; ``config``:
         ``discovery.grid`` and ``verify.max_area`` (regions by ``top_regions``).
         """
         members = [r for r in members if r in images]
@@ -242,22 +243,30 @@ class RegionTest:
 
     def region_facts(self, images: dict[int, np.ndarray]) -> dict:
         """Measured facts of the tested regions, from the decoded ``images`` by row, for the cue in words
-        (``audit.cues.described``):
-        ``centres`` ``[m, 2]`` (y, x fractions), ``area`` (mean share of the image) and the mean
-        RGB 0..255 ``inside`` the regions and of the whole images (``outside``)."""
+        (``audit.stages.describe``): ``centres`` ``[m, 2]`` (y, x fractions), ``area`` (mean share of
+        the image), the mean RGB 0..255 of the regions (``inside``), of their distinct pixels
+        (``distinct``) and of the whole images (``outside``), and the medians of ``audit.image_properties.region_look``'s ``luma``,
+        ``detail`` and ``coherence``, with ``lines`` ``(direction, share of the regions)`` of the
+        most common direction."""
         if not self.tested:
             return {}
-        centres, inside, whole = [], [], []
+        centres, looks = [], []
         for r in self.tested:
             mask = self.cores[r]
             ys, xs = np.nonzero(mask)
             centres.append(((ys.mean() + 0.5) / mask.shape[0], (xs.mean() + 0.5) / mask.shape[1]))
-            if r in images:
-                inside.append(images[r][mask].mean(axis=0))
-                whole.append(images[r].reshape(-1, images[r].shape[-1]).mean(axis=0))
-        return {"centres": np.array(centres), "area": float(np.mean([self.cores[r].mean() for r in self.tested])),
-                "inside": np.mean(inside, axis=0) if inside else None,
-                "outside": np.mean(whole, axis=0) if whole else None}
+            if r in images and mask.any():
+                looks.append(region_look(images[r], mask))
+        facts = {"centres": np.array(centres), "area": float(np.mean([self.cores[r].mean() for r in self.tested])),
+                 "inside": np.mean([k["inside"] for k in looks], axis=0) if looks else None,
+                 "distinct": np.mean([k["distinct"] for k in looks], axis=0) if looks else None,
+                 "outside": np.mean([k["mean"] for k in looks], axis=0) if looks else None}
+        if looks:
+            directions = [k["lines"] for k in looks]
+            common = max(set(directions), key=lambda d: (directions.count(d), d))
+            facts.update({key: float(np.median([k[key] for k in looks])) for key in ("luma", "detail", "coherence")},
+                         lines=(common, directions.count(common) / len(directions)))
+        return facts
 
     def summary(self) -> Verification:
         """The finding's ``Verification``: members tested, rounds, mean region area (share) and both tests'

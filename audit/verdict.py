@@ -44,9 +44,13 @@ def cue_text(finding: dict) -> str | None:
 
 
 def where(finding: dict) -> str | None:
-    """Where the cue of ``finding`` sits, e.g. "the top-right" (from ``cue.cell``)."""
+    """Where the cue of ``finding`` sits, e.g. "the top-right" (from ``cue.cell``); None when the cue's
+    words (``cue.text``) already say where (a described cue may sit "anywhere", which its mean cell
+    would contradict)."""
     cue = finding.get("cue")
-    cell = cue.get("cell") if isinstance(cue, dict) else None
+    if not isinstance(cue, dict) or cue.get("where") or cue_text(finding):
+        return None
+    cell = cue.get("cell")
     return f"the {cell}" if cell else None
 
 
@@ -84,7 +88,9 @@ def evidence(finding: dict) -> str:
 
 
 def describe(finding: dict) -> str:
-    """``finding`` in a sentence: "pool called bathroom (55 images, cue at the top-right; <evidence>)"."""
+    """``finding`` in a sentence: "pool called bathroom (55 images, cue at the top-right; <evidence>)", or
+    with the cue's words "pool with a small red patch in the top-right corner (3% of the image) called
+    bathroom (55 images; <evidence>)"."""
     size = int(finding.get("size") or len(finding.get("members") or ()))
     at = where(finding)
     return f"{phrase(finding)} ({size} images" + (f", cue at {at}" if at else "") + f"; {evidence(finding)})"

@@ -8,7 +8,8 @@ calls "one". The network ends in global max pooling, so Grad-CAM at its last
 convolution is zero for most images: a cue placed by the coarse map sat at the
 "centre" and the montage cropped the digit (17 of 19 crops in the reported case).
 The located cue must sit in the top-right cell and every montage crop of a member
-with the square must cover the square.
+with the square must cover the square; verification must test the members (reading the
+next method's map where Grad-CAM is empty) and the words must name a red patch there.
 """
 from __future__ import annotations
 
@@ -100,6 +101,11 @@ def test_the_cue_and_the_montage_crops_sit_on_the_planted_square(corner_run):
     assert cue["x"] > 2 / 3 and cue["y"] < 1 / 3
     assert cue["source"] in ("verified region", "occlusion map", "integrated_gradients map", "gradcam map")
     assert len(cue["boxes"]) == top["size"]
+    # Grad-CAM is empty for most members: verification reads the next method's maps for them, tests the
+    # members and says what it found in words
+    assert top["verification"].get("members_tested"), top["verification"]
+    assert "red patch in the top-right corner" in cue["text"], cue
+    assert summary["verdict"]["state"] == "cue_found" and top["id"] in summary["verdict"]["findings"]
 
     view = views(Run.load(out), Assets(out, "folder"))[0]
     assert view["id"] == top["id"]

@@ -145,6 +145,11 @@ def test_verdict_words_for_each_state_and_kind():
     v = verdict([strategy], [], 8)
     assert v["state"] == "suspicious" and v["text"].startswith(
         "Suspicious groups, no cue confirmed: pool relies on rails (85 images")
+    described = {**confirmed, "cue": {**cue, "cell": "centre", "where": "anywhere",
+                                      "text": "a mid-sized region anywhere in the image (10% of the image)"}}
+    assert verdict([described], [], 8)["text"].startswith(   # the words say where: no contradicting mean cell
+        "Spurious cue found: pool with a mid-sized region anywhere in the image (10% of the image) called "
+        "bathroom (55 images; confirmed")
     assert verdict([{**confirmed, "size": 4}], [], 8)["state"] == "suspicious"
     assert verdict([{**confirmed, "triage": "suppressed"}], [], 8)["text"] == \
         "Nothing found: no group of errors shares a cue (1 suppressed in triage)."

@@ -8,10 +8,15 @@
   when they scatter (mean distance from their mean centre above ``SCATTERED`` of the
   image), else the corner, edge or centre holding their mean centre;
 * ``area``: the regions' mean share of the image;
-* ``colour``: the name of the regions' mean colour when it stands out from the
-  images' mean colour by at least ``DISTINCT`` (RGB distance, 0..441);
+* ``colour``: when the regions' mean colour stands out from the images' mean colour
+  by at least ``DISTINCT`` (RGB distance, 0..441), the name of their distinct pixels'
+  mean colour (``audit.image_properties.region_look``);
+* the look: regions with ``DETAILED`` times the image's gradient energy hold "lines"
+  (their gradients share a direction, ``COHERENT``; named when ``AGREE`` of them agree)
+  or "fine detail", "bright" or "dark" (``TONE``) when no colour is named;
 * for a global cue, ``property`` and ``direction``;
 * ``text``: one line, e.g. "a small magenta patch in the top-right corner (3% of the
+  image)", "a mid-sized region of bright vertical lines anywhere in the image (10% of the
   image)" or "blurrier than the class's clean images (sharpness)".
 
 The finding's ``detector`` (the cue's target-layer channels) is kept for the link stage.
@@ -30,6 +35,10 @@ from audit.image_properties import words
 SCATTERED = 0.18     # regions whose centres scatter more than this (share of the image) sit "anywhere"
 DISTINCT = 40.0      # a region's colour is named when it differs this much from the image's mean colour
 EDGE = 1 / 3         # the outer third of the width or height is an edge
+DETAILED = 2.0       # regions with this many times the image's mean squared luma gradient hold lines or detail
+COHERENT = 0.4       # ... and hold lines when their gradients share one direction this much (0..1)
+AGREE = 0.6          # the lines' direction is named when this share of the regions agrees on it
+TONE = 30.0          # the region's distinct pixels are "bright" / "dark" this far from the image's mean luma
 
 
 def described(config: Config, finding: Finding, facts: dict, detector: dict | None) -> Finding:
@@ -64,10 +73,18 @@ def described(config: Config, finding: Finding, facts: dict, detector: dict | No
     where = place(facts["centres"])
     colour = None
     if facts.get("inside") is not None and np.linalg.norm(facts["inside"] - facts["outside"]) >= DISTINCT:
-        colour = colour_name(facts["inside"])
+        colour = colour_name(facts.get("distinct", facts["inside"]))
     area = round(float(facts["area"]), 4)
     size = "small" if area < 0.05 else "mid-sized" if area < 0.15 else "large"
     thing = f"a {size} {colour} patch" if colour else f"a {size} region"
+    if facts.get("detail", 0.0) >= DETAILED:
+        tone = "bright " if facts["luma"] >= TONE else "dark " if facts["luma"] <= -TONE else ""
+        direction, share = facts["lines"]
+        if facts["coherence"] >= COHERENT:
+            lines = f"{direction} lines" if share >= AGREE else "lines"
+            thing = f"a {size} region of {colour + ' ' if colour else tone}{lines}"
+        elif not colour:
+            thing = f"a {size} region of {tone}fine detail"
     text = f"{thing} {'anywhere in the image' if where == 'anywhere' else 'in the ' + where} ({area:.0%} of the image)"
     cue = dataclasses.replace(cue, type="local", where=where, area=area, colour=colour, text=text)
     return dataclasses.replace(finding, cue=cue, detector=detector)

@@ -59,7 +59,7 @@ def verify(config: Config, root: Path, classes: list[str], predictions: pd.DataF
         ``verify.*``, ``discovery.grid``, ``data.*`` and ``seed``.
     root, classes : the manifest's folder and the class names in model output order.
     predictions : the predict stage table (labels, predictions, margins, errors).
-    map_rows, maps : int ``[n]`` row ids and float ``[n, H, W]`` maps (first method), at
+    map_rows, maps : int ``[n]`` row ids and float ``[n, H, W]`` maps (``artifacts.read_first_maps``), at
         input resolution or already pooled to ``discovery.grid`` squared cells (as the
         pipeline passes them; regions are mapped to the images' size either way).
     findings : the discover stage's findings, ranked.
