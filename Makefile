@@ -36,11 +36,14 @@ demo: install
 
 # Every test, the slow end-to-end ones included. pytest exits 5 when no test ran:
 # that is a failure here, never a pass.
+# Tests run in TEST_WORKERS processes (pytest-xdist); tests/conftest.py groups them so that each
+# file's fixtures and the shared demo nights run once. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
 # Speed and memory targets, as ratios measured within one run (JSON + markdown in benchmarks/results).
 bench: install
