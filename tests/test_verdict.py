@@ -246,6 +246,9 @@ def test_flat_folder_and_bad_config_stop_before_tensorflow(tmp_path, capsys):
     before = "tensorflow" in sys.modules   # False when this test runs first in its process
     assert cli.main(["run", "--model", "x.keras", "--data", str(tmp_path), "--set", "selct.margin=1"]) == 2
     assert "unknown key `selct.margin` (did you mean `select.margin`?)" in capsys.readouterr().err
+    (tmp_path / "typo.yaml").write_text("selct:\n  margin: 0.2\n")   # a misspelt section in a file
+    assert cli.main(["run", str(tmp_path / "typo.yaml"), "--model", "x.keras", "--data", str(tmp_path)]) == 2
+    assert "typo.yaml: unknown key `selct` (did you mean `select`?)" in capsys.readouterr().err
     assert ("tensorflow" in sys.modules) == before
 
 

@@ -261,7 +261,7 @@ def _assign(values: dict, dotted: str, value: Any, where: str, raw: str | None =
         return
     setting = KEYS.get(dotted)
     if setting is None:
-        near = difflib.get_close_matches(dotted, list(KEYS), n=1, cutoff=0.75)
+        near = difflib.get_close_matches(dotted, [*KEYS, *SECTIONS], n=1, cutoff=0.75)   # a section too: `selct:`
         raise UsageError(f"{where}: unknown key `{dotted}`" + (f" (did you mean `{near[0]}`?)" if near else ""))
     if raw is not None and not setting.check(value) and setting.check(raw):
         value = raw   # a date or a number where the key takes text: keep what was written
