@@ -167,13 +167,23 @@ def read_maps(run_dir: Path, method: str, each: Callable[[np.ndarray], np.ndarra
 
 def read_first_maps(run_dir: Path, methods: list[str], each: Callable[[np.ndarray], np.ndarray]
                     ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """Per attributed image, the map of the first of ``methods`` that has a positive value, as
-    ``read_maps`` returns it after ``each`` (which must give one shape for every method, e.g. pooling
-    to a grid): ``(rows int64 [n], maps float32 [n, h, w], {method: images taken from it})``.
+    """Per attributed image, the map of the first of ``methods`` that has a positive value.
 
     A map with no positive value says nothing about where the cue is (Grad-CAM of a network ending
     in global max pooling is zero for most images); such an image takes the next method's map
     where that method explained it, else keeps its empty map.
+
+    Parameters
+    ----------
+    run_dir : the run folder.
+    methods : attribution method names in order of preference (``attribution.methods``); the
+        first one's rows are the result's rows.
+    each : applied to every chunk's maps as read (``read_maps``); must give one shape for every
+        method, e.g. pooling to a grid.
+
+    Returns
+    -------
+    ``(rows int64 [n], maps float32 [n, h, w], {method: images whose map came from it})``.
     """
     rows, maps = read_maps(run_dir, methods[0], each=each)
     used = {methods[0]: len(rows)}

@@ -120,7 +120,7 @@ def _model_file(tmp_path: Path, kind: str) -> Path:
     if kind == "nan":
         outputs = keras.layers.Dense(3)(keras.layers.Rescaling(float("nan"))(x))
     else:
-        outputs = [keras.layers.Dense(3)(x), keras.layers.Dense(2)(x)]
+        outputs = [keras.layers.Dense(3, name="labels")(x), keras.layers.Dense(2, name="boxes")(x)]   # named: layer counters depend on what ran before
     path = tmp_path / f"{kind}.keras"
     keras.Model(inputs, outputs).save(path)
     return path
@@ -184,7 +184,7 @@ def test_bad_data_set_or_model_exits_2_before_any_work(audit_case, tmp_path, cap
         expected = f"--model {tmp_path / 'bad.keras'}: cannot load the model"
     elif case == "multi_output":
         args += ["--model", _model_file(tmp_path, "multi")]
-        expected = "`model.output`: the model has 2 outputs (dense_1, dense_2); name the classification head"
+        expected = "`model.output`: the model has 2 outputs (labels, boxes); name the classification head"
     elif case == "lambda_layer":
         import keras
 
