@@ -189,15 +189,13 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
             integrity.record(run_dir, recorded_files(run_dir, [path]))
 
     with _timed(timings, "discover", log):
-        # discovery and verification read the first method's maps (the next one's for an empty map)
-        # pooled to the discovery grid, chunk by chunk: memory grows with the selection, never with
-        # its maps' resolution
+        # discovery and verification read the first method's maps (the next one's where it is empty) pooled
+        # to the discovery grid, chunk by chunk: memory grows with the selection, never with the maps' size
         grid = config.discovery.grid
         map_rows, cells, used = artifacts.read_first_maps(run_dir, config.attribution.methods,
                                                           each=lambda m: area_pool(np.maximum(m, 0.0), grid, grid))
         if len(used) > 1:
-            log(f"  {len(map_rows) - used[config.attribution.methods[0]]} image(s) with an empty "
-                f"{config.attribution.methods[0]} map use another method's: {used}")
+            log(f"  maps read per method (a map with no positive value takes the next method's): {used}")
         # a budget too small for every selected image: discovery clusters those the first method explained
         explained = selection[selection["row"].isin(map_rows)]
         table, findings = discover(config, predictions, explained, map_rows, cells, feature_rows, features)
