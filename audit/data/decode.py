@@ -122,8 +122,8 @@ FIRST_BATCH = 8   # images decoded before the model starts on a partition
 
 
 def prefetched(root: str | Path, paths: list[str], size: tuple[int, int], batch: int, max_pixels: int | None = None,
-               channels: int = 3, prepare: Callable[[np.ndarray], np.ndarray] | None = None,
-               short_first: bool = True) -> Iterator[tuple[slice, np.ndarray, list[str | None]]]:
+               channels: int = 3, prepare: Callable[[np.ndarray], np.ndarray] | None = None
+               ) -> Iterator[tuple[slice, np.ndarray, list[str | None]]]:
     """``load_images`` batch by batch, the next batch decoded (and prepared) in a reader thread while the caller
     runs the model on this one (Pillow and numpy release the GIL while they work).
 
@@ -132,14 +132,10 @@ def prefetched(root: str | Path, paths: list[str], size: tuple[int, int], batch:
     root, paths, size, max_pixels, channels
         As in ``load_images``.
     batch : int
-        Images per batch (the last may be smaller).
+        Images per batch (the first is at most ``FIRST_BATCH``, the last may be smaller).
     prepare : callable, optional
         Applied to each batch's images in the reader thread, e.g. ``preprocess`` to the model's input
         range: off the model's thread (on 2 CPU cores it took 15% of MobileNetV2's forward pass there).
-    short_first : bool, default True
-        The first batch is at most ``FIRST_BATCH`` images, so that the model starts after that many
-        decodes. False: every batch but the last has ``batch`` images (one batch shape for the model:
-        each new shape costs the model a first call several times its steady one).
 
     Yields
     ------
@@ -147,8 +143,10 @@ def prefetched(root: str | Path, paths: list[str], size: tuple[int, int], batch:
         The batch's positions in ``paths``, float32 ``[n, H, W, channels]`` (0..255, or ``prepare``'s
         output) and its errors (``load_images``'s).
     """
-    first = min(batch, FIRST_BATCH) if short_first else batch
-    bounds = [0, *range(first, len(paths), batch), len(paths)] if paths else []
+    # a short first batch: the model starts after FIRST_BATCH decodes, not a whole batch's (decoding a whole
+    # first batch kept MobileNetV2 idle 0.8-3.4 s a partition on 2 loaded cores; a new batch shape's
+    # first call costs 0.1-0.6 s)
+    bounds = [0, *range(min(batch, FIRST_BATCH), len(paths), batch), len(paths)] if paths else []
     spans = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
     def load(part):

@@ -33,28 +33,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def padded(run, images: np.ndarray, rows: int) -> tuple[np.ndarray, ...]:
-    """``halving(run, images)`` with ``images`` padded with zeros to ``rows`` model inputs, the padding's
-    outputs dropped: every call of a partition has one batch shape. On 2 CPU cores a new batch shape's
-    first call took 0.1-0.6 s more than its next ones (MobileNetV2, 224 px); padding the last batch
-    costs at most a batch of passes once per partition (counted by ``audit.passes`` as run).
-
-    Parameters
-    ----------
-    run : callable
-        ``images -> tuple of arrays [n, ...]`` (``Classifier.logits_and_cam``, ``Classifier.logits``).
-    images : np.ndarray
-        float32 ``[n, H, W, C]``, model input.
-    rows : int
-        The batch shape; ``n`` at or above it runs unpadded.
-    """
-    n = len(images)
-    if n >= rows:
-        return halving(run, images)
-    filler = np.zeros((rows - n, *images.shape[1:]), images.dtype)
-    return tuple(a[:n] for a in halving(run, np.concatenate([images, filler])))
-
-
 def predict_partition(config: Config, root: Path, classes: list[str], part: pd.DataFrame,
                       chunk: int | None = None) -> pd.DataFrame:
     """Predictions for ``part`` (manifest rows with a ``row`` column).
@@ -84,19 +62,17 @@ def predict_partition(config: Config, root: Path, classes: list[str], part: pd.D
     fused = chunk is not None and getattr(classifier, "layer", None) is not None
     run = classifier.logits_and_cam if fused else lambda x: (classifier.logits(x),)
     kept: list[tuple[np.ndarray, ...]] = []
-    # the reader thread decodes and preprocesses the next batch while the model runs this one; every
-    # call has one batch shape (``padded``)
-    shape = min(config.predict.batch_size, len(part))
+    # the reader thread decodes and preprocesses the next batch while the model runs this one
     for where, images, batch_errors in prefetched(root, part["path"].tolist(), classifier.input_size,
                                                   config.predict.batch_size, config.data.max_pixels,
                                                   classifier.input_shape[2],
-                                                  lambda x: preprocess(x, config.data.preprocess), False):
+                                                  lambda x: preprocess(x, config.data.preprocess)):
         errors.extend(batch_errors)
         ok = np.flatnonzero([e is None for e in batch_errors])
         if not len(ok):
             continue
         at = where.start + ok
-        logits[at], *extra = padded(run, images[ok], shape)
+        logits[at], *extra = halving(run, images[ok])
         if fused:
             kept.append((at, *extra))
     ok = np.array([e is None for e in errors], bool)
