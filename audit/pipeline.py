@@ -97,7 +97,7 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
     from audit.stages.predict import predict_partition
     from audit.stages.select import select
     from audit.stages.trust import summary_figures, trust, with_trust
-    from audit.stages.later import Allowance, deadline, over_budget, skipped_maps, with_caps
+    from audit.stages.later import Allowance, deadline, over_budget, skipped_maps, trust_within, with_caps
     from audit.stages.plan import PROBE
     from audit.stages.verify import verify
 
@@ -181,11 +181,11 @@ def _run_stages(config: Config, frame: pd.DataFrame, root: Path, classes: list[s
             artifacts.write_npz(run_dir / artifacts.FEATURES, row=feature_rows, features=features)
         written.flush()
 
-    trusted = None
-    if config.trust.enabled and not over_budget("trust", record["plan"], end, log):
+    trusted, trusting = None, trust_within(config, record["plan"], end, log)   # None: not started
+    if trusting is not None:
         with _timed(timings, "trust", log):
             path = chunk_paths(run_dir, "trust", keys["trust"], 1, ".json", log)[0]
-            trusted = resumable(path, lambda: trust(config, root, classes, selection, run_dir, classifier))
+            trusted = resumable(path, lambda: trust(trusting, root, classes, selection, run_dir, classifier))
             integrity.record(run_dir, recorded_files(run_dir, [path]))
 
     with _timed(timings, "discover", log):

@@ -10,7 +10,8 @@ Estimates are estimates: under ``run.budget`` the run also watches the clock
 (``deadline``). A costly method's batch starts only while what is left of the budget,
 less the later stages' estimate, covers it (``Allowance``); trust and internals start
 only while what is left covers their estimate and that of the stages after them
-(``over_budget``). What is not started, and why, goes into the plan's ``skipped``
+(``over_budget``; trust without its sanity checks when only the rest fits,
+``trust_within``). What is not started, and why, goes into the plan's ``skipped``
 (``run.json`` and the report); the work done is kept.
 """
 from __future__ import annotations
@@ -47,16 +48,17 @@ def later_seconds(config: Config, n_images: int, n_selected: int, forward: float
     Returns
     -------
     dict of str to float
-        ``trust``, ``verify``, ``internals``, ``discover_render``.
+        ``trust`` (its faithfulness curves), ``sanity`` (its sanity checks), ``verify``, ``internals``,
+        ``discover_render``.
     """
     t, v, i = config.trust, config.verify, config.internals
-    out = {"trust": 0.0, "verify": 0.0, "internals": 0.0}
+    out = {"trust": 0.0, "sanity": 0.0, "verify": 0.0, "internals": 0.0}
     if t.enabled:
         methods = [m for m in costs if t.methods is None or m in t.methods]
         curves = t.sample * (len(methods) + t.random_maps) * 2 * (t.steps + 1) * forward
         n_sanity = min(t.sanity_sample, max(int(t.sanity_budget * n_selected / (t.randomization_steps + 1)), 2))
         sanity = n_sanity * (t.randomization_steps + 2) * sum(costs[m] for m in methods)
-        out["trust"] = curves + sanity
+        out["trust"], out["sanity"] = curves, sanity
     if v.enabled:
         strategies = 4 * v.max_samples * config.strategies.max_tested if config.strategies.enabled else 0
         out["verify"] = (v.budget * n_selected + strategies) * 2 * forward
@@ -214,6 +216,41 @@ def over_budget(stage: str, plan: dict, end: float | None, log) -> bool:
     _skip(plan, f"{stage}: not started, {max(left, 0.0):.0f} s of the budget left and it needs about "
                 f"{need:.0f} s with the stages after it", log)
     return True
+
+
+def trust_within(config: Config, plan: dict, end: float | None, log) -> Config | None:
+    """The trust stage's settings within what is left of the budget: as configured when it all fits;
+    without its sanity checks (``trust.sanity_sample`` 0) when only the faithfulness curves fit; None
+    (not started) when not even they fit, or when trust is off. What is left out goes into
+    ``plan["skipped"]`` and the log.
+
+    Parameters
+    ----------
+    config : Config
+        ``trust.*`` as the plan capped them.
+    plan : dict
+        The run's plan (``Plan.to_json``; its ``later`` estimates), changed in place.
+    end : float or None
+        ``deadline``'s ``now()`` at which the budget is spent; None: as configured.
+    log : callable
+        ``str -> None``, progress messages.
+    """
+    if not config.trust.enabled:
+        return None
+    if end is None:
+        return config
+    later = plan.get("later") or {}
+    curves = sum(later.get(s, 0.0) for s in ("trust", *AFTER["trust"]))   # with the stages after trust
+    sanity, left = later.get("sanity", 0.0), end - now()
+    if left >= curves + sanity:
+        return config
+    if config.trust.sanity_sample and left >= curves:
+        _skip(plan, f"trust sanity checks: not started, {left:.0f} s of the budget left and they need about "
+                    f"{sanity:.0f} s more than the faithfulness curves", log)
+        return with_caps(config, {"trust.sanity_sample": 0})
+    _skip(plan, f"trust: not started, {max(left, 0.0):.0f} s of the budget left and it needs about "
+                f"{curves:.0f} s with the stages after it", log)
+    return None
 
 
 def _skip(plan: dict, why: str, log) -> None:
