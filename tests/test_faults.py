@@ -102,6 +102,7 @@ def test_sigterm_during_attribution_stops_keeps_chunks_and_resumes(audit_case, r
     assert _summary(out) == _summary(reference)
 
 
+@pytest.mark.slow
 def test_stale_lock_of_a_killed_run_is_taken_over(audit_case, reference, tmp_path):
     out = tmp_path / "run"
     proc = _start(audit_case, out)
@@ -116,6 +117,7 @@ def test_stale_lock_of_a_killed_run_is_taken_over(audit_case, reference, tmp_pat
     assert _summary(out) == _summary(reference)
 
 
+@pytest.mark.slow
 def test_expired_lease_is_taken_over_and_a_live_lock_refuses(audit_case, reference, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(reference, out)

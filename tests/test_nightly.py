@@ -426,6 +426,7 @@ def test_bad_triage_file_stops_before_work(audit_case, tmp_path):
     assert result.returncode == 2 and "not a finished baseline run folder" in result.stderr
 
 
+@pytest.mark.slow
 def test_gates_and_triage_reapplied_to_a_complete_run(audit_case, tmp_path):
     out = tmp_path / "run"
     first = subprocess.run(_run_args(audit_case, out, "--set", "gates.max_new_finding_score=0"),
