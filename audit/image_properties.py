@@ -191,7 +191,8 @@ def region_look(image: np.ndarray, mask: np.ndarray) -> dict:
 
     * ``inside``, ``mean``: the region's and the whole image's mean RGB 0..255;
     * ``distinct``: mean RGB of the region's *distinct* pixels (those farther from the image's mean
-      colour than halfway between the region's median and largest distance), to name its colour: a small red square inside a larger region reads red, not brown;
+      colour than halfway between the region's median and largest distance), to name its colour:
+      a small red square inside a larger region reads red, not brown;
     * ``luma``: their mean luma minus the image's, -255..255 (bright or dark);
     * ``detail``: mean squared luma gradient inside the region over the whole image's (1 = as
       detailed as the image; lines and edges give several times that);
@@ -212,5 +213,30 @@ def region_look(image: np.ndarray, mask: np.ndarray) -> dict:
     across = np.degrees(0.5 * np.arctan2(2 * jxy, jxx - jyy)) % 180     # the gradients' direction, degrees
     lines = "vertical" if across < 22.5 or across >= 157.5 else "horizontal" if 67.5 <= across < 112.5 \
         else "diagonal"
-    return {"inside": inside.mean(axis=0), "mean": mean, "distinct": distinct.mean(axis=0), "luma": float((distinct @ LUMA).mean() - mean @ LUMA),
+    return {"inside": inside.mean(axis=0), "mean": mean, "distinct": distinct.mean(axis=0),
+            "luma": float((distinct @ LUMA).mean() - mean @ LUMA),
             "detail": float(energy[mask].mean() / max(energy.mean(), 1e-9)), "coherence": coherence, "lines": lines}
+
+
+def looks_summary(looks: list[dict]) -> dict:
+    """What several regions' looks say together.
+
+    Parameters
+    ----------
+    looks : list of ``region_look`` results, one per region.
+
+    Returns
+    -------
+    The mean ``inside``, ``distinct`` and ``outside`` (the images' ``mean``) RGB 0..255, the medians
+    of ``luma``, ``detail`` and ``coherence``, and ``lines`` ``(direction, share of the regions)`` of
+    the most common direction; {} for no looks.
+    """
+    if not looks:
+        return {}
+    directions = [k["lines"] for k in looks]
+    common = max(set(directions), key=lambda d: (directions.count(d), d))
+    return {"inside": np.mean([k["inside"] for k in looks], axis=0),
+            "distinct": np.mean([k["distinct"] for k in looks], axis=0),
+            "outside": np.mean([k["mean"] for k in looks], axis=0),
+            **{key: float(np.median([k[key] for k in looks])) for key in ("luma", "detail", "coherence")},
+            "lines": (common, directions.count(common) / len(directions))}

@@ -24,7 +24,7 @@ import pandas as pd
 from audit.config import Config
 from audit.data import load_images, preprocess
 from audit.findings import Finding, Intervention, Verification
-from audit.image_properties import region_look
+from audit.image_properties import looks_summary, region_look
 from audit.maps import top_regions
 
 CONCLUSIVE = 3.0      # a lift whose +- CONCLUSIVE standard errors exclude 0 needs no more samples
@@ -152,8 +152,8 @@ class RegionTest:
         transplanted top, transplanted random (per clean image), float32 RGB 0..255.
 
         ``members``, ``targets``: the round's rows (``next_round``); ``images``: decoded images by
-        row; ``maps``, ``map_of``: the maps verification reads (``artifacts.read_first_maps``) and their row index; ``config``:
-        ``discovery.grid`` and ``verify.max_area`` (regions by ``top_regions``).
+        row; ``maps``, ``map_of``: the maps verification reads (``artifacts.read_first_maps``) and
+        their row index; ``config``: ``discovery.grid`` and ``verify.max_area`` (regions by ``top_regions``).
         """
         members = [r for r in members if r in images]
         own_maps = maps[[map_of[r] for r in members]]
@@ -245,9 +245,8 @@ class RegionTest:
         """Measured facts of the tested regions, from the decoded ``images`` by row, for the cue in words
         (``audit.stages.describe``): ``centres`` ``[m, 2]`` (y, x fractions), ``area`` (mean share of
         the image), the mean RGB 0..255 of the regions (``inside``), of their distinct pixels
-        (``distinct``) and of the whole images (``outside``), and the medians of ``audit.image_properties.region_look``'s ``luma``,
-        ``detail`` and ``coherence``, with ``lines`` ``(direction, share of the regions)`` of the
-        most common direction."""
+        (``distinct``) and of the whole images (``outside``), and the rest of
+        ``audit.image_properties.looks_summary``."""
         if not self.tested:
             return {}
         centres, looks = [], []
@@ -258,14 +257,8 @@ class RegionTest:
             if r in images and mask.any():
                 looks.append(region_look(images[r], mask))
         facts = {"centres": np.array(centres), "area": float(np.mean([self.cores[r].mean() for r in self.tested])),
-                 "inside": np.mean([k["inside"] for k in looks], axis=0) if looks else None,
-                 "distinct": np.mean([k["distinct"] for k in looks], axis=0) if looks else None,
-                 "outside": np.mean([k["mean"] for k in looks], axis=0) if looks else None}
-        if looks:
-            directions = [k["lines"] for k in looks]
-            common = max(set(directions), key=lambda d: (directions.count(d), d))
-            facts.update({key: float(np.median([k[key] for k in looks])) for key in ("luma", "detail", "coherence")},
-                         lines=(common, directions.count(common) / len(directions)))
+                 "inside": None, "outside": None}
+        facts.update(looks_summary(looks))
         return facts
 
     def summary(self) -> Verification:

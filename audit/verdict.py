@@ -48,7 +48,7 @@ def where(finding: dict) -> str | None:
     words (``cue.text``) already say where (a described cue may sit "anywhere", which its mean cell
     would contradict)."""
     cue = finding.get("cue")
-    if not isinstance(cue, dict) or cue.get("where") or cue_text(finding):
+    if not isinstance(cue, dict) or cue_text(finding):
         return None
     cell = cue.get("cell")
     return f"the {cell}" if cell else None

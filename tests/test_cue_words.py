@@ -8,7 +8,7 @@ import numpy as np
 from audit.config import resolve
 from audit.cues import Cue
 from audit.findings import Finding
-from audit.image_properties import region_look
+from audit.image_properties import looks_summary, region_look
 from audit.stages.describe import described
 
 SIDE = 64
@@ -63,16 +63,9 @@ def _finding(facts: dict) -> tuple[Finding, dict]:
 
 def _facts(images: list[np.ndarray], masks: list[np.ndarray]) -> dict:
     """What ``RegionTest.region_facts`` gives for these regions."""
-    looks = [region_look(i, m) for i, m in zip(images, masks)]
-    directions = [k["lines"] for k in looks]
-    common = max(set(directions), key=directions.count)
     return {"centres": np.array([[0.2, 0.2], [0.8, 0.7], [0.5, 0.9]][:len(images)]),
             "area": float(np.mean([m.mean() for m in masks])),
-            "inside": np.mean([k["inside"] for k in looks], axis=0),
-            "distinct": np.mean([k["distinct"] for k in looks], axis=0),
-            "outside": np.mean([k["mean"] for k in looks], axis=0),
-            **{key: float(np.median([k[key] for k in looks])) for key in ("luma", "detail", "coherence")},
-            "lines": (common, directions.count(common) / len(directions))}
+            **looks_summary([region_look(i, m) for i, m in zip(images, masks)])}
 
 
 def test_described_names_bright_vertical_lines_and_a_red_patch():
