@@ -37,6 +37,16 @@ def test_without_budget_costly_methods_are_capped_per_group():
     assert allocate([200], [0], COSTS, 0.0, FULL, None, None, 16)[0]["occlusion"] == 200   # null: no cap
 
 
+def test_costly_methods_are_capped_in_all_most_suspicious_groups_first():
+    counts = allocate([200, 40, 10, 30], [8, 0, 0, 0], COSTS, 0.0, FULL, None, 16, 8, total=20)
+    assert [c["gradcam"] for c in counts] == [200, 40, 10, 30]         # the first method still covers all
+    assert [c["occlusion"] for c in counts] == [8, 8, 4, 0]            # the probe's 8 count towards the 20
+    assert sum(c["occlusion"] for c in allocate([200] * 30, [0] * 30, COSTS, 0.0, FULL, None, 16, 8,
+                                                  total=48)) == 48     # not 30 pairs x 16
+    assert [c["occlusion"] for c in allocate([200, 40], [0, 0], COSTS, 0.0, FULL, None, 16, 8,
+                                             total=48)] == [16, 16]    # few pairs: the per-pair cap binds
+
+
 def _spent(sizes, done, counts, overhead=0.0):
     return sum((c["gradcam"] - d) * (COSTS["gradcam"] + overhead)
                + sum((c[m] - d) * COSTS[m] for m in ("integrated_gradients", "occlusion"))
@@ -108,22 +118,23 @@ def test_groups_most_suspicious_first_in_stratified_order():
 
 def test_make_plan_fits_the_budget_and_says_so():
     predictions, selection = _tables()
-    config = resolve(None, ["out=/tmp/unused", "run.budget=6m", "attribution.sample_per_pair=16"])
+    config = resolve(None, ["out=/tmp/unused", "run.budget=3m", "attribution.sample_per_pair=16"])
     probe = {"rows": probe_rows(groups(selection, predictions), 8).tolist(),
              "seconds": {"gradcam": 0.08, "integrated_gradients": 8.0, "occlusion": 4.0},
              "wall": 12.5, "forward": 0.04}
     plan = make_plan(config, selection, predictions, probe, spent=60.0)
     assert plan.full == ("gradcam",) and plan.costly == ("integrated_gradients", "occlusion")
-    assert plan.estimate <= 360 * 0.95 + 1e-6 and plan.attribute > 0
+    assert plan.estimate <= 180 * 0.95 + 1e-6 and plan.attribute > 0
     assert len(plan.rows("gradcam")) == len(selection)
     sampled = plan.rows("occlusion")
     assert set(probe["rows"]) <= set(sampled.tolist()) and set(sampled.tolist()) <= set(plan.rows("gradcam").tolist())
     lines = plan.lines()
-    assert lines[0].startswith("a -> b: 30 images; 30 x gradcam, ") and "estimated" in lines[-1]
+    assert lines[0].startswith("a -> b: 30 images; 30 x gradcam, ")
+    assert any(line.startswith("per image: ") and "estimated" in line for line in lines)
     assert json.loads(json.dumps(plan.to_json()))["groups"][0]["counts"]["gradcam"] == 30
 
     unlimited = make_plan(resolve(None, ["out=/tmp/unused"]), selection, predictions, probe, spent=60.0)
-    assert [c[2] for c in unlimited.counts] == [30, 6, 5, 10] and unlimited.budget is None
+    assert [c[2] for c in unlimited.counts] == [16, 6, 5, 10] and unlimited.budget is None   # sample_per_pair 16
     assert plan.estimate < unlimited.estimate
 
 

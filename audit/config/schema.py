@@ -104,9 +104,11 @@ class Attribution:
     partition_size: int = setting(256, POSITIVE_INT, "images per Dask task")
     precision: str = setting("float32", choice("float32", "mixed_float16"),
                              "mixed_float16: layers compute in float16 (for GPUs; slower on CPUs)")
-    sample_per_pair: int | None = setting(64, optional(POSITIVE_INT, "a positive int or null"),
+    sample_per_pair: int | None = setting(16, optional(POSITIVE_INT, "a positive int or null"),
                                           "costly methods (measured) explain at most this many images per pair; "
                                           "null: all")
+    sample_total: int | None = setting(48, optional(POSITIVE_INT, "a positive int or null"),
+                                       "... and at most this many in all, most suspicious pairs first; null: no cap")
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,11 @@ measure it. The plan then spends the attribution time where it matters:
   any method at most ``CHEAP`` times the cheapest one's measured cost) explain
   every selected image, group by group, before the costly methods get any time;
 * costly methods (all the same images, so that trust compares them on one set)
-  explain a sample per group: first ``min_sample`` images in every group, most
-  suspicious first, then up to ``attribution.sample_per_pair``.
+  explain a sample per group: first ``FIRST_SAMPLE`` images in every group, most
+  suspicious first, then up to ``attribution.sample_per_pair``; at most
+  ``attribution.sample_total`` images in all, so that their cost does not grow
+  with the number of pairs (about 170 forward-pass equivalents per image at 224 px,
+  against 1 for predict).
 
 Without ``run.budget`` only the sample cap applies. With it, the attribution time
 is the budget minus what the run already spent, minus the stages after
@@ -42,6 +45,7 @@ from audit.stages.later import later_caps, later_seconds, with_caps
 
 PROBE = 8              # images of the probe batch (at most attribution.batch_size)
 CHEAP = 3.0            # a method within this factor of the cheapest method's cost explains every image
+FIRST_SAMPLE = 8       # costly methods' first round per group: a few maps of each pair beside the first method's
 MARGIN = 0.05          # share of the budget kept unplanned (estimates are estimates)
 GOLDEN = (math.sqrt(5) - 1) / 2
 
@@ -216,7 +220,8 @@ def probe_rows(ordered: list[Group], size: int) -> np.ndarray:
 
 
 def allocate(sizes: list[int], done: list[int], costs: dict[str, float], overhead: float, full: tuple[str, ...],
-             seconds: float | None, sample: int | None, min_sample: int) -> list[dict[str, int]]:
+             seconds: float | None, sample: int | None, min_sample: int,
+             total: int | None = None) -> list[dict[str, int]]:
     """Images per group and method: pure numbers.
 
     Parameters
@@ -238,6 +243,9 @@ def allocate(sizes: list[int], done: list[int], costs: dict[str, float], overhea
     min_sample : int
         Costly methods' first round: this many per group, most suspicious group first, before any
         group gets more.
+    total : int or None
+        Costly methods' cap in all groups together, the probe's images included
+        (``attribution.sample_total``); None: no cap.
 
     Returns
     -------
@@ -254,11 +262,13 @@ def allocate(sizes: list[int], done: list[int], costs: dict[str, float], overhea
         left -= take * per_full
     sampled = list(done)
     cap = math.inf if sample is None else sample
+    room = math.inf if total is None else max(total - sum(done), 0)
     for level in (min(min_sample, cap), cap):
         for g in range(len(sizes)):
             want = max(min(level, covered[g]) - sampled[g], 0)
-            take = min(want, _affordable(left, per_costly))
+            take = min(want, _affordable(left, per_costly), room)
             sampled[g] += take
+            room -= take
             left -= take * per_costly
     return [{m: (covered[g] if m in full else sampled[g]) for m in costs} for g in range(len(sizes))]
 
@@ -318,7 +328,8 @@ def make_plan(config: Config, selection: pd.DataFrame, predictions: pd.DataFrame
         later = later_seconds(with_caps(config, caps), n_images, len(selection), forward, costs)
     available = None if budget is None else budget * (1 - MARGIN) - spent - sum(later.values())
     counts = allocate([len(g.rows) for g in ordered], done, costs, overhead, full, available,
-                      config.attribution.sample_per_pair, min(config.verify.max_samples, 16))
+                      config.attribution.sample_per_pair, min(config.verify.max_samples, FIRST_SAMPLE),
+                      config.attribution.sample_total)
     work = sum((c[full[0]] - d) * per_full + sum((c[m] - d) * costs[m] for m in methods if m not in full)
                for c, d in zip(counts, done))
     return Plan(methods=methods, full=full, costs=tuple(costs.items()), groups=tuple(ordered),
