@@ -197,6 +197,34 @@ def delta(after: dict, before: dict) -> dict:
                    if v - before.get(kind, {}).get(k, 0)} for kind, keys in after.items()}
 
 
+def prepared(name: str, n: int, work: Path, reuse: bool = False) -> tuple[Path, Path, Path, list[str]]:
+    """The audit's inputs for model ``name`` on ``n`` photos in ``work``: built (photos made when missing),
+    or with ``reuse`` taken as they are when the model and a manifest of ``n`` rows are there.
+
+    Returns ``(model.keras, manifest CSV, classes.txt, photo file names)``; the photos are in
+    ``work / "photos"``, the model and classes in ``work / name``.
+    """
+    import pandas as pd
+
+    arch, preprocess = MODELS[name]
+    data, folder = work / "photos", work / name
+    model_path, manifest, classes_path = folder / "model.keras", data / f"manifest-{name}.csv", folder / "classes.txt"
+    t0 = time.perf_counter()
+    names = photos(data, n)
+    if reuse and model_path.exists() and manifest.exists() and len(pd.read_csv(manifest)) == n:
+        return model_path, manifest, classes_path, names
+    made = time.perf_counter() - t0
+    model, labels = production_model(arch, preprocess, data, names)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(model_path)
+    classes = [f"c{i}" for i in range(N_CLASSES)]
+    classes_path.write_text("\n".join(classes) + "\n")
+    pd.DataFrame({"path": names, "label": [classes[i] for i in labels]}).to_csv(manifest, index=False)
+    print(f"[{name}] {n} photos ({made:.0f} s), model built and calibrated ({time.perf_counter() - t0:.0f} s "
+          f"in all)", flush=True)
+    return model_path, manifest, classes_path, names
+
+
 def run_one(name: str, n: int, work: Path) -> dict:
     """Build, audit and measure one model; the row of the table."""
     import pandas as pd
@@ -207,26 +235,16 @@ def run_one(name: str, n: int, work: Path) -> dict:
     from audit.data import preprocess as prep
     from audit.model_io import classifier_for, passes
 
-    arch, preprocess = MODELS[name]
-    data = work / "photos"
+    preprocess = MODELS[name][1]
+    data, folder = work / "photos", work / name
     t0 = time.perf_counter()
-    names = photos(data, n)
-    made = time.perf_counter() - t0
-    model, labels = production_model(arch, preprocess, data, names)
-    folder = work / name
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / "model.keras")
-    classes = [f"c{i}" for i in range(N_CLASSES)]
-    (folder / "classes.txt").write_text("\n".join(classes) + "\n")
-    manifest = data / f"manifest-{name}.csv"
-    pd.DataFrame({"path": names, "label": [classes[i] for i in labels]}).to_csv(manifest, index=False)
+    model_path, manifest, classes_path, names = prepared(name, n, work)
     setup = time.perf_counter() - t0
-    print(f"[{name}] {n} photos ({made:.0f} s), model built and calibrated ({setup:.0f} s in all)", flush=True)
 
     run_dir = folder / "run"
     config = resolve(None, [f"data.preprocess={preprocess}"],
-                     {"model.path": str(folder / "model.keras"), "data.path": str(manifest),
-                      "data.classes": str(folder / "classes.txt"), "out": str(run_dir)})
+                     {"model.path": str(model_path), "data.path": str(manifest),
+                      "data.classes": str(classes_path), "out": str(run_dir)})
     per_stage: dict[str, dict] = {}
     current = {"stage": None, "at": passes()}
 
