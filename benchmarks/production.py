@@ -49,6 +49,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -225,8 +226,8 @@ def prepared(name: str, n: int, work: Path, reuse: bool = False) -> tuple[Path, 
     return model_path, manifest, classes_path, names
 
 
-def run_one(name: str, n: int, work: Path) -> dict:
-    """Build, audit and measure one model; the row of the table."""
+def run_one(name: str, n: int, work: Path, reuse: bool = False) -> dict:
+    """Build (``reuse``: or reuse, ``prepared``), audit and measure one model; the row of the table."""
     import pandas as pd
 
     from audit import pipeline
@@ -235,13 +236,14 @@ def run_one(name: str, n: int, work: Path) -> dict:
     from audit.data import preprocess as prep
     from audit.model_io import classifier_for, passes
 
-    preprocess = MODELS[name][1]
+    arch, preprocess = MODELS[name]
     data, folder = work / "photos", work / name
     t0 = time.perf_counter()
-    model_path, manifest, classes_path, names = prepared(name, n, work)
+    model_path, manifest, classes_path, names = prepared(name, n, work, reuse)
     setup = time.perf_counter() - t0
 
     run_dir = folder / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)   # a fresh run (an old complete one would be reused)
     config = resolve(None, [f"data.preprocess={preprocess}"],
                      {"model.path": str(model_path), "data.path": str(manifest),
                       "data.classes": str(classes_path), "out": str(run_dir)})
@@ -399,11 +401,12 @@ def main() -> None:
     parser.add_argument("--fused-images", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reuse", action="store_true",
-                        help="take a model's row from <work>/<model>/result.json when it has the same image count")
+                        help="take a model's row from <work>/<model>/result.json when it has the same image count, "
+                             "else its model and manifest when they are there")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        row = run_one(args.one, int(args.images), Path(args.work))
+        row = run_one(args.one, int(args.images), Path(args.work), args.reuse)
         (Path(args.work) / args.one / "result.json").write_text(json.dumps(row, indent=2) + "\n")
         print("RESULT " + json.dumps(row), flush=True)
         return
@@ -428,8 +431,8 @@ def _all(args, work: Path) -> None:
         if args.reuse and stored.exists() and json.loads(stored.read_text())["images"] == n:
             rows.append(json.loads(stored.read_text()))   # this model's run, measured earlier in --work
             continue
-        child = subprocess.Popen([sys.executable, __file__, "--one", name, "--images", str(n),
-                                  "--work", str(work)], stdout=subprocess.PIPE, text=True)
+        child = subprocess.Popen([sys.executable, __file__, "--one", name, "--images", str(n), "--work", str(work),
+                                  *(["--reuse"] if args.reuse else [])], stdout=subprocess.PIPE, text=True)
         result = None
         for line in child.stdout:   # its log as it goes; its row on the line starting "RESULT "
             if line.startswith("RESULT "):
