@@ -276,6 +276,7 @@ def test_audit_writes_internals_for_the_top_findings_and_links_them(audit_case, 
         manifest = pd.read_csv(audit_case / "manifest.csv")
         rows = index["channels"][str(cue["channels"][0]["channel"])]["patch_rows"]
         assert manifest["cue"].iloc[rows].mean() >= 0.5
+    _same_patches_as_a_scan_of_every_image(audit_case, out, index)
     html = (out / "index.html").read_text()
     for f in index["findings"]:
         assert f'id="internals-{f["id"]}"' in html and f'href="#internals-{f["id"]}"' in html
@@ -285,6 +286,47 @@ def test_audit_writes_internals_for_the_top_findings_and_links_them(audit_case, 
     again = _run(audit_case, out, "--set", "trust.sample=5")    # the run's key changes, internals' does not
     assert again.returncode == 0, again.stderr
     assert "reusing internals stored under key" in again.stdout
+
+
+def _same_patches_as_a_scan_of_every_image(case, out, index):
+    """The run scanned only the images whose stored channel maxima could be among the best; a model pass
+    over every readable image finds the same patches."""
+    import pandas as pd
+
+    from audit.config import resolve
+    from audit.data import load_images
+    from audit.internals import input_range, top_patches
+    from audit.model_io import classifier_for
+
+    config = resolve(None, [], {"model.path": str(case / "model.keras"), "data.path": str(case / "manifest.csv"),
+                                "data.classes": str(case / "classes.txt"), "out": str(out)})
+    clf = classifier_for(config)
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    readable = predictions[predictions["error"].isna()]
+    images, errors = load_images(case, readable["path"].tolist(), clf.input_size)
+    assert all(e is None for e in errors)
+    channels = sorted(int(c) for c in index["channels"])
+    low, high = input_range("none", 3)
+    full = top_patches(clf, clf.layer, [(readable["row"].to_numpy(), images)], np.array(channels), 9, low, high)
+    for n, c in enumerate(channels):
+        entry = index["channels"][str(c)]
+        kept = full["ids"][n] >= 0
+        assert entry["patch_rows"] == full["ids"][n][kept].tolist()
+        assert entry["patch_values"] == pytest.approx(full["values"][n][kept].tolist(), abs=1e-3)
+    assert index["scanned_images"] < len(readable)
+
+
+def test_scan_rows_keep_each_channels_best_by_stored_presence(tmp_path):
+    from audit.artifacts import write_cam_chunk
+    from audit.internals.patches import CANDIDATES, scan_rows
+
+    rng = np.random.default_rng(0)
+    presence = rng.random((500, 6)).astype(np.float32)
+    write_cam_chunk(tmp_path, 0, np.arange(500), np.zeros((500, 2, 2)), np.zeros((500, 6)), presence)
+    rows = scan_rows(tmp_path, list(range(500)), [1, 4], 3, 2000, 0)
+    want = set(np.argsort(-presence[:, 1])[:3 * CANDIDATES]) | set(np.argsort(-presence[:, 4])[:3 * CANDIDATES])
+    assert want <= set(rows) and len(rows) <= 2 * (3 * CANDIDATES + 1)
+    assert len(scan_rows(tmp_path / "no-cams", list(range(500)), [1], 3, 100, 0)) == 100   # a sample, all scanned
 
 
 def test_internals_can_be_turned_off(audit_case, tmp_path):

@@ -98,6 +98,79 @@ def top_patches(classifier, layer, batches: Iterable[tuple[np.ndarray, np.ndarra
     return {"ids": out_ids, "values": best.astype(np.float32), "boxes": boxes}
 
 
+CANDIDATES = 3   # images per patch kept per channel by the stored presence, in units of k (float16 ranks)
+
+
+def candidates(rows: np.ndarray, presence: np.ndarray, channels: np.ndarray, k: int) -> np.ndarray:
+    """The images a patch scan of ``channels`` needs, chosen by each channel's stored spatial maximum.
+
+    The predict stage keeps every image's ``presence`` (each target-layer channel's
+    spatial maximum, float16): the very value ``top_patches`` ranks by. So only each
+    channel's ``CANDIDATES * k`` best images by it (float16 rounding can swap near-ties,
+    the exact scan of these settles them) and its lowest one (so that a channel that is
+    the same everywhere but there still counts as varying) need the model pass that finds
+    where the maximum is.
+
+    Parameters
+    ----------
+    rows : np.ndarray
+        int ``[n]`` image ids (prediction rows).
+    presence : np.ndarray
+        float ``[n, K]``: each image's spatial maximum per channel of the layer.
+    channels : np.ndarray
+        int ``[m]`` channels to find patches for.
+    k : int
+        Patches per channel.
+
+    Returns
+    -------
+    np.ndarray
+        int64 ``[<= n]`` sorted ids: the images to scan.
+    """
+    values = np.asarray(presence, np.float32)[:, np.asarray(channels, np.int64)]     # [n, m]
+    best = np.argsort(-values, axis=0, kind="stable")[:CANDIDATES * k]
+    lowest = np.argmin(values, axis=0)
+    picked = np.concatenate([best.ravel(), lowest]) if len(values) else np.zeros(0, np.int64)
+    return np.unique(np.asarray(rows, np.int64)[picked])
+
+
+def scan_rows(run_dir, rows: list[int], channels: list[int], k: int, max_images: int, seed: int) -> list[int]:
+    """The images ``top_patches`` scans for ``channels``' ``k`` patches each.
+
+    Of ``rows``, a seeded sample of ``max_images`` when there are more; then, when the
+    run folder ``run_dir`` holds the predict stage's presence (each target-layer channel's
+    spatial maximum, ``audit.artifacts.read_cams``) of them all, only the ``candidates``:
+    a few times ``k`` per channel instead of a model pass over every image.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        The run folder (``cams/`` in it, or not).
+    rows : list of int
+        Readable prediction rows.
+    channels : list of int
+        Channels of the classifier's target layer.
+    k, max_images, seed : int
+        ``internals.patches``, ``internals.max_images``, ``seed``.
+
+    Returns
+    -------
+    list of int
+        Sorted prediction rows.
+    """
+    from audit import artifacts
+
+    if len(rows) > max_images:
+        rows = sorted(np.random.default_rng([seed, 7]).choice(rows, max_images, replace=False).tolist())
+    if not channels:
+        return list(rows)
+    stored, presence = artifacts.read_cams(run_dir, "presence", np.asarray(rows, np.int64),
+                                           lambda part: part[:, channels])
+    if len(stored) != len(rows):
+        return list(rows)
+    return candidates(stored, presence, np.arange(len(channels)), k).tolist()
+
+
 def unit_boxes(flat_positions: np.ndarray, width_units: int, size: tuple[int, int], rf: dict) -> np.ndarray:
     """Input-pixel boxes ``(top, left, bottom, right)`` of the units at ``flat_positions``
     (row-major over ``width_units`` columns), from the measured receptive field ``rf``

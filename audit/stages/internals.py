@@ -9,12 +9,13 @@ For each of the ``internals.findings`` best-ranked findings:
   stored map), averaged; the best ``internals.finding_channels`` channels, each
   with its filter visualization and its top ``internals.patches`` patches from the
   audit images (readable prediction rows, a seeded sample of
-  ``internals.max_images`` when there are more);
+  ``internals.max_images`` when there are more; of those, only the few whose stored
+  channel maxima can be among the best: ``audit.internals.patches.scan_rows``);
 * activation maps of its first ``internals.exemplars`` exemplars at the
   ``internals.layers`` (channels ordered by attribution to the predicted class).
 
 All classes form one ascent batch, all channels another, and the patch scan is
-one pass over the images. Pictures are small PNGs in ``<run>/internals/``,
+one pass over those images. Pictures are small PNGs in ``<run>/internals/``,
 described by ``internals/index.json`` (which also records the stage key: a run
 resumed with the same inputs and settings reuses them).
 """
@@ -81,6 +82,7 @@ def run_internals(config: Config, root: Path, classes: list[str], predictions: p
 
 def _internals(config, root, classes, predictions, top, map_rows, maps, classifier, out: Path) -> dict:
     from audit.internals import Ascent, attributed_channels, input_range, resolve_layers
+    from audit.internals.patches import scan_rows
     from audit.maps import area_pool, top_regions
 
     low, high = input_range(config.data.preprocess, classifier.input_shape[2])
@@ -121,12 +123,11 @@ def _internals(config, root, classes, predictions, top, map_rows, maps, classifi
     channel_ids = sorted({c["channel"] for e in entries for c in e["channels"]})
     index = {"classes": class_entries(classifier, class_ids, classes, low, high,
                                       Ascent.from_config(config, classes=True), out)}
-    ids = readable["row"].astype(int).tolist()
-    if len(ids) > config.internals.max_images:
-        rng = np.random.default_rng([config.seed, 7])
-        ids = sorted(rng.choice(ids, config.internals.max_images, replace=False).tolist())
+    ids = scan_rows(config.run_dir, readable["row"].astype(int).tolist(), channel_ids, config.internals.patches,
+                    config.internals.max_images, config.seed)
     index["channels"] = channel_entries(classifier, layer, channel_ids, low, high, Ascent.from_config(config),
                                         config, ids, load, out)
+    index["scanned_images"] = len(ids)
     layers = resolve_layers(classifier.model, config.internals.layers, config.internals.n_layers)
     index["layers"] = [l.name for l in layers]
     for e in entries:
@@ -140,8 +141,7 @@ def _internals(config, root, classes, predictions, top, map_rows, maps, classifi
 def _exemplar_rows(f: Finding, table: pd.DataFrame, n: int) -> list[int]:
     by_path = dict(zip(f.members, f.rows))
     rows = [int(by_path[p]) for p in f.exemplars if p in by_path]
-    rows = [r for r in rows if r in table.index and pd.isna(table.at[r, "error"])]
-    return rows[:n]
+    return [r for r in rows if r in table.index and pd.isna(table.at[r, "error"])][:n]
 
 
 def _safe(fid: str) -> str:

@@ -20,6 +20,7 @@ import dataclasses
 import time
 
 from audit.config import Config
+from audit.internals.patches import CANDIDATES
 
 LATER_SHARE = 0.5      # under a budget, the stages after attribution get at most this share of what is left
 # fixed costs besides the model passes, measured on 2 CPU cores (the demo: internals 20 s, render 14 s)
@@ -64,7 +65,8 @@ def later_seconds(config: Config, n_images: int, n_selected: int, forward: float
         out["verify"] = (v.budget * n_selected + strategies) * 2 * forward
     if i.enabled and i.findings:
         ascent = (2 * i.findings + i.findings * i.finding_channels) * i.steps * 3 * forward
-        out["internals"] = FIXED_INTERNALS + ascent + min(i.max_images, n_images) * forward
+        scanned = min(i.max_images, n_images, i.findings * i.finding_channels * (CANDIDATES * i.patches + 1))
+        out["internals"] = FIXED_INTERNALS + ascent + scanned * forward   # the patch scan (patches.scan_rows)
     out["discover_render"] = FIXED_RENDER + PER_SELECTED * n_selected
     return out
 
