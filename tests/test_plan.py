@@ -134,7 +134,7 @@ def test_make_plan_fits_the_budget_and_says_so():
     assert json.loads(json.dumps(plan.to_json()))["groups"][0]["counts"]["gradcam"] == 30
 
     unlimited = make_plan(resolve(None, ["out=/tmp/unused"]), selection, predictions, probe, spent=60.0)
-    assert [c[2] for c in unlimited.counts] == [16, 6, 5, 10] and unlimited.budget is None   # sample_per_pair 16
+    assert [c[2] for c in unlimited.counts] == [13, 6, 5, 8] and unlimited.budget is None   # 8 each, then 16: 32 in all
     assert plan.estimate < unlimited.estimate
 
 

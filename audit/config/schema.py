@@ -107,7 +107,7 @@ class Attribution:
     sample_per_pair: int | None = setting(16, optional(POSITIVE_INT, "a positive int or null"),
                                           "costly methods (measured) explain at most this many images per pair; "
                                           "null: all")
-    sample_total: int | None = setting(48, optional(POSITIVE_INT, "a positive int or null"),
+    sample_total: int | None = setting(32, optional(POSITIVE_INT, "a positive int or null"),
                                        "... and at most this many in all, most suspicious pairs first; null: no cap")
 
 
