@@ -328,7 +328,8 @@ class Internals:
     finding_channels: int = setting(3, POSITIVE_INT, "target-layer channels most attributed in a finding's cue area")
     max_members: int = setting(64, POSITIVE_INT, "members used to rank those channels")
     patches: int = setting(9, POSITIVE_INT, "maximally activating dataset patches per channel")
-    max_images: int = setting(2000, POSITIVE_INT, "audit images scanned for patches (a seeded sample beyond this)")
+    max_images: int = setting(2000, POSITIVE_INT, "audit images searched for patches (a seeded sample beyond this; "
+                                                  "predict's channel maxima pick the few the model scans)")
     steps: int = setting(128, POSITIVE_INT, "gradient-ascent steps (filter and class visualization)")
     learning_rate: float = setting(0.05, number(0, 1, low_open=True, text="a number in (0, 1]"),
                                    "step, as a share of the input range (gradient normalised per image)")

@@ -107,9 +107,9 @@ def candidates(rows: np.ndarray, presence: np.ndarray, channels: np.ndarray, k: 
     The predict stage keeps every image's ``presence`` (each target-layer channel's
     spatial maximum, float16): the very value ``top_patches`` ranks by. So only each
     channel's ``CANDIDATES * k`` best images by it (float16 rounding can swap near-ties,
-    the exact scan of these settles them) and its lowest one (so that a channel that is
-    the same everywhere but there still counts as varying) need the model pass that finds
-    where the maximum is.
+    the exact scan of these settles them) and its lowest one (so that ``top_patches`` still
+    tells a channel whose best images tie from one that is the same on every image) need
+    the model pass that finds where the maximum is.
 
     Parameters
     ----------
