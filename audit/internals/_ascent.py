@@ -19,7 +19,14 @@ Each step (Mordvintsev et al. 2015, Olah et al. 2017 "Feature Visualization"):
   (Lucid's ``redirected_relu``): in an image where no unit of a ReLU layer passes
   any gradient, the off units let through the gradient that would turn them on,
   so a channel that is silent on the starting noise, or sits behind silent units
-  (a BatchNormalization after a ReLU), still gets a direction to climb.
+  (a BatchNormalization after a ReLU), still gets a direction to climb. A model
+  without such ReLUs (swish, ReLU6) has nothing to redirect.
+
+Filter and class visualization share one traced step per layer (``unit_objective``:
+a class logit or a channel mean, by target index; the blur kernel is an argument),
+so the internals trace the model's backward pass to the input once (twice with
+ReLUs to redirect): on EfficientNetB0 each trace and first call costs about 4 s,
+as much as 40 ascent steps of two images.
 
 Multiscale: the images are parameterised at a lower resolution first and
 resized (bilinear) to the model's input size inside the forward pass; after
@@ -126,28 +133,75 @@ def _gaussian(sigma: float) -> np.ndarray:
     return (k / k.sum()).astype(np.float32)
 
 
-def step_function(classifier, key, objective: Objective, low: np.ndarray, high: np.ndarray, blur_sigma: float):
-    """``(x [N, h, w, C], shift [2], lr, blur, l2, targets [N], redirect) -> (x', values [N])``, traced.
+def blur_kernel(sigma: float, channels: int) -> np.ndarray:
+    """float32 ``[k, k, channels, 1]``: the depthwise Gaussian of ``sigma`` pixels (``k = 2 * ceil(2 sigma) + 1``).
 
-    ``x`` is the parameterisation at any resolution ``h x w``; it is resized to the
-    model's input size inside (when it differs). ``values`` are the objective's values
-    before the step. Two functions are traced: with ``redirect`` the model's ReLUs are
-    redirected; without, the model runs as it is, its ReLUs fused into the convolutions
-    (a redirected step costs 1.6 to 1.8 times a plain one on CPU). The blur runs only
-    on the steps that blur.
+    Parameters
+    ----------
+    sigma : float
+        Standard deviation in pixels.
+    channels : int
+        Input channels ``C``.
+    """
+    k1 = _gaussian(sigma)
+    return np.tile(np.outer(k1, k1)[:, :, None, None], (1, 1, channels, 1)).astype(np.float32)
+
+
+def unit_objective(classifier, layer):
+    """``(key, objective)``: the traced objective ``(model inputs [N, H, W, C], targets [N]) -> [N]`` of
+    target ``t``: the pre-softmax logit of class ``t`` for ``t < n_classes``, else the spatial mean of channel
+    ``t - n_classes`` of ``layer``'s output (after its activation). Class and filter visualization share it,
+    and so the traced step (``step_function``) under ``key``.
 
     Parameters
     ----------
     classifier : audit.model_io.Classifier
-        The model; the two traces are cached on it under ``(*key, "redirected" | "plain")``.
+        The model (``n_classes`` outputs).
+    layer : keras.layers.Layer or None
+        A spatial layer of its model; None: class logits only.
+    """
+    import tensorflow as tf
+
+    from audit.internals._layers import capturing
+
+    if layer is None:
+        def logits_only(inputs, targets):
+            return tf.gather(classifier.forward(inputs)[0], targets, batch_dims=1)
+
+        return ("internals.ascent", None), logits_only
+
+    def objective(inputs, targets):
+        captured: dict = {}
+        with capturing([layer], captured):
+            logits, _ = classifier.forward(inputs)
+        means = tf.reduce_mean(captured[layer.name], axis=[1, 2])
+        units = tf.concat([logits, tf.cast(means, logits.dtype)], axis=1)
+        return tf.gather(units, targets, batch_dims=1)
+
+    return ("internals.ascent", layer.name), objective
+
+
+def step_function(classifier, key, objective: Objective, low: np.ndarray, high: np.ndarray):
+    """``(x [N, h, w, C], shift [2], lr, blur, l2, targets [N], redirect, kernel [k, k, C, 1]) -> (x', values [N])``.
+
+    ``x`` is the parameterisation at any resolution ``h x w``; it is resized to the
+    model's input size inside (when it differs). ``values`` are the objective's values
+    before the step. ``kernel`` is the blur (``blur_kernel``), applied only on the
+    steps that blur. With ``redirect`` the model's ReLUs are redirected (a second
+    trace; without, the model runs as it is, its ReLUs fused into the convolutions:
+    a redirected step costs 1.6 to 1.8 times a plain one on CPU). A model with no
+    ReLU to redirect has one trace, used for both.
+
+    Parameters
+    ----------
+    classifier : audit.model_io.Classifier
+        The model; the traces are cached on it under ``(*key, "redirected" | "plain")``.
     key : tuple
         Cache key of the objective.
     objective : callable
         Traced ``(model inputs [N, H, W, C], targets [N]) -> values [N]`` to maximise.
     low, high : np.ndarray
         float32 ``[C]``: the input range per channel; steps are clipped to it.
-    blur_sigma : float
-        Blur standard deviation in pixels.
     """
     import tensorflow as tf
 
@@ -155,11 +209,9 @@ def step_function(classifier, key, objective: Objective, low: np.ndarray, high: 
     channels = classifier.input_shape[2]
     low_t, high_t = tf.constant(low.reshape(1, 1, 1, -1)), tf.constant(high.reshape(1, 1, 1, -1))
     mid, half = (low_t + high_t) / 2.0, (high_t - low_t) / 2.0
-    k1 = _gaussian(blur_sigma)
-    kernel = tf.constant(np.tile(np.outer(k1, k1)[:, :, None, None], (1, 1, channels, 1)))
-    radius = len(k1) // 2
 
-    def blur(x):
+    def blur(x, kernel):
+        radius = tf.shape(kernel)[0] // 2
         padded = tf.pad(x, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="SYMMETRIC")
         return tf.nn.depthwise_conv2d(padded, kernel, [1, 1, 1, 1], "VALID")
 
@@ -169,7 +221,7 @@ def step_function(classifier, key, objective: Objective, low: np.ndarray, high: 
         return tf.ensure_shape(x, (None, height, width, channels))
 
     def make(redirect: bool):
-        def step(x, shift, lr, blur_mix, l2, targets):
+        def step(x, shift, lr, blur_mix, l2, targets, kernel):
             rolled = tf.roll(x, shift, axis=[1, 2])
             with tf.GradientTape() as tape:
                 tape.watch(rolled)
@@ -180,18 +232,19 @@ def step_function(classifier, key, objective: Objective, low: np.ndarray, high: 
             grads = tf.roll(tape.gradient(total, rolled), -shift, axis=[1, 2])
             grads = grads / (tf.reduce_mean(tf.abs(grads), axis=[1, 2, 3], keepdims=True) + 1e-12)
             x = x + lr * (high_t - low_t) * grads
-            x = tf.cond(blur_mix > 0, lambda: x + blur_mix * (blur(x) - x), lambda: x)
+            x = tf.cond(blur_mix > 0, lambda: x + blur_mix * (blur(x, kernel) - x), lambda: x)
             return tf.clip_by_value(x, low_t, high_t), values
 
         specs = (tf.TensorSpec((None, None, None, channels), tf.float32), tf.TensorSpec((2,), tf.int32),
                  tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32),
-                 tf.TensorSpec((None,), tf.int32))
+                 tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None, None, channels, 1), tf.float32))
         return classifier.function((*key, "redirected" if redirect else "plain"), step, *specs)
 
-    functions = {True: make(True), False: make(False)}
+    plain = make(False)
+    redirected = make(True) if _relus(classifier.model) else plain
 
-    def call(x, shift, lr, blur_mix, l2, targets, redirect):
-        return functions[bool(redirect)](x, shift, lr, blur_mix, l2, targets)
+    def call(x, shift, lr, blur_mix, l2, targets, redirect, kernel):
+        return (redirected if redirect else plain)(x, shift, lr, blur_mix, l2, targets, kernel)
 
     return call
 
@@ -215,22 +268,34 @@ def _redirected_relu():
     return relu
 
 
-@contextlib.contextmanager
-def redirected_relus(model) -> Iterator[None]:
-    """While tracing: every ReLU of ``model`` (an ``activation="relu"`` or a ReLU layer) redirected."""
+def _relus(model) -> list:
+    """``(layer, "activation" | "call")`` of every ReLU of ``model`` that ``redirected_relus`` redirects:
+    an ``activation="relu"`` or a plain ReLU layer (not ReLU6, not leaky)."""
     from audit.model_io import flat_layers, keras_of
 
     keras = keras_of(model)
-    relu = _redirected_relu()
-    saved = []
+    out = []
     for layer in flat_layers(model):
         activation = getattr(layer, "activation", None)
         if getattr(activation, "__name__", "") == "relu":
-            saved.append((layer, "activation", activation))
-            layer.activation = relu
+            out.append((layer, "activation"))
         elif isinstance(layer, keras.layers.ReLU) and layer.max_value is None and not layer.negative_slope \
                 and not layer.threshold and "call" not in layer.__dict__:
-            saved.append((layer, "call", None))
+            out.append((layer, "call"))
+    return out
+
+
+@contextlib.contextmanager
+def redirected_relus(model) -> Iterator[None]:
+    """While tracing: every ReLU of ``model`` (an ``activation="relu"`` or a ReLU layer) redirected."""
+    relu = _redirected_relu()
+    saved = []
+    for layer, attr in _relus(model):
+        if attr == "activation":
+            saved.append((layer, attr, layer.activation))
+            layer.activation = relu
+        else:
+            saved.append((layer, attr, None))
             layer.call = lambda inputs, *a, **k: relu(inputs)
     try:
         yield
@@ -275,6 +340,7 @@ def ascend(step_fn, input_shape: tuple[int, int, int], targets: np.ndarray, low:
     lr = np.float32(settings.learning_rate)
     l2 = np.float32(settings.l2)
     still = np.zeros(2, np.int32)
+    kernel = blur_kernel(settings.blur_sigma, channels)
     for start in range(0, len(targets), settings.batch_size):
         batch = targets[start:start + settings.batch_size]
         # each batch draws from its own stream, so the result does not depend on the batch size
@@ -288,7 +354,8 @@ def ascend(step_fn, input_shape: tuple[int, int, int], targets: np.ndarray, low:
             if tuple(x.shape[1:3]) != (h, w):
                 x = _resize(np.asarray(x), h, w)
             shift = rng.integers(-jitter, jitter + 1, 2).astype(np.int32) if jitter else still
-            x, _ = step_fn(x, shift, np.float32(scale * lr), np.float32(blur), l2, batch, n <= redirect_steps)
+            x, _ = step_fn(x, shift, np.float32(scale * lr), np.float32(blur), l2, batch, n <= redirect_steps,
+                           kernel)
         x = np.asarray(x)
         out[start:start + len(batch)] = _resize(x, height, width) if x.shape[1:3] != (height, width) else x
     return out, begin

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from audit.internals._ascent import Ascent, ascend, step_function
+from audit.internals._ascent import Ascent, ascend, step_function, unit_objective
 
 
-def visualize_classes(classifier, classes: np.ndarray, low: np.ndarray, high: np.ndarray, settings: Ascent) -> dict:
+def visualize_classes(classifier, classes: np.ndarray, low: np.ndarray, high: np.ndarray, settings: Ascent,
+                      layer=None) -> dict:
     """Optimise one image per class index of ``classes``.
 
     Parameters
@@ -30,6 +31,10 @@ def visualize_classes(classifier, classes: np.ndarray, low: np.ndarray, high: np
         float32 ``[C]``: valid range of the model input (``input_range``).
     settings : Ascent
         The ascent (``Ascent.from_config(config, classes=True)``).
+    layer : keras.layers.Layer, optional
+        The layer whose filters are visualized too: the traced step is shared with
+        theirs (``unit_objective``); default the classifier's target layer (None
+        when it has none).
 
     Returns
     -------
@@ -38,18 +43,12 @@ def visualize_classes(classifier, classes: np.ndarray, low: np.ndarray, high: np
         logit of each class on its starting noise, "end": float32 [n] on the optimised
         image, "probability": float32 [n] softmax probability (0..1) of the class at the end}``.
     """
-    import tensorflow as tf
-
     classes = np.asarray(classes, np.int32)
     if len(classes) and (classes.min() < 0 or classes.max() >= classifier.n_classes):
         raise ValueError(f"the model has {classifier.n_classes} classes; asked for {classes.tolist()}")
 
-    def objective(inputs, targets):
-        logits, _ = classifier.forward(inputs)
-        return tf.gather(logits, targets, batch_dims=1)
-
-    key = ("internals.classes", settings.blur_sigma)
-    fn = step_function(classifier, key, objective, low, high, settings.blur_sigma)
+    key, objective = unit_objective(classifier, classifier.layer if layer is None else layer)
+    fn = step_function(classifier, key, objective, low, high)
     images, start = ascend(fn, classifier.input_shape, classes, low, high, settings)
     out = {"images": images}
     for name, batch in (("start", start), ("end", images)):

@@ -6,12 +6,14 @@ gradient ascent of ``audit.internals._ascent``. The objective is what is
 reported: the channel's spatial mean of the layer's output (after its activation
 function). A ReLU that is off everywhere on the starting noise still passes a
 gradient during the first quarter of the regularised steps (the ascent's redirected ReLUs).
+The traced step is the one class visualization uses (``unit_objective``: targets past
+the class logits are channels).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from audit.internals._ascent import Ascent, ascend, step_function
+from audit.internals._ascent import Ascent, ascend, step_function, unit_objective
 from audit.internals._layers import capturing, layer_shape
 
 
@@ -39,22 +41,14 @@ def visualize_filters(classifier, layer, channels: np.ndarray, low: np.ndarray, 
         mean activation of each channel on its starting noise, "end": float32 [n] on
         the optimised image}``; activations are the layer's output, spatially averaged.
     """
-    import tensorflow as tf
-
     channels = np.asarray(channels, np.int32)
     n_channels = layer_shape(layer)[2]
     if len(channels) and (channels.min() < 0 or channels.max() >= n_channels):
         raise ValueError(f"layer {layer.name} has {n_channels} channels; asked for {channels.tolist()}")
 
-    def objective(inputs, targets):
-        captured: dict = {}
-        with capturing([layer], captured):
-            classifier.forward(inputs)
-        return _channel_means(captured[layer.name], targets, n_channels)
-
-    key = ("internals.filters", layer.name, settings.blur_sigma)
-    fn = step_function(classifier, key, objective, low, high, settings.blur_sigma)
-    images, start = ascend(fn, classifier.input_shape, channels, low, high, settings)
+    key, objective = unit_objective(classifier, layer)
+    fn = step_function(classifier, key, objective, low, high)
+    images, start = ascend(fn, classifier.input_shape, classifier.n_classes + channels, low, high, settings)
     means = channel_means_function(classifier, layer)
     return {"images": images, "start": _batched(means, start, channels, settings.batch_size),
             "end": _batched(means, images, channels, settings.batch_size)}

@@ -112,9 +112,8 @@ def _internals(config, root, classes, predictions, top, map_rows, maps, classifi
             scores = attributed_channels(classifier, layer, preprocess(pixels, config.data.preprocess), targets,
                                          weights, config.internals.batch_size)
             best = [int(c) for c in np.argsort(-scores, kind="stable")[:config.internals.finding_channels]]
-        entries.append({"id": f.id, "members": sorted(int(r) for r in f.rows),
-                        "rank": f.rank, "true_label": f.true_label,
-                        "predicted_label": f.predicted_label, "n_members_used": len(rows),
+        entries.append({"id": f.id, "members": sorted(int(r) for r in f.rows), "rank": f.rank,
+                        "true_label": f.true_label, "predicted_label": f.predicted_label, "n_members_used": len(rows),
                         "classes": [classes.index(f.true_label), classes.index(f.predicted_label)],
                         "channels": [{"channel": c, "score": round(float(scores[c]), 6)} for c in best],
                         "exemplar_rows": _exemplar_rows(f, table, config.internals.exemplars)})
@@ -152,7 +151,8 @@ def _safe(fid: str) -> str:
         "finding-" + hashlib.sha1(fid.encode()).hexdigest()[:10]
 
 
-def class_entries(classifier, class_ids: list[int], names: list[str], low, high, settings, out: Path) -> dict:
+def class_entries(classifier, class_ids: list[int], names: list[str], low, high, settings, out: Path,
+                  layer=None) -> dict:
     """Class visualizations of ``class_ids`` (one batch): ``{str(index): {...}}``, PNGs in ``out``.
 
     Parameters
@@ -169,12 +169,14 @@ def class_entries(classifier, class_ids: list[int], names: list[str], low, high,
         Class-visualization ascent settings.
     out : Path
         Folder of the PNGs (``PREVIEW`` pixels square).
+    layer : keras.layers.Layer, optional
+        The layer of the filter pictures (they share the traced step); default the target layer.
     """
     from audit.internals import to_pixels, visualize_classes
 
     if not class_ids:
         return {}
-    viz = visualize_classes(classifier, np.array(class_ids), low, high, settings)
+    viz = visualize_classes(classifier, np.array(class_ids), low, high, settings, layer)
     pixels = to_pixels(viz["images"], low, high)
     entries = {}
     for n, c in enumerate(class_ids):
@@ -351,7 +353,7 @@ def explore(config: Config, layer_name: str, class_names: list[str] | None, only
     index = {"model": str(config.model.path), "layer": layer.name, "classes": {}, "channels": {},
              "activations": [], "scanned_images": 0}
     index["classes"] = class_entries(classifier, class_ids, class_names, low, high,
-                                     Ascent.from_config(config, classes=True), out)
+                                     Ascent.from_config(config, classes=True), out, layer)
     channels = list(range(int(layer.output.shape[-1])))
     ids: list[int] = []
     load = None
@@ -382,19 +384,13 @@ def explore(config: Config, layer_name: str, class_names: list[str] | None, only
             part = ids[start:start + n]
             _, errors = load(part)
             rows += [r for r, e in zip(part, errors) if e is None]
-        predicted = _predicted(classifier, load, rows[:n], config)
-        lookup = pd.DataFrame({"path": [str(table.at[r, "path"]) for r in rows[:n]],
-                               "predicted": [class_names[p] for p in predicted]}, index=rows[:n])
+        rows = rows[:n]
+        predicted = classifier.logits(preprocess(load(rows)[0], config.data.preprocess)).argmax(axis=1) if rows else []
+        lookup = pd.DataFrame({"path": [str(table.at[r, "path"]) for r in rows],
+                               "predicted": [class_names[p] for p in predicted]}, index=rows)
         index["layers"] = [l.name for l in layers]
-        index["activations"] = activation_entries(classifier, layers, rows[:n], class_names, lookup, config, load,
+        index["activations"] = activation_entries(classifier, layers, rows, class_names, lookup, config, load,
                                                   out, prefix="image")
     artifacts.write_json(out / INDEX, index)
     return index
-
-
-def _predicted(classifier, load: Callable, rows: list[int], config: Config) -> list[int]:
-    if not rows:
-        return []
-    pixels, _ = load(rows)
-    return classifier.logits(preprocess(pixels, config.data.preprocess)).argmax(axis=1).tolist()
 
