@@ -175,6 +175,31 @@ def test_class_visualization_makes_the_class_win_in_the_valid_range():
     assert np.all(viz["end"] > viz["start"])
 
 
+@pytest.mark.parametrize("activation, traces", [("swish", {"plain"}), ("relu", {"plain", "redirected"})])
+def test_class_and_filter_visualization_share_one_traced_step(activation, traces):
+    """The model's backward pass to the input is traced once for both (each trace costs seconds on a
+    production model), and a model with no ReLU to redirect has no redirected copy."""
+    import keras
+
+    from audit.internals import input_range, visualize_classes, visualize_filters
+    from audit.passes import passes
+
+    name = f"shared_{activation}"
+    inputs = keras.Input((20, 24, 3))
+    x = keras.layers.Conv2D(4, 3, activation=activation, name=name)(keras.layers.Rescaling(1 / 255.0)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+    clf = _classifier(model, name)
+    low, high = input_range("none", 3)
+    before = passes()["input"]
+    classes = visualize_classes(clf, np.arange(3), low, high, _settings(l2=1e-4))
+    filters = visualize_filters(clf, model.get_layer(name), np.arange(4), low, high, _settings())
+    ran = {key for key, n in passes()["input"].items() if n > before.get(key, 0)}
+    assert ran == {f"internals.ascent/{name}/{t}" for t in traces}
+    assert np.all(classes["end"] > classes["start"])
+    live = filters["end"] > 0
+    assert live.any() and np.all(filters["end"][live] > filters["start"][live])
+
+
 def test_class_visualization_of_a_trained_model_is_classified_as_its_class(audit_case):
     from audit.internals import input_range, visualize_classes
     from audit.model_io import load_model
