@@ -57,6 +57,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from audit.internals._layers import redirected_relus, relus
+
 POLISH_STEP = 0.25   # the polish's first step, as a share of the regularised step
 
 Objective = Callable[..., "object"]   # (model inputs [N, H, W, C], targets [N]) -> values [N], traced
@@ -241,70 +243,12 @@ def step_function(classifier, key, objective: Objective, low: np.ndarray, high: 
         return classifier.function((*key, "redirected" if redirect else "plain"), step, *specs)
 
     plain = make(False)
-    redirected = make(True) if _relus(classifier.model) else plain
+    redirected = make(True) if relus(classifier.model) else plain
 
     def call(x, shift, lr, blur_mix, l2, targets, redirect, kernel):
         return (redirected if redirect else plain)(x, shift, lr, blur_mix, l2, targets, kernel)
 
     return call
-
-
-def _redirected_relu():
-    """ReLU whose gradient, for an image where no unit of the layer passes any gradient,
-    passes the part that would turn the off units on (Lucid's rule). An image with any
-    gradient through the layer keeps the plain one: redirecting it too would treat every
-    off unit as on, a linear objective whose best image is a flat or border pattern (a
-    stripe detector then ends on a ramp)."""
-    import tensorflow as tf
-
-    @tf.custom_gradient
-    def relu(x):
-        def grad(dy):
-            plain = tf.where(x > 0, dy, tf.zeros_like(dy))
-            through = tf.reduce_any(tf.not_equal(plain, 0.0), axis=tf.range(1, tf.rank(plain)), keepdims=True)
-            return tf.where(through, plain, tf.where(x > 0, dy, tf.maximum(dy, 0.0)))
-        return tf.nn.relu(x), grad
-
-    return relu
-
-
-def _relus(model) -> list:
-    """``(layer, "activation" | "call")`` of every ReLU of ``model`` that ``redirected_relus`` redirects:
-    an ``activation="relu"`` or a plain ReLU layer (not ReLU6, not leaky)."""
-    from audit.model_io import flat_layers, keras_of
-
-    keras = keras_of(model)
-    out = []
-    for layer in flat_layers(model):
-        activation = getattr(layer, "activation", None)
-        if getattr(activation, "__name__", "") == "relu":
-            out.append((layer, "activation"))
-        elif isinstance(layer, keras.layers.ReLU) and layer.max_value is None and not layer.negative_slope \
-                and not layer.threshold and "call" not in layer.__dict__:
-            out.append((layer, "call"))
-    return out
-
-
-@contextlib.contextmanager
-def redirected_relus(model) -> Iterator[None]:
-    """While tracing: every ReLU of ``model`` (an ``activation="relu"`` or a ReLU layer) redirected."""
-    relu = _redirected_relu()
-    saved = []
-    for layer, attr in _relus(model):
-        if attr == "activation":
-            saved.append((layer, attr, layer.activation))
-            layer.activation = relu
-        else:
-            saved.append((layer, attr, None))
-            layer.call = lambda inputs, *a, **k: relu(inputs)
-    try:
-        yield
-    finally:
-        for layer, attr, value in saved:
-            if attr == "activation":
-                layer.activation = value
-            else:
-                del layer.call
 
 
 def ascend(step_fn, input_shape: tuple[int, int, int], targets: np.ndarray, low: np.ndarray, high: np.ndarray,

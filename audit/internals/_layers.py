@@ -6,6 +6,7 @@ layer's output *before* its activation function (gradient ascent through a ReLU
 that is zero on the starting noise would never move). ``capturing`` patches the
 chosen layers' ``call`` while a function is traced inside ``Classifier.function``,
 so every traced function here also gets the classifier's softmax stripping.
+``redirected_relus`` patches the model's ReLUs in the same way (the ascent's first steps).
 """
 from __future__ import annotations
 
@@ -122,6 +123,64 @@ def capturing(layers: list, out: dict, linear: bool = False) -> Iterator[None]:
                 del layer.call
             else:
                 layer.call = own
+
+
+def _redirected_relu():
+    """ReLU whose gradient, for an image where no unit of the layer passes any gradient,
+    passes the part that would turn the off units on (Lucid's rule). An image with any
+    gradient through the layer keeps the plain one: redirecting it too would treat every
+    off unit as on, a linear objective whose best image is a flat or border pattern (a
+    stripe detector then ends on a ramp)."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def relu(x):
+        def grad(dy):
+            plain = tf.where(x > 0, dy, tf.zeros_like(dy))
+            through = tf.reduce_any(tf.not_equal(plain, 0.0), axis=tf.range(1, tf.rank(plain)), keepdims=True)
+            return tf.where(through, plain, tf.where(x > 0, dy, tf.maximum(dy, 0.0)))
+        return tf.nn.relu(x), grad
+
+    return relu
+
+
+def relus(model) -> list:
+    """``(layer, "activation" | "call")`` of every ReLU of ``model`` that ``redirected_relus`` redirects:
+    an ``activation="relu"`` or a plain ReLU layer (not ReLU6, not leaky)."""
+    from audit.model_io import flat_layers, keras_of
+
+    keras = keras_of(model)
+    out = []
+    for layer in flat_layers(model):
+        activation = getattr(layer, "activation", None)
+        if getattr(activation, "__name__", "") == "relu":
+            out.append((layer, "activation"))
+        elif isinstance(layer, keras.layers.ReLU) and layer.max_value is None and not layer.negative_slope \
+                and not layer.threshold and "call" not in layer.__dict__:
+            out.append((layer, "call"))
+    return out
+
+
+@contextlib.contextmanager
+def redirected_relus(model) -> Iterator[None]:
+    """While tracing: every ReLU of ``model`` (an ``activation="relu"`` or a ReLU layer) redirected."""
+    relu = _redirected_relu()
+    saved = []
+    for layer, attr in relus(model):
+        if attr == "activation":
+            saved.append((layer, attr, layer.activation))
+            layer.activation = relu
+        else:
+            saved.append((layer, attr, None))
+            layer.call = lambda inputs, *a, **k: relu(inputs)
+    try:
+        yield
+    finally:
+        for layer, attr, value in saved:
+            if attr == "activation":
+                layer.activation = value
+            else:
+                del layer.call
 
 
 def layer_shape(layer) -> tuple[int, int, int]:
