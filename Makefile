@@ -47,10 +47,10 @@ test-fast: install
 
 # Speed and memory targets, as ratios measured within one run (JSON + markdown in benchmarks/results).
 # Every benchmark runs even when an earlier one misses a target; the target fails at the end if any did.
-BENCHMARKS = attribution discovery scale trust report internals decode production
+BENCHMARKS = attribution discovery scale trust report internals decode production budget
 bench: install
 	@failed=; for b in $(BENCHMARKS); do \
-	  args=; [ $$b = production ] && args="--images 100,30,16"; \
+	  args=; \
 	  echo "== benchmarks/$$b.py"; \
 	  $(BIN)/python benchmarks/$$b.py --out benchmarks/results $$args || failed="$$failed $$b"; \
 	done; \
