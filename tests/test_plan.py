@@ -199,6 +199,9 @@ def test_later_stages_are_capped_to_fit_a_small_budget():
     # the full methods' coverage of every selected image comes before the later stages' samples
     roomy, tighter = later_caps(config, 1000.0, full), later_caps(config, 1000.0, full, cover=800.0)
     assert tighter["trust.sample"] < roomy["trust.sample"] and tighter["internals.steps"] < roomy["internals.steps"]
+    # a budget far too small for them: the internals pictures (a fixed cost no cap lowers) go first
+    assert "internals.findings" not in roomy and later_caps(config, 0.2 * full, full)["internals.findings"] == 0
+    assert later_seconds(with_caps(config, later_caps(config, 0.2 * full, full)), 300, 240, 0.1, costs)["internals"] == 0
 
 
 def test_run_past_its_budget_starts_no_more_costly_work_and_still_finishes(audit_case, tmp_path, monkeypatch):

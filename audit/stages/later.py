@@ -22,6 +22,7 @@ import time
 from audit.config import Config
 from audit.internals.patches import CANDIDATES
 
+MIN_INTERNALS_SHARE = 0.25   # ... below this share of their estimate, no internals pictures at all
 LATER_SHARE = 0.5      # under a budget, the stages after attribution get at most this share of what is left
 # fixed costs besides the model passes, measured on 2 CPU cores (the demo: internals 20 s, render 14 s)
 FIXED_INTERNALS = 20.0   # tracing the ascent functions, drawing the pictures
@@ -90,7 +91,9 @@ def later_caps(config: Config, left: float, later: float, cover: float = 0.0) ->
     -------
     dict of str to int
         Dotted setting -> capped value (``trust.sample``, ``trust.sanity_sample``: 0 skips the sanity
-        checks, ``verify.max_samples``, ``internals.steps``, ``internals.max_images``); empty when they fit.
+        checks, ``verify.max_samples``, ``internals.steps``, ``internals.max_images``, and
+        ``internals.findings`` 0 when the later stages get less than ``MIN_INTERNALS_SHARE`` of their
+        estimate: the pictures, whose fixed cost no cap lowers, give way to the findings); empty when they fit.
     """
     target = min(LATER_SHARE * left, left - cover)
     if later <= target:
@@ -99,7 +102,8 @@ def later_caps(config: Config, left: float, later: float, cover: float = 0.0) ->
     t, i, v = config.trust, config.internals, config.verify
     caps = {"trust.sample": max(4, int(t.sample * f)), "trust.sanity_sample": int(t.sanity_sample * f),
             "verify.max_samples": max(v.samples, int(v.max_samples * f)),
-            "internals.steps": max(16, int(i.steps * f)), "internals.max_images": max(64, int(i.max_images * f))}
+            "internals.steps": max(16, int(i.steps * f)), "internals.max_images": max(64, int(i.max_images * f)),
+            "internals.findings": i.findings if f >= MIN_INTERNALS_SHARE else 0}
     return {k: v for k, v in caps.items() if v < _setting(config, k)}
 
 

@@ -30,7 +30,8 @@ attribution (estimated from their model-pass counts, ``later_seconds``), minus a
 ``MARGIN`` share of the budget. When those stages would take more than
 ``LATER_SHARE`` of what is left (or more than what the full methods leave of it), their sample sizes are capped (``later_caps``:
 ``trust.sample``, ``trust.sanity_sample``, ``verify.max_samples``,
-``internals.steps``, ``internals.max_images``, scaled down alike), and the plan says so.
+``internals.steps``, ``internals.max_images``, scaled down alike; ``internals.findings``
+0 when they get less than a quarter of their estimate), and the plan says so.
 """
 from __future__ import annotations
 
