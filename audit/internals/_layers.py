@@ -222,16 +222,18 @@ def receptive_field(classifier, layer, low: np.ndarray, high: np.ndarray, seed: 
     units = [(h // 2, w // 2), (min(h // 2 + 1, h - 1), min(w // 2 + 1, w - 1))]
 
     def grad(images):
-        out = []
-        for ui, uj in units:
-            captured: dict = {}
-            with tf.GradientTape() as tape:
-                tape.watch(images)
-                with capturing([layer], captured, linear=True):
-                    classifier.forward(images)
-                value = tf.reduce_sum(captured[layer.name][:, ui, uj, :])
-            out.append(tf.reduce_sum(tf.abs(tape.gradient(value, images)), axis=(0, 3)))
-        return tf.stack(out)
+        # one model pass (traced once) for both units: a copy of the images per unit, each copy's gradient its own
+        n = tf.shape(images)[0]
+        copies = tf.concat([images] * len(units), axis=0)
+        captured: dict = {}
+        with tf.GradientTape() as tape:
+            tape.watch(copies)
+            with capturing([layer], captured, linear=True):
+                classifier.forward(copies)
+            value = sum(tf.reduce_sum(captured[layer.name][k * n:(k + 1) * n, ui, uj, :])
+                        for k, (ui, uj) in enumerate(units))
+        g = tf.reduce_sum(tf.abs(tape.gradient(value, copies)), axis=3)
+        return tf.stack([tf.reduce_sum(g[k * n:(k + 1) * n], axis=0) for k in range(len(units))])
 
     fn = classifier.function(("internals.rf", layer.name), grad, classifier.image_spec())
     rng = np.random.default_rng(seed)
