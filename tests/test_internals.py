@@ -69,6 +69,29 @@ def test_channel_attribution_is_exact_for_a_linear_head():
     assert np.all(np.diff(np.take_along_axis(last["attribution"], last["order"], axis=1), axis=1) <= 0)
 
 
+def test_channel_ranking_and_activation_maps_share_one_traced_pass():
+    """With the same union in ``also``, both run one traced function, and their results are those of
+    their own passes."""
+    from audit.internals import activation_maps, attributed_channels, resolve_layers
+    from audit.passes import passes
+
+    model = build_model("logits", seed=5)
+    clf = _classifier(model)
+    shown = resolve_layers(model, None, 2)
+    images = np.random.default_rng(2).uniform(0, 255, (3, 20, 24, 3)).astype(np.float32)
+    targets = np.array([0, 2, 1])
+    weights = np.random.default_rng(3).uniform(0, 1, (3, *clf.layer.output.shape[1:3]))
+    before = passes()["input"]
+    scores = attributed_channels(clf, clf.layer, images, targets, weights, 2, also=shown)
+    maps = activation_maps(clf, shown, images, targets, 2, also=[clf.layer])
+    ran = {key for key, n in passes()["input"].items() if n > before.get(key, 0)}
+    assert len(ran) == 1, ran
+    assert np.allclose(scores, attributed_channels(clf, clf.layer, images, targets, weights, 2), rtol=1e-5, atol=1e-6)
+    for a, b in zip(maps, activation_maps(clf, shown, images, targets, 2)):
+        assert a["layer"] == b["layer"] and np.array_equal(a["maps"], b["maps"])
+        assert np.allclose(a["attribution"], b["attribution"], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_filter_visualization_raises_every_live_channel_and_repeats(kind):
     from audit.internals import input_range, resolve_layers, visualize_filters

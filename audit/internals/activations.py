@@ -10,6 +10,10 @@ target class is its first-order contribution ``sum_xy dS_c/dA_k * A_k``
 (a finding's members) by Grad-CAM weight x activation, ``w_k * A_k`` with ``w_k``
 the spatial mean of ``dS_c/dA_k``, pooled over each image's top-attributed area
 (weights ``[h, w]`` given by the caller) and averaged over the images.
+
+Both take ``also``: more layers the same traced pass captures (their results are
+dropped). A caller that runs both on one model passes the same union, so the
+model's backward pass is traced once (about 4 s with its first call on EfficientNetB0).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from audit.internals._layers import capturing
 
 
 def _function(classifier, layers: list):
-    """Traced ``(images, targets) -> [A_1, g_1, A_2, g_2, ...]`` for ``layers``."""
+    """Traced ``(images, targets) -> [A_1, g_1, A_2, g_2, ...]`` for ``layers`` (in that order)."""
     import tensorflow as tf
 
     names = tuple(layer.name for layer in layers)
@@ -38,16 +42,22 @@ def _function(classifier, layers: list):
                                tf.TensorSpec((None,), tf.int32))
 
 
-def _run(classifier, layers: list, images: np.ndarray, targets: np.ndarray, batch: int):
-    """``[(acts [N, h, w, K], grads [N, h, w, K]) per layer]``, ``batch`` images per pass."""
+def _run(classifier, layers: list, images: np.ndarray, targets: np.ndarray, batch: int, also=()):
+    """``[(acts [N, h, w, K], grads [N, h, w, K]) per layer]``, ``batch`` images per pass; the pass
+    captures the layers of ``also`` too (one function for every union, its layers ordered by name)."""
     targets = np.asarray(targets, np.int32)
-    fn = _function(classifier, layers)
-    parts: list[list[np.ndarray]] = [[] for _ in range(2 * len(layers))]
+    traced = sorted({layer.name: layer for layer in [*layers, *also]}.values(), key=lambda layer: layer.name)
+    fn = _function(classifier, traced)
+    slot = {layer.name: n for n, layer in enumerate(traced)}
+    kept = {slot[layer.name] for layer in layers}
+    parts: list[list[np.ndarray]] = [[] for _ in range(2 * len(traced))]
     for start in range(0, len(images), batch):
         for n, t in enumerate(fn(images[start:start + batch], targets[start:start + batch])):
-            parts[n].append(t.numpy())
+            if n // 2 in kept:
+                parts[n].append(t.numpy())
     out = []
-    for n, layer in enumerate(layers):
+    for layer in layers:
+        n = slot[layer.name]
         if parts[2 * n]:
             out.append((np.concatenate(parts[2 * n]).astype(np.float32),
                         np.concatenate(parts[2 * n + 1]).astype(np.float32)))
@@ -57,7 +67,8 @@ def _run(classifier, layers: list, images: np.ndarray, targets: np.ndarray, batc
     return out
 
 
-def activation_maps(classifier, layers: list, images: np.ndarray, targets: np.ndarray, batch: int = 32) -> list[dict]:
+def activation_maps(classifier, layers: list, images: np.ndarray, targets: np.ndarray, batch: int = 32,
+                    also=()) -> list[dict]:
     """Activations of ``layers`` on ``images`` and each channel's attribution to ``targets``.
 
     Parameters
@@ -72,6 +83,8 @@ def activation_maps(classifier, layers: list, images: np.ndarray, targets: np.nd
         int ``[N]`` class per image (e.g. the predicted class).
     batch : int, default 32
         Images per model pass.
+    also : sequence of keras.layers.Layer, default ()
+        More layers the traced pass captures (see the module's docstring).
 
     Returns
     -------
@@ -81,7 +94,7 @@ def activation_maps(classifier, layers: list, images: np.ndarray, targets: np.nd
         channels of image ``i`` by decreasing attribution.
     """
     result = []
-    for layer, (acts, grads) in zip(layers, _run(classifier, layers, images, targets, batch)):
+    for layer, (acts, grads) in zip(layers, _run(classifier, layers, images, targets, batch, also)):
         attribution = np.einsum("nhwk,nhwk->nk", acts, grads).astype(np.float32)
         result.append({"layer": layer.name, "maps": acts, "attribution": attribution,
                        "order": np.argsort(-attribution, axis=1, kind="stable")})
@@ -89,7 +102,7 @@ def activation_maps(classifier, layers: list, images: np.ndarray, targets: np.nd
 
 
 def attributed_channels(classifier, layer, images: np.ndarray, targets: np.ndarray, weights: np.ndarray,
-                        batch: int = 32) -> np.ndarray:
+                        batch: int = 32, also=()) -> np.ndarray:
     """Score of each channel of ``layer`` for a group of images: mean over the images of
     ``sum_xy weights * w_k * A_k / sum_xy weights`` (Grad-CAM weight x activation pooled
     over the top-attributed area).
@@ -109,13 +122,15 @@ def attributed_channels(classifier, layer, images: np.ndarray, targets: np.ndarr
         where an image's weights are all zero).
     batch : int, default 32
         Images per model pass.
+    also : sequence of keras.layers.Layer, default ()
+        More layers the traced pass captures (see the module's docstring).
 
     Returns
     -------
     np.ndarray
         float32 ``[K]`` (zeros for no image); rank with ``np.argsort(-scores)``.
     """
-    ((acts, grads),) = _run(classifier, [layer], images, targets, batch)
+    ((acts, grads),) = _run(classifier, [layer], images, targets, batch, also)
     if not len(images):
         return np.zeros(acts.shape[-1], np.float32)
     cam_weights = grads.mean(axis=(1, 2))                                  # [N, K]

@@ -91,6 +91,7 @@ def _internals(config, root, classes, predictions, top, map_rows, maps, classifi
     readable = table[table["error"].isna()]
     map_of = {int(r): i for i, r in enumerate(map_rows)}
     h, w = (int(d) for d in layer.output.shape[1:3])
+    layers = resolve_layers(classifier.model, config.internals.layers, config.internals.n_layers)
 
     def load(rows: list[int]) -> tuple[np.ndarray, list]:
         return load_images(root, [str(table.at[r, "path"]) for r in rows], classifier.input_size,
@@ -110,7 +111,7 @@ def _internals(config, root, classes, predictions, top, map_rows, maps, classifi
                                 for m in regions])
             targets = np.array([classes.index(str(table.at[r, "predicted"])) for r in rows], np.int32)
             scores = attributed_channels(classifier, layer, preprocess(pixels, config.data.preprocess), targets,
-                                         weights, config.internals.batch_size)
+                                         weights, config.internals.batch_size, also=layers)
             best = [int(c) for c in np.argsort(-scores, kind="stable")[:config.internals.finding_channels]]
         entries.append({"id": f.id, "members": sorted(int(r) for r in f.rows), "rank": f.rank,
                         "true_label": f.true_label, "predicted_label": f.predicted_label, "n_members_used": len(rows),
@@ -127,7 +128,6 @@ def _internals(config, root, classes, predictions, top, map_rows, maps, classifi
     index["channels"] = channel_entries(classifier, layer, channel_ids, low, high, Ascent.from_config(config),
                                         config, ids, load, out)
     index["scanned_images"] = len(ids)
-    layers = resolve_layers(classifier.model, config.internals.layers, config.internals.n_layers)
     index["layers"] = [l.name for l in layers]
     for e in entries:
         e["activations"] = activation_entries(classifier, layers, e.pop("exemplar_rows"), classes, table, config,
@@ -278,7 +278,7 @@ def activation_entries(classifier, layers: list, rows: list[int], classes: list[
     rows, pixels = [rows[n] for n in keep], pixels[keep]
     targets = np.array([classes.index(str(table.at[r, "predicted"])) for r in rows], np.int32)
     per_layer = activation_maps(classifier, layers, preprocess(pixels, config.data.preprocess), targets,
-                                config.internals.batch_size)
+                                config.internals.batch_size, also=[l for l in [classifier.layer] if l is not None])
     k = config.internals.channels
     entries = []
     for n, r in enumerate(rows):
