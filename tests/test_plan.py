@@ -199,6 +199,9 @@ def test_later_stages_are_capped_to_fit_a_small_budget():
     # the full methods' coverage of every selected image comes before the later stages' samples
     roomy, tighter = later_caps(config, 1000.0, full), later_caps(config, 1000.0, full, cover=800.0)
     assert tighter["trust.sample"] < roomy["trust.sample"] and tighter["internals.steps"] < roomy["internals.steps"]
+    # no caps while the later stages and what the attribution wants fit together, whatever their share
+    assert later_caps(config, 1000.0, 600.0, cover=100.0, wanted=300.0) == {}
+    assert later_caps(config, 1000.0, 600.0, cover=100.0, wanted=500.0)["trust.sample"] < config.trust.sample
     # a budget far too small for them: the internals pictures (a fixed cost no cap lowers) go first
     assert "internals.findings" not in roomy and later_caps(config, 0.2 * full, full)["internals.findings"] == 0
     assert later_seconds(with_caps(config, later_caps(config, 0.2 * full, full)), 300, 240, 0.1, costs)["internals"] == 0

@@ -24,10 +24,11 @@ from audit.internals.patches import CANDIDATES
 
 MIN_INTERNALS_SHARE = 0.25   # ... below this share of their estimate, no internals pictures at all
 LATER_SHARE = 0.5      # under a budget, the stages after attribution get at most this share of what is left
-# fixed costs besides the model passes, measured on 2 CPU cores (the demo: internals 20 s, render 14 s)
-FIXED_INTERNALS = 20.0   # tracing the ascent functions, drawing the pictures
-FIXED_RENDER = 15.0      # discover, link, finish and render
-PER_SELECTED = 0.02      # seconds of discover/render work per selected image
+# fixed costs besides the model passes, measured on 2 CPU cores (the demo: internals 3.5-5.9 s, discover and
+# render 2.6-3.1 s; MobileNetV2 224 px, 597 selected: discover and render 19.7 s)
+FIXED_INTERNALS = 5.0    # tracing the ascent function, drawing the pictures
+FIXED_RENDER = 5.0       # discover, link, finish and render
+PER_SELECTED = 0.025     # seconds of discover/render work per selected image
 
 
 def later_seconds(config: Config, n_images: int, n_selected: int, forward: float,
@@ -72,9 +73,10 @@ def later_seconds(config: Config, n_images: int, n_selected: int, forward: float
     return out
 
 
-def later_caps(config: Config, left: float, later: float, cover: float = 0.0) -> dict[str, int]:
-    """The later stages' sample sizes scaled down so that they take about ``LATER_SHARE`` of ``left``, and
-    no more than the full methods' coverage of every selected image leaves of it (``cover``).
+def later_caps(config: Config, left: float, later: float, cover: float = 0.0, wanted: float = 0.0) -> dict[str, int]:
+    """When the later stages and the attribution (``wanted``) do not fit into ``left`` together: the later
+    stages' sample sizes scaled down so that they take about ``LATER_SHARE`` of ``left``, and no more
+    than the full methods' coverage of every selected image leaves of it (``cover``).
 
     Parameters
     ----------
@@ -86,6 +88,8 @@ def later_caps(config: Config, left: float, later: float, cover: float = 0.0) ->
         Estimated seconds of the stages after attribution, uncapped.
     cover : float
         Seconds the full methods need to explain every selected image (they come first).
+    wanted : float
+        Seconds the whole attribution needs without a budget (``cover`` and the costly methods' sample).
 
     Returns
     -------
@@ -96,7 +100,7 @@ def later_caps(config: Config, left: float, later: float, cover: float = 0.0) ->
         estimate: the pictures, whose fixed cost no cap lowers, give way to the findings); empty when they fit.
     """
     target = min(LATER_SHARE * left, left - cover)
-    if later <= target:
+    if later <= target or later + max(wanted, cover) <= left:
         return {}
     f = max(target, 0.0) / later
     t, i, v = config.trust, config.internals, config.verify

@@ -27,8 +27,10 @@ measure it. The plan then spends the attribution time where it matters:
 Without ``run.budget`` only the sample cap applies. With it, the attribution time
 is the budget minus what the run already spent, minus the stages after
 attribution (estimated from their model-pass counts, ``later_seconds``), minus a
-``MARGIN`` share of the budget. When those stages would take more than
-``LATER_SHARE`` of what is left (or more than what the full methods leave of it), their sample sizes are capped (``later_caps``:
+``MARGIN`` share of the budget. When they and the attribution without a budget do
+not fit together, and those stages would take more than ``LATER_SHARE`` of what is
+left (or more than what the full methods leave of it), their sample sizes are capped
+(``later_caps``:
 ``trust.sample``, ``trust.sanity_sample``, ``verify.max_samples``,
 ``internals.steps``, ``internals.max_images``, scaled down alike; ``internals.findings``
 0 when they get less than a quarter of their estimate), and the plan says so.
@@ -324,15 +326,21 @@ def make_plan(config: Config, selection: pd.DataFrame, predictions: pd.DataFrame
     budget = seconds_of(config.run.budget)
     per_full = overhead + sum(costs[m] for m in full)
     cover = sum(len(g.rows) - d for g, d in zip(ordered, done)) * per_full   # the full methods on every image
-    caps = {} if budget is None else later_caps(config, budget * (1 - MARGIN) - spent, sum(later.values()), cover)
+    sizes = [len(g.rows) for g in ordered]
+
+    def allocated(seconds: float | None) -> tuple[list[dict[str, int]], float]:
+        counts = allocate(sizes, done, costs, overhead, full, seconds, config.attribution.sample_per_pair,
+                          min(config.verify.max_samples, FIRST_SAMPLE), config.attribution.sample_total)
+        return counts, sum((c[full[0]] - d) * per_full + sum((c[m] - d) * costs[m] for m in methods if m not in full)
+                           for c, d in zip(counts, done))
+
+    counts, work = allocated(None)   # what the attribution wants without a budget
+    caps = {} if budget is None else later_caps(config, budget * (1 - MARGIN) - spent, sum(later.values()), cover,
+                                                wanted=work)
     if caps:
         later = later_seconds(with_caps(config, caps), n_images, len(selection), forward, costs)
-    available = None if budget is None else budget * (1 - MARGIN) - spent - sum(later.values())
-    counts = allocate([len(g.rows) for g in ordered], done, costs, overhead, full, available,
-                      config.attribution.sample_per_pair, min(config.verify.max_samples, FIRST_SAMPLE),
-                      config.attribution.sample_total)
-    work = sum((c[full[0]] - d) * per_full + sum((c[m] - d) * costs[m] for m in methods if m not in full)
-               for c, d in zip(counts, done))
+    if budget is not None:
+        counts, work = allocated(budget * (1 - MARGIN) - spent - sum(later.values()))
     return Plan(methods=methods, full=full, costs=tuple(costs.items()), groups=tuple(ordered),
                 counts=tuple(tuple(c[m] for m in methods) for c in counts), budget=budget, spent=spent,
                 attribute=work, later=tuple(later.items()), caps=tuple(caps.items()))
