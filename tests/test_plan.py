@@ -133,6 +133,12 @@ def test_make_plan_fits_the_budget_and_says_so():
     assert any(line.startswith("per image: ") and "estimated" in line for line in lines)
     assert json.loads(json.dumps(plan.to_json()))["groups"][0]["counts"]["gradcam"] == 30
 
+    # a budget too small for the later stages: Grad-CAM (it drives discovery) still covers the selection,
+    # the costly methods get nothing beyond the probe, and trust and internals are left to the clock
+    tiny = make_plan(resolve(None, ["out=/tmp/unused", "run.budget=75s"]), selection, predictions, probe, spent=60.0)
+    assert len(tiny.rows("gradcam")) == len(selection)                   # 38 of 51 before
+    assert set(tiny.rows("occlusion").tolist()) == set(probe["rows"])
+
     unlimited = make_plan(resolve(None, ["out=/tmp/unused"]), selection, predictions, probe, spent=60.0)
     assert [c[2] for c in unlimited.counts] == [13, 6, 5, 8] and unlimited.budget is None   # 8 each, then 16: 32 in all
     assert plan.estimate < unlimited.estimate

@@ -339,8 +339,10 @@ def make_plan(config: Config, selection: pd.DataFrame, predictions: pd.DataFrame
                                                 wanted=work)
     if caps:
         later = later_seconds(with_caps(config, caps), n_images, len(selection), forward, costs)
-    if budget is not None:
-        counts, work = allocated(budget * (1 - MARGIN) - spent - sum(later.values()))
+    if budget is not None:   # the full methods drive discovery: they may take trust's and internals' time
+        left = budget * (1 - MARGIN) - spent
+        counts, work = allocated(max(left - sum(later.values()),
+                                     min(cover, left - later["verify"] - later["discover_render"])))
     return Plan(methods=methods, full=full, costs=tuple(costs.items()), groups=tuple(ordered),
                 counts=tuple(tuple(c[m] for m in methods) for c in counts), budget=budget, spent=spent,
                 attribute=work, later=tuple(later.items()), caps=tuple(caps.items()))
