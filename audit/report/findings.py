@@ -75,7 +75,7 @@ def views(run: Run, assets: Assets) -> list[dict]:
             "internals_anchor": f"internals-{f['anchor']}" if f["id"] in with_internals else None,
         })
         view.update(story.story_view(raw, anchors, lambda name, fig: assets.image(name, fig), f["anchor"]))
-        exemplars = f["exemplar_rows"][:MAX_EXEMPLARS]
+        exemplars = _exemplars(run, f)
         for p, r in zip(f["members"], f["rows"]):
             info = run.info(r)
             view["members"].append({"row": r, "path": p,
@@ -88,6 +88,15 @@ def views(run: Run, assets: Assets) -> list[dict]:
         out.append(view)
     run.cache["findings"] = out
     return out
+
+
+def _exemplars(run: Run, f: dict) -> list[int]:
+    """Rows of at most ``MAX_EXEMPLARS`` of finding ``f``'s most central members (``exemplar_rows``, then
+    ``rows``, in centrality order), those with a map of every method first: the costly methods explain a
+    sample (``attribution.sample_total``), and an exemplar shows an overlay per method."""
+    central = list(dict.fromkeys([*f["exemplar_rows"], *f["rows"]]))
+    full = [r for r in central if all(int(r) in run.maps.get(m, {}) for m in run.methods)][:MAX_EXEMPLARS]
+    return list(dict.fromkeys([*full, *f["exemplar_rows"]]))[:MAX_EXEMPLARS]
 
 
 def _pictures(run: Run, view: dict, rows: list[int], exemplars: list[int], assets: Assets,
