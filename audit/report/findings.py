@@ -91,12 +91,14 @@ def views(run: Run, assets: Assets) -> list[dict]:
 
 
 def _exemplars(run: Run, f: dict) -> list[int]:
-    """Rows of at most ``MAX_EXEMPLARS`` of finding ``f``'s most central members (``exemplar_rows``, then
-    ``rows``, in centrality order), those with a map of every method first: the costly methods explain a
-    sample (``attribution.sample_total``), and an exemplar shows an overlay per method."""
+    """Rows of finding ``f``'s most central members (``exemplar_rows``, then ``rows``, in centrality
+    order), as many as its ``exemplar_rows`` (at most ``MAX_EXEMPLARS``), those with a map of every method
+    first: the costly methods explain a sample (``attribution.sample_total``), and an exemplar shows an
+    overlay per method."""
+    n = min(len(f["exemplar_rows"]), MAX_EXEMPLARS)
     central = list(dict.fromkeys([*f["exemplar_rows"], *f["rows"]]))
-    full = [r for r in central if all(int(r) in run.maps.get(m, {}) for m in run.methods)][:MAX_EXEMPLARS]
-    return list(dict.fromkeys([*full, *f["exemplar_rows"]]))[:MAX_EXEMPLARS]
+    full = [r for r in central if all(int(r) in run.maps.get(m, {}) for m in run.methods)][:n]
+    return list(dict.fromkeys([*full, *f["exemplar_rows"]]))[:n]
 
 
 def _pictures(run: Run, view: dict, rows: list[int], exemplars: list[int], assets: Assets,
